@@ -1,0 +1,32 @@
+"""Errors a user can cause, each with its own documented exit code.
+
+The command line catches `SvhnJaxError`, prints its message (what is wrong and
+what to do) and exits with `exit_code`, so no user mistake ends in a traceback.
+All of them are `ValueError`s, so library callers can catch them that way.
+"""
+
+EXIT_OK = 0
+EXIT_CHECK_FAILED = 1   # a gradient check crossed its threshold
+EXIT_USAGE = 2          # bad argument or bad array passed in
+EXIT_DATA = 3           # data missing, unreadable, corrupt or invalid
+EXIT_NETWORK = 4        # download failed (host unreachable, checksum mismatch)
+EXIT_DIVERGED = 5       # training produced a non-finite loss
+EXIT_INTERRUPTED = 130  # Ctrl-C; a checkpoint was written first
+
+
+class SvhnJaxError(ValueError):
+    """Bad input from the user; `exit_code` says how the CLI exits."""
+
+    exit_code = EXIT_USAGE
+
+
+class DataError(SvhnJaxError):
+    """Data missing, unreadable, corrupt, or of the wrong shape/dtype/range."""
+
+    exit_code = EXIT_DATA
+
+
+class DownloadError(SvhnJaxError):
+    """The official files could not be fetched or failed their checksum."""
+
+    exit_code = EXIT_NETWORK
