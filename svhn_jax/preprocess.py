@@ -1,0 +1,173 @@
+"""Input normalisation: fit statistics on the training part, apply them anywhere.
+
+    config = fit(X_train, mode="channel", grayscale=False)   # JSON-serialisable dict
+    Z_train = apply(X_train, config)                          # float32 (N, input_dim(config))
+    Z_test = apply(X_test, config)                            # uses the *training* statistics
+
+Inputs are uint8 images (N, 32, 32, 3). With `grayscale`, each image first
+becomes its luminance 0.299 R + 0.587 G + 0.114 B (one channel). Then `mode`:
+
+    "scale"    x / 127.5 - 1, i.e. pixels in [-1, 1] (the seed notebook's choice)
+    "channel"  (x - mean_c) / std_c, mean and std per channel over all pixels of
+               the training images passed to `fit` (std floored at `eps`)
+    "image"    each image minus its own mean, divided by its own std + eps
+               (over all its pixels and channels, pixels scaled to [0, 1] first);
+               needs no statistics
+
+The output is flattened to (N, D), D = 32 * 32 * C with C = 1 (grayscale) or 3,
+in (height, width, channel) order. Everything is NumPy, computed in chunks of
+images so 73,257 images never need a float64 copy, and deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from svhn_jax.errors import SvhnJaxError
+
+MODES = ("scale", "channel", "image")
+LUMA = (0.299, 0.587, 0.114)
+EPS = {"channel": 1e-6, "image": 1e-6}
+CHUNK = 4096  # images per chunk: 4096 * 3072 * 4 bytes = 48 MiB of float32
+
+__all__ = ["MODES", "fit", "apply", "input_dim"]
+
+
+def _check_images(X, what: str) -> np.ndarray:
+    X = np.asarray(X)
+    if X.ndim != 4 or X.shape[1:] != (32, 32, 3) or X.dtype != np.uint8:
+        raise SvhnJaxError(
+            f"{what} expects uint8 images of shape (N, 32, 32, 3), got {X.dtype} "
+            f"{X.shape}. Fix: load them with svhn_jax.data.load, which validates them.")
+    return X
+
+
+def _check_config(config) -> dict:
+    if not isinstance(config, dict) or "mode" not in config:
+        raise SvhnJaxError(f"not a preprocessing config: {config!r}. Fix: make one with "
+                           f"svhn_jax.preprocess.fit(X_train, mode=..., grayscale=...).")
+    if config["mode"] not in MODES:
+        raise SvhnJaxError(f"unknown preprocessing mode {config['mode']!r}. Fix: use one "
+                           f"of {', '.join(MODES)}.")
+    if config["mode"] == "channel" and not ("mean" in config and "std" in config):
+        raise SvhnJaxError("a 'channel' config needs its 'mean' and 'std'. Fix: make it "
+                           "with svhn_jax.preprocess.fit(X_train, mode='channel').")
+    return config
+
+
+def _to_float(Xc: np.ndarray, grayscale: bool) -> np.ndarray:
+    """uint8 (n, 32, 32, 3) -> float32 (n, 32, 32, C), luminance when grayscale."""
+    if grayscale:
+        x = Xc.astype(np.float32)
+        return (x @ np.asarray(LUMA, np.float32))[..., None]
+    return Xc.astype(np.float32)
+
+
+def _channel_stats(X: np.ndarray, grayscale: bool) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (population) std over all pixels of X, in pixel units.
+
+    RGB: exact, from per-channel histograms of the uint8 values. Grayscale:
+    float64 sums of the float32 luminance, chunk by chunk.
+    """
+    if not grayscale:
+        hist = np.zeros((3, 256), np.int64)
+        for s in range(0, X.shape[0], CHUNK):
+            px = X[s:s + CHUNK].reshape(-1, 3)
+            for c in range(3):
+                hist[c] += np.bincount(px[:, c], minlength=256)
+        v = np.arange(256, dtype=np.float64)
+        count = hist[0].sum()
+        mean = hist @ v / count
+        var = hist @ (v * v) / count - mean ** 2
+    else:
+        total = total_sq = 0.0
+        for s in range(0, X.shape[0], CHUNK):
+            lum = _to_float(X[s:s + CHUNK], True).astype(np.float64)
+            total += lum.sum()
+            total_sq += np.square(lum).sum()
+        count = X.shape[0] * 32 * 32
+        mean = np.array([total / count])
+        var = np.array([total_sq / count]) - mean ** 2
+    std = np.sqrt(np.maximum(var, 0.0))
+    return [float(x) for x in mean], [float(x) for x in std]
+
+
+def fit(X_train, *, mode: str, grayscale: bool = False) -> dict:
+    """Fit a preprocessing config on training images.
+
+    Args:
+      X_train: uint8 (N, 32, 32, 3) -- the training part only, never test data.
+      mode: "scale", "channel" or "image".
+      grayscale: convert to luminance first (C = 1 instead of 3).
+
+    Returns:
+      a JSON-serialisable dict: {"mode", "grayscale", "channels"} plus, for
+      "channel", "mean" and "std" (lists of C floats, pixel units 0..255,
+      computed in float64) and "eps"; for "image", "eps".
+    """
+    if mode not in MODES:
+        raise SvhnJaxError(f"unknown preprocessing mode {mode!r}. Fix: use one of "
+                           f"{', '.join(MODES)}.")
+    X = _check_images(X_train, "preprocess.fit")
+    if X.shape[0] == 0:
+        raise SvhnJaxError("preprocess.fit needs at least one training image.")
+    grayscale = bool(grayscale)
+    c = 1 if grayscale else 3
+    config = {"mode": mode, "grayscale": grayscale, "channels": c}
+    if mode == "channel":
+        mean, std = _channel_stats(X, grayscale)
+        config.update(mean=mean, std=std, eps=EPS["channel"])
+    elif mode == "image":
+        config["eps"] = EPS["image"]
+    return config
+
+
+def input_dim(config: dict) -> int:
+    """Number of features per image after `apply`: 32 * 32 * C."""
+    _check_config(config)
+    return 32 * 32 * (1 if config.get("grayscale") else 3)
+
+
+def apply(X, config: dict) -> np.ndarray:
+    """Preprocess images with a config from `fit`.
+
+    Args:
+      X: uint8 (N, 32, 32, 3).
+      config: from `fit` (or its JSON round trip).
+
+    Returns:
+      float32 (N, D), D = input_dim(config), rows in the order of X.
+    """
+    config = _check_config(config)
+    X = _check_images(X, "preprocess.apply")
+    mode, gray = config["mode"], bool(config.get("grayscale"))
+    n, d = X.shape[0], input_dim(config)
+    out = np.empty((n, d), np.float32)
+    if mode == "channel":
+        mean = np.asarray(config["mean"], np.float32)
+        inv = 1.0 / np.maximum(np.asarray(config["std"], np.float32),
+                               np.float32(config.get("eps", EPS["channel"])))
+    eps = float(config.get("eps", EPS["image"]))
+    for s in range(0, n, CHUNK):
+        Xc = X[s:s + CHUNK]
+        m = Xc.shape[0]
+        o = out[s:s + m].reshape(m, 32, 32, -1)  # a view: results land in `out`
+        if gray:
+            np.matmul(Xc.astype(np.float32), np.asarray(LUMA, np.float32)[:, None], out=o)
+        else:
+            np.copyto(o, Xc)  # uint8 -> float32, exact
+        if mode == "scale":
+            o /= np.float32(127.5)
+            o -= np.float32(1.0)
+        elif mode == "channel":
+            o -= mean
+            o *= inv
+        else:  # image: in pixel units, (x - m) / (s + 255 eps) == (x/255 - m/255) / (s/255 + eps)
+            x = out[s:s + m]
+            # float64 sums of float32 pixels are exact here, so a constant image
+            # gives exactly 0 (not float32 round-off blown up by 1 / eps)
+            mu = (x.sum(axis=1, dtype=np.float64) / d).astype(np.float32)
+            x -= mu[:, None]
+            sd = np.sqrt(np.einsum("ij,ij->i", x, x) / np.float64(d))
+            x *= (1.0 / (sd + 255.0 * eps)).astype(np.float32)[:, None]
+    return out
