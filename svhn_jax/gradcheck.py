@@ -219,26 +219,45 @@ def check_model(spec, *, in_dim=12, batch=8, reg=0.1, train=True, seed=0, fd_sam
         g_auto = jax.grad(f)(params)
         picks, fd = finite_diff(f, params, samples=fd_samples, key=ky)
         widths = "-".join(str(w) for n, w in spec if n == "dense")
-        bn = any(n == "batchnorm" for n, _ in spec)
-        title = f"model {in_dim}-{widths}{' +BN' if bn else ''} ({'train' if train else 'eval'}), L2={reg}"
+        names = [n for n, _ in spec]
+        bn = "" if "batchnorm" not in names else \
+            " +BN before ReLU" if names.index("batchnorm") < names.index("relu") else " +BN after ReLU"
+        title = f"model {in_dim}-{widths}{bn} ({'train' if train else 'eval'}), L2={reg}"
         return _report(title, *_compare(leaf_names(spec, params), g_manual, g_auto, picks, fd))
 
 
-def check_all(hidden=(16,), *, batchnorm=False, batch=8, in_dim=12, seed=0, fd_samples=None):
-    """Every layer, the loss, and the model (train and, with BatchNorm, eval mode)."""
-    reports = [check_layer("dense", batch=batch, seed=seed),
-               check_layer("relu", batch=batch, seed=seed),
-               check_layer("batchnorm", batch=batch, seed=seed, train=True),
-               check_layer("batchnorm", batch=batch, seed=seed, train=False),
-               check_loss(batch=batch, seed=seed)]
-    spec = model.make_spec(hidden, batchnorm="before" if batchnorm else "none")
-    reports.append(check_model(spec, in_dim=in_dim, batch=batch, seed=seed, fd_samples=fd_samples))
+def check_layers(*, batch=8, seed=0):
+    """Every layer (BatchNorm in both modes) and the loss terms."""
+    return [check_layer("dense", batch=batch, seed=seed),
+            check_layer("relu", batch=batch, seed=seed),
+            check_layer("batchnorm", batch=batch, seed=seed, train=True),
+            check_layer("batchnorm", batch=batch, seed=seed, train=False),
+            check_loss(batch=batch, seed=seed)]
+
+
+def check_all(hidden=(16,), *, batchnorm=False, batch=8, in_dim=12, reg=0.1, seed=0,
+              fd_samples=None):
+    """check_layers, then the model; with batchnorm, BN before ReLU (train and
+    eval mode) and after ReLU (the seed notebook's placement)."""
+    placements = [("none", True)]
     if batchnorm:
-        reports.append(check_model(spec, in_dim=in_dim, batch=batch, seed=seed, train=False,
-                                   fd_samples=fd_samples))
-        reports.append(check_model(model.make_spec(hidden, batchnorm="after"), in_dim=in_dim,
-                                   batch=batch, seed=seed, fd_samples=fd_samples))
-    return reports
+        placements = [("before", True), ("before", False), ("after", True)]
+    return check_layers(batch=batch, seed=seed) + [
+        check_model(model.make_spec(hidden, batchnorm=bn), in_dim=in_dim, batch=batch, reg=reg,
+                    seed=seed, train=train, fd_samples=fd_samples)
+        for bn, train in placements]
+
+
+def format_table(reports) -> str:
+    """Readable table: one line per leaf, grouped by check."""
+    lines = [f"{'check / leaf':<44} {'size':>7} {'fd':>4}  {'hand~grad':>9}  {'hand~fd':>9}  {'grad~fd':>9}"]
+    for r in reports:
+        lines.append(f"{r['check']}{'' if r['ok'] else '   <-- FAILED'}")
+        for leaf in r["leaves"]:
+            lines.append(f"  {leaf['name']:<42} {leaf['size']:>7} {leaf['fd_entries']:>4}  "
+                         f"{leaf['manual_vs_autodiff']:>9.1e}  {leaf['manual_vs_finite_diff']:>9.1e}  "
+                         f"{leaf['autodiff_vs_finite_diff']:>9.1e}")
+    return "\n".join(lines)
 
 
 # ------------------------------------------------------- during training
