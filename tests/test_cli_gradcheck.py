@@ -1,0 +1,43 @@
+"""`svhn-jax gradcheck`: readable table, JSON schema, non-zero exit on failure."""
+
+import json
+import subprocess
+import sys
+
+from svhn_jax import cli, layers
+from svhn_jax.errors import EXIT_CHECK_FAILED
+
+ARGS = ["gradcheck", "--hidden", "12,6", "--in-dim", "10", "--batch", "6", "--fd-samples", "0"]
+
+
+def test_gradcheck_json_schema_and_pass(capsys):
+    assert cli.main(ARGS + ["--batchnorm", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is True
+    assert out["max_rel_error_manual_vs_autodiff"] <= 1e-10
+    assert out["max_rel_error_manual_vs_finite_diff"] <= 1e-6
+    names = {leaf["name"] for leaf in out["leaves"]}
+    assert {"0.dense.W", "1.batchnorm.gamma", "1.batchnorm.beta", "softmax_ce.logits", "x"} <= names
+    assert all(set(leaf) >= {"manual_vs_autodiff", "manual_vs_finite_diff"} for leaf in out["leaves"])
+
+
+def test_gradcheck_fails_loudly_on_a_wrong_backward(monkeypatch, capsys):
+    init, fwd, bwd = layers.LAYERS["relu"]
+    # a plausible bug: passing the gradient where x < 0 instead of x > 0
+    monkeypatch.setitem(layers.LAYERS, "relu", (init, fwd, lambda p, mask, dy: bwd(p, ~mask, dy)))
+    assert cli.main(ARGS) == EXIT_CHECK_FAILED
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "<-- FAILED" in out
+    assert "x: hand-written gradient differs from jax.grad" in out
+
+
+def test_console_script_table():
+    r = subprocess.run([sys.executable, "-m", "svhn_jax.cli", *ARGS], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "hand~grad" in r.stdout and r.stdout.strip().endswith("PASS")
+
+
+def test_bad_batch_is_a_usage_error():
+    r = subprocess.run([sys.executable, "-m", "svhn_jax.cli", "gradcheck", "--batch", "1"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "at least 2" in r.stderr and "Traceback" not in r.stderr
