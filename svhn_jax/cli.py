@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from . import errors
 
@@ -31,6 +32,11 @@ def int_list(text: str) -> tuple[int, ...]:
 
 def cmd_gradcheck(args) -> int:
     from . import gradcheck, model
+
+    if args.batch < 2:
+        raise errors.SvhnJaxError("--batch must be at least 2 (BatchNorm needs two rows for a variance)")
+    if args.fd_samples == 0:
+        args.fd_samples = None
 
     # The model check uses the real input width; finite differences sample
     # entries of the big first layer instead of perturbing all 393k of them.
@@ -82,6 +88,176 @@ def add_gradcheck(sub):
     p.set_defaults(func=cmd_gradcheck)
 
 
+# ---------------------------------------------------------------- train / evaluate
+
+BATCHNORM_CHOICES = {"off": "none", "none": "none", "on": "before", "before": "before", "after": "after"}
+
+
+def add_hyperparameters(p, *, defaults_from_preset=True):
+    """Flags shared by train (and sweep): all default to None = "preset or default"."""
+    g = p.add_argument_group("model and training (override the preset)")
+    g.add_argument("--preset", choices=("mission", "best"), help="a tuned set of hyperparameters")
+    g.add_argument("--hidden", type=int_list, help="hidden sizes, e.g. 128 or 1024,512")
+    g.add_argument("--batchnorm", choices=sorted(BATCHNORM_CHOICES),
+                   help="BatchNorm: off, on (= before ReLU) or after ReLU (the seed notebook's placement)")
+    g.add_argument("--optimizer", help="sgd, momentum, nesterov, rmsprop or adam")
+    g.add_argument("--lr", type=float, help="(peak) learning rate")
+    g.add_argument("--schedule", help="constant, cosine, step, warmup-constant, warmup-cosine, warmup-step")
+    g.add_argument("--warmup-epochs", type=float, help="length of the linear warm-up, in epochs")
+    g.add_argument("--reg", type=float, help="L2 strength: loss += 0.5 * reg * sum(W**2)")
+    g.add_argument("--batch", type=int, help="batch size")
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--shift", type=int, help="random-shift augmentation in pixels (0: off)")
+    g.add_argument("--patience", type=int, help="early stopping after this many epochs without "
+                                                "a better validation accuracy (0: off)")
+    g.add_argument("--grad", choices=("manual", "autodiff"), help="hand VJPs (default) or jax.grad")
+    g.add_argument("--seed", type=int)
+    g.add_argument("--preprocess", help="scale ([-1, 1]), channel (per-channel standardisation) "
+                                        "or image (per-image standardisation)")
+    g.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
+                   help="convert to luminance first")
+
+
+def add_data_args(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--data", help="svhn (prepared tensorflow-datasets), a folder with the official "
+                                  ".mat files, an .npz with X and y, or synthetic")
+    g.add_argument("--data-dir", help="tensorflow-datasets folder (default $TFDS_DATA_DIR or "
+                                      "~/tensorflow_datasets)")
+    g.add_argument("--val-fraction", type=float, help="validation part of the training data (default 0.1)")
+    g.add_argument("--test-fraction", type=float,
+                   help="test part, for data without an official test split (default 0.2)")
+    g.add_argument("--synthetic-n", type=int, help="images of --data synthetic (default 73257)")
+
+
+def _settings(args) -> dict:
+    keys = ("data", "data_dir", "val_fraction", "test_fraction", "synthetic_n", "hidden", "optimizer",
+            "lr", "schedule", "warmup_epochs", "reg", "batch", "epochs", "shift", "patience", "grad",
+            "seed", "preprocess", "grayscale", "gradcheck_every", "checkpoint_every")
+    out = {k: getattr(args, k, None) for k in keys}
+    if getattr(args, "batchnorm", None) is not None:
+        out["batchnorm"] = BATCHNORM_CHOICES[args.batchnorm]
+    if getattr(args, "gradcheck_strict", False):
+        out["gradcheck_strict"] = True
+    return out
+
+
+def cmd_train(args) -> int:
+    from . import runs
+
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / "config.json").exists():
+            raise errors.SvhnJaxError(f"{run} is not a run folder (no config.json); nothing to resume")
+        config = json.loads((run / "config.json").read_text())
+        out, resume = run, True
+    else:
+        if not args.out:
+            raise errors.SvhnJaxError("say where the run goes: --out RUN_DIR")
+        config = runs.make_config(args.preset, **_settings(args))
+        out, resume = Path(args.out), False
+    config["download"] = args.download
+    try:
+        metrics = runs.train_run(config, out, overwrite=args.overwrite, resume=resume,
+                                 quiet=args.json or not sys.stderr.isatty())
+    except (runs.Diverged, runs.Interrupted):
+        if args.json and (out / "metrics.json").exists():
+            print((out / "metrics.json").read_text().strip())
+        raise
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        line = f"best validation accuracy {metrics['best_val_acc']:.2%} (epoch {metrics['best_epoch']})"
+        if "test_acc" in metrics:
+            line += f"; test accuracy {metrics['test_acc']:.2%} on {metrics['n_test']} images"
+        print(f"{line}\nrun folder: {out}")
+    return errors.EXIT_OK
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="train on SVHN (or an .npz / synthetic data) into a run folder",
+                       description="Train the MLP, check gradients as asked, evaluate once on test "
+                                   "with the best-validation parameters, write a run folder.")
+    add_data_args(p)
+    p.add_argument("--download", action="store_true",
+                   help="fetch and prepare the official SVHN files if they are missing")
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
+    add_hyperparameters(p)
+    g = p.add_argument_group("checks and checkpoints")
+    g.add_argument("--gradcheck-every", type=int, metavar="N",
+                   help="float64 gradient check every N steps (1: every step; 0: off)")
+    g.add_argument("--gradcheck-strict", action="store_true", help="stop when a check fails")
+    g.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="also checkpoint every N steps (always at the end of each epoch)")
+    p.add_argument("--json", action="store_true", help="print metrics as one JSON object")
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_evaluate(args) -> int:
+    from . import runs
+
+    result = runs.evaluate_run(args.run, args.data, split=args.split, data_dir=args.data_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"accuracy {result['accuracy']:.2%}  loss {result['loss']:.4f}  on {result['n']} images "
+              f"({result['data']}, {result['split']})")
+        print("per class: " + "  ".join(f"{k}:{a:.0%}" for k, a in enumerate(result["per_class_accuracy"])))
+    return errors.EXIT_OK
+
+
+def add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="evaluate a run's best parameters on data")
+    p.add_argument("--run", required=True, help="a run folder written by svhn-jax train")
+    p.add_argument("--data", help="data to evaluate on (default: the run's own)")
+    p.add_argument("--data-dir")
+    p.add_argument("--split", help="train, val or test part of the run's split (default: all of an "
+                                   ".npz file; SVHN's test split)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+
+# ------------------------------------------------------------ download / prepare
+
+
+def cmd_download(args) -> int:
+    from . import data
+
+    splits = ("train", "test", "extra") if args.extra else ("train", "test")
+    paths = data.download(args.dir, splits, timeout=args.timeout, progress=sys.stderr.isatty())
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return errors.EXIT_OK
+
+
+def add_download(sub):
+    p = sub.add_parser("download", help="fetch the official SVHN .mat files (checksums verified)")
+    p.add_argument("--dir", default="svhn_mat", help="folder for the .mat files (default ./svhn_mat)")
+    p.add_argument("--extra", action="store_true", help="also the 1.3 GB extra split")
+    p.add_argument("--timeout", type=float, default=10.0, help="network timeout in seconds")
+    p.set_defaults(func=cmd_download)
+
+
+def cmd_prepare(args) -> int:
+    from . import data
+
+    splits = ("train", "test", "extra") if args.extra else ("train", "test")
+    out = data.prepare(args.mat_dir, args.data_dir, splits=splits, verify=not args.no_verify)
+    print(f"prepared svhn_cropped in {out}")
+    return errors.EXIT_OK
+
+
+def add_prepare(sub):
+    p = sub.add_parser("prepare", help="build the tensorflow-datasets svhn_cropped dataset from .mat files")
+    p.add_argument("--mat-dir", required=True, help="folder holding train_32x32.mat and test_32x32.mat")
+    p.add_argument("--data-dir", help="tensorflow-datasets folder (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    p.add_argument("--extra", action="store_true", help="also prepare extra_32x32.mat")
+    p.add_argument("--no-verify", action="store_true", help="skip checksums (only for custom files)")
+    p.set_defaults(func=cmd_prepare)
+
+
 # ----------------------------------------------------------------------- main
 
 
@@ -90,18 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="svhn-jax",
         description="A from-scratch JAX MLP for SVHN with hand-derived, checked backward passes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_gradcheck(sub)
+    for add in (add_train, add_evaluate, add_gradcheck, add_download, add_prepare):
+        add(sub)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "batch", 2) < 2 and args.command == "gradcheck":
-        print("error: --batch must be at least 2 (BatchNorm needs two rows for a variance)",
-              file=sys.stderr)
-        return errors.EXIT_USAGE
-    if getattr(args, "fd_samples", None) == 0:
-        args.fd_samples = None
     try:
         return args.func(args)
     except errors.SvhnJaxError as e:

@@ -1,0 +1,205 @@
+"""Jitted training: a train-state pytree, one step in either gradient mode, and
+whole epochs compiled into a single `lax.scan`.
+
+The pieces, all pure:
+
+    StepConfig   static settings that shape the compiled program (hashable)
+    Hyper        traced hyperparameters (learning rate, L2): a sweep vmaps over them
+    TrainState   params, BatchNorm state, optimizer state, step counter, PRNG key
+    init_state   -> TrainState
+    epoch_order  the batch order of an epoch, a pure function of (key, epoch)
+    run_steps    `count` steps of training in one compiled scan
+    evaluate     loss, accuracy and predictions over a padded evaluation set
+
+Data live on the device as one float32 array (N, D) passed to `run_steps` as an
+argument (never closed over, which would bake it into the program); each step
+gathers its batch through the epoch's permutation. Every random choice (init,
+data order, augmentation) is derived from the seed and the step number, so a
+run resumed from a checkpoint repeats the uninterrupted run bit for bit.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import losses, model, optim
+from .errors import SvhnJaxError
+
+
+class StepConfig(NamedTuple):
+    """Static training settings: a change here means a new compiled program."""
+
+    spec: tuple                       # model.make_spec(...)
+    optimizer: str = "adam"           # a name in optim.OPTIMIZERS
+    schedule: tuple = ("constant", ())  # (name, ((option, value), ...)) for optim.make_schedule
+    batch: int = 64
+    grad_mode: str = "manual"         # "manual" (hand VJPs) or "autodiff" (jax.grad)
+    shift: int = 0                    # random-shift augmentation, pixels (0: off)
+    image_shape: tuple = (32, 32, 3)  # how a row of X unflattens, for augmentation
+
+
+class Hyper(NamedTuple):
+    """Hyperparameters that enter the program as values, so one compilation serves
+    every learning rate and L2 strength (and jax.vmap trains many at once)."""
+
+    lr: Any
+    reg: Any
+
+
+class TrainState(NamedTuple):
+    params: Any      # tuple of dicts, see model.init
+    bn_state: Any    # BatchNorm running statistics, same layout
+    opt_state: Any   # NamedTuple from optim; its `step` drives the schedule
+    step: Any        # int32 scalar: updates done so far
+    key: Any         # base PRNG key; step s uses fold_in(key, s)
+
+
+def check_config(cfg: StepConfig) -> StepConfig:
+    """Clear errors for settings that would otherwise fail inside the trace."""
+    if cfg.grad_mode not in model.GRAD_MODES:
+        raise SvhnJaxError(f"unknown gradient mode {cfg.grad_mode!r}; use 'manual' or 'autodiff'")
+    if cfg.optimizer not in optim.OPTIMIZERS:
+        raise SvhnJaxError(f"unknown optimizer {cfg.optimizer!r}; choose one of "
+                           f"{', '.join(optim.OPTIMIZERS)}")
+    if not isinstance(cfg.batch, int) or cfg.batch < 1:
+        raise SvhnJaxError(f"batch size must be a positive integer, got {cfg.batch!r}")
+    if cfg.shift < 0 or cfg.shift >= min(cfg.image_shape[:2]):
+        raise SvhnJaxError(f"shift must be between 0 and {min(cfg.image_shape[:2]) - 1} pixels, "
+                           f"got {cfg.shift}")
+    make_optimizer(cfg, 1.0)  # validates the schedule's name and options
+    return cfg
+
+
+def make_optimizer(cfg: StepConfig, lr) -> optim.Optimizer:
+    """The optimizer for a (possibly traced) base learning rate `lr`."""
+    name, options = cfg.schedule
+    return optim.get(cfg.optimizer, optim.make_schedule(name, lr, **dict(options)))
+
+
+def init_state(seed: int, cfg: StepConfig, in_dim: int, hp: Hyper) -> TrainState:
+    """Fresh parameters (from the seed), optimizer state and step 0."""
+    key = jax.random.key(seed)
+    params, bn_state = model.init(jax.random.fold_in(key, 0), cfg.spec, in_dim)
+    opt_state = make_optimizer(cfg, hp.lr).init(params)
+    return TrainState(params, bn_state, opt_state, jnp.zeros((), jnp.int32), key)
+
+
+def steps_per_epoch(n: int, batch: int) -> int:
+    """ceil(n / batch): the last batch is completed with the epoch's first images."""
+    return -(-n // batch)
+
+
+def epoch_order(key, epoch, n: int, batch: int):
+    """Indices (steps_per_epoch * batch,) int32 of one epoch's batches, in order.
+
+    A fresh permutation per epoch; the tail is filled up from the start of the
+    same permutation, so every batch has the same shape (no recompilation) and
+    every image is seen at least once per epoch.
+    """
+    perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
+    pad = steps_per_epoch(n, batch) * batch - n
+    return jnp.concatenate([perm, perm[:pad]]).astype(jnp.int32)
+
+
+def _shift(xb, key, cfg: StepConfig):
+    """Translate each image by a random offset in [-shift, shift]^2, zero-filled."""
+    h, w, c = cfg.image_shape
+    s = cfg.shift
+    imgs = jnp.pad(xb.reshape(-1, h, w, c), ((0, 0), (s, s), (s, s), (0, 0)))
+    offsets = jax.random.randint(key, (xb.shape[0], 2), 0, 2 * s + 1)
+    crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
+    return jax.vmap(crop)(imgs, offsets).reshape(xb.shape)
+
+
+def get_batch(X, y, order, i, key, step, cfg: StepConfig):
+    """Batch i of an epoch (augmented with the key of global `step`): xb (B, D), yb (B,)."""
+    idx = jax.lax.dynamic_slice_in_dim(order, i * cfg.batch, cfg.batch)
+    xb, yb = X[idx], y[idx]
+    if cfg.shift:
+        xb = _shift(xb, jax.random.fold_in(jax.random.fold_in(key, 2), step), cfg)
+    return xb, yb
+
+
+def train_step(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig):
+    """One update on the batch (xb, yb) -> (new state, (cross-entropy, correct count))."""
+    loss_and_grads = model.GRAD_MODES[cfg.grad_mode]
+    _, grads, bn_state, logits = loss_and_grads(state.params, state.bn_state, xb, yb, cfg.spec,
+                                                hp.reg, train=True)
+    params, opt_state = make_optimizer(cfg, hp.lr).update(grads, state.opt_state, state.params)
+    ce, _ = losses.softmax_cross_entropy(logits, yb)
+    correct = jnp.sum(jnp.argmax(logits, axis=1) == yb)
+    return TrainState(params, bn_state, opt_state, state.step + 1, state.key), (ce, correct)
+
+
+@partial(jax.jit, static_argnames=("cfg", "count"), donate_argnums=(0,))
+def run_steps(state: TrainState, hp: Hyper, X, y, order, start, cfg: StepConfig, count: int):
+    """Steps start .. start+count-1 of an epoch whose batch order is `order`.
+
+    X (N, D) float32, y (N,) int32, order from epoch_order. Returns the new
+    state and per-step (cross-entropy (count,), correct (count,)). The input
+    state's buffers are donated: the caller must use the returned state.
+    """
+    def body(state, i):
+        xb, yb = get_batch(X, y, order, i, state.key, state.step, cfg)
+        return train_step(state, hp, xb, yb, cfg)
+
+    return jax.lax.scan(body, state, start + jnp.arange(count))
+
+
+# ----------------------------------------------------------------- evaluation
+
+
+class EvalSet(NamedTuple):
+    """An evaluation set padded to whole chunks: X (C, B, D), y (C, B), mask (C, B)."""
+
+    X: Any
+    y: Any
+    mask: Any
+
+
+def make_eval_set(X, y, chunk: int = 1024) -> EvalSet:
+    """Pad (N, D) / (N,) to a multiple of `chunk` once, so evaluating it every
+    epoch neither copies nor recompiles."""
+    n = X.shape[0]
+    if n == 0:
+        raise SvhnJaxError("cannot evaluate on an empty set")
+    chunk = min(chunk, n)
+    c = steps_per_epoch(n, chunk)
+    pad = c * chunk - n
+    Xp = jnp.pad(jnp.asarray(X, jnp.float32), ((0, pad), (0, 0))).reshape(c, chunk, -1)
+    yp = jnp.pad(jnp.asarray(y, jnp.int32), (0, pad)).reshape(c, chunk)
+    mask = (jnp.arange(c * chunk) < n).reshape(c, chunk)
+    return EvalSet(Xp, yp, mask)
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def _evaluate(params, bn_state, es: EvalSet, spec):
+    def one(chunk):
+        x, y, m = chunk
+        logits, _, _ = model.forward(params, bn_state, x, spec, train=False)
+        z = logits - logits.max(axis=1, keepdims=True)
+        nll = jnp.log(jnp.exp(z).sum(axis=1)) - jnp.take_along_axis(z, y[:, None], axis=1)[:, 0]
+        pred = jnp.argmax(logits, axis=1).astype(jnp.int32)
+        return jnp.sum(jnp.where(m, nll, 0.0)), jnp.sum((pred == y) & m), pred
+
+    nll, correct, pred = jax.lax.map(one, es)
+    n = es.mask.sum()
+    return nll.sum() / n, correct.sum() / n, pred.reshape(-1)
+
+
+def evaluate(params, bn_state, es: EvalSet, spec):
+    """(mean cross-entropy, accuracy, predictions (N,)) with BatchNorm in eval mode."""
+    loss, acc, pred = _evaluate(params, bn_state, es, spec)
+    return float(loss), float(acc), np.asarray(pred)[: int(es.mask.sum())]
+
+
+def confusion_matrix(y_true, y_pred, k: int = 10) -> np.ndarray:
+    """(K, K) int64 counts: rows are true labels, columns predictions."""
+    m = np.zeros((k, k), np.int64)
+    np.add.at(m, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return m
