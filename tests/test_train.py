@@ -1,0 +1,122 @@
+"""Training end to end on real SVHN digits, the jitted epoch, and run folders."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from svhn_jax import cli, model, runs, train
+from svhn_jax.errors import EXIT_DIVERGED, SvhnJaxError
+
+from conftest import SVHN_8K
+
+FAST = dict(hidden=[32], epochs=2, batch=128, seed=0)
+
+
+def run_config(**kw):
+    return runs.make_config(None, data=str(SVHN_8K), **{**FAST, **kw})
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory, svhn_8k):
+    """A short real run with per-step gradient checks, shared by several tests."""
+    out = tmp_path_factory.mktemp("runs") / "short"
+    metrics = runs.train_run(run_config(epochs=3, hidden=[64], gradcheck_every=20), out, quiet=True)
+    return out, metrics
+
+
+def test_short_run_learns_and_writes_every_output(short_run):
+    out, m = short_run
+    assert m["status"] == "completed"
+    assert m["best_val_acc"] > 0.6          # chance is 10%, always-"1" is 19%
+    assert m["test_acc"] > 0.6 and abs(m["n_test"] - 1600) <= 10   # stratified rounding
+    for name in ("config.json", "history.csv", "metrics.json", "checkpoint.npz", "best.npz",
+                 "gradchecks.csv", "loss.png", "accuracy.png", "gradchecks.png", "confusion.png",
+                 "misclassified.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+    rows = list(csv.DictReader((out / "history.csv").open()))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["preprocessing"]["mode"] == "image" and cfg["n_train"] + cfg["n_val"] + cfg["n_test"] == 8000
+
+
+def test_per_step_gradient_checks_are_recorded_and_tight(short_run):
+    out, m = short_run
+    rows = list(csv.DictReader((out / "gradchecks.csv").open()))
+    steps_per_epoch = train.steps_per_epoch(json.loads((out / "config.json").read_text())["n_train"], 128)
+    # a check at the start of each epoch and every 20 steps within it
+    assert len(rows) == 3 * len(range(0, steps_per_epoch, 20)) == m["gradchecks"]
+    assert max(float(r["manual_vs_autodiff"]) for r in rows) <= 1e-10
+    assert max(float(r["directional_fd"]) for r in rows) <= 1e-6
+
+
+def test_evaluate_json_schema(short_run, capsys):
+    out, m = short_run
+    assert cli.main(["evaluate", "--run", str(out), "--split", "test", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r) >= {"accuracy", "loss", "n", "per_class_accuracy", "confusion"}
+    assert r["n"] == m["n_test"] and r["accuracy"] == pytest.approx(m["test_acc"], abs=1e-6)
+    assert len(r["per_class_accuracy"]) == 10 and np.array(r["confusion"]).sum() == m["n_test"]
+    assert cli.main(["evaluate", "--run", str(out), "--json"]) == 0   # whole .npz by default
+    assert json.loads(capsys.readouterr().out)["n"] == 8000
+
+
+def test_gradient_modes_train_alike(tmp_path):
+    a = runs.train_run(run_config(grad="manual", epochs=1), tmp_path / "a", quiet=True)
+    b = runs.train_run(run_config(grad="autodiff", epochs=1), tmp_path / "b", quiet=True)
+    assert a["best_val_acc"] == pytest.approx(b["best_val_acc"], abs=0.01)
+
+
+def test_epoch_has_fixed_batch_shape_and_compiles_once():
+    cfg = train.StepConfig(spec=model.make_spec((8,)), batch=32)
+    n = 100                                        # 100 = 3 * 32 + 4: a ragged tail
+    order = train.epoch_order(jax.random.key(0), 0, n, 32)
+    assert order.shape == (4 * 32,) and set(np.asarray(order).tolist()) == set(range(n))
+    X = jax.random.normal(jax.random.key(1), (n, 20))
+    y = jnp.arange(n, dtype=jnp.int32) % 10
+    hp = train.Hyper(jnp.float32(1e-3), jnp.float32(0.0))
+    state = train.init_state(0, cfg, 20, hp)
+    before = train.run_steps._cache_size()
+    for epoch in range(3):
+        order = train.epoch_order(state.key, epoch, n, 32)
+        state, (ce, _) = train.run_steps(state, hp, X, y, order, 0, cfg, 4)
+    assert train.run_steps._cache_size() == before + 1
+    assert int(state.step) == 12 and np.all(np.isfinite(ce))
+
+
+def test_divergence_is_recorded_not_a_crash(tmp_path, capsys):
+    out = tmp_path / "div"
+    code = cli.main(["train", "--data", str(SVHN_8K), "--out", str(out), "--optimizer", "sgd",
+                     "--lr", "1e4", "--hidden", "32", "--epochs", "2", "--batch", "128"])
+    assert code == EXIT_DIVERGED
+    assert "diverged at step" in capsys.readouterr().err
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["status"] == "diverged" and m["diverged_at_step"] >= 1
+
+
+def test_existing_out_is_refused_unless_overwrite(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(SvhnJaxError, match="already exists.*--overwrite"):
+        runs.train_run(run_config(epochs=1), out, quiet=True)
+    assert (out / "keep.txt").read_text() == "precious"
+    runs.train_run(run_config(epochs=1), out, overwrite=True, quiet=True)
+    assert (out / "metrics.json").exists()
+
+
+def test_console_script_trains(tmp_path):
+    out = tmp_path / "cli"
+    r = subprocess.run([sys.executable, "-m", "svhn_jax.cli", "train", "--data", str(SVHN_8K), "--out",
+                        str(out), "--hidden", "16", "--epochs", "1", "--batch", "256", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads(r.stdout)
+    assert m["status"] == "completed" and 0 < m["test_acc"] <= 1
