@@ -1,0 +1,345 @@
+"""Tests for svhn_jax.plots.
+
+Every function must write a PNG that matplotlib can read back, for ordinary
+inputs and for the awkward ones training produces (diverged epochs, exact-zero
+errors, nothing misclassified, one epoch, no records). Writes must be atomic
+(no temp files left behind, an old file survives a failed render) and the
+module must never touch pyplot's global state.
+"""
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import matplotlib.image
+import numpy as np
+import pytest
+
+from svhn_jax import plots
+from svhn_jax.errors import SvhnJaxError
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+NAN, INF = math.nan, math.inf
+
+
+@pytest.fixture(autouse=True)
+def low_dpi(monkeypatch):
+    """Render at 60 dpi: a third of the pixels keeps the file fast; the code paths are
+    the same (the subprocess test below renders at the real DPI)."""
+    monkeypatch.setattr(plots, "DPI", 60)
+
+
+def assert_png(path, min_side=150):
+    """`path` is a non-empty PNG that matplotlib reads back as an RGB(A) image."""
+    assert path.is_file(), path
+    data = path.read_bytes()
+    assert data[:8] == PNG_MAGIC and len(data) > 1000
+    img = matplotlib.image.imread(path)
+    assert img.ndim == 3 and img.shape[2] in (3, 4)
+    assert min(img.shape[:2]) >= min_side and max(img.shape[:2]) <= 4000
+    # not a blank canvas: something was drawn
+    assert img[..., :3].std() > 0.01
+
+
+def assert_no_temp_files(directory):
+    leftovers = [p.name for p in directory.rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def make_history(n, diverge_at=None):
+    """n epochs of plausible numbers; from `diverge_at` on, losses are NaN/inf."""
+    hist = []
+    for e in range(1, n + 1):
+        rec = {"epoch": e, "train_loss": 2.3 * math.exp(-e / 5) + 0.3,
+               "val_loss": 2.3 * math.exp(-e / 5) + 0.4, "train_acc": 0.9 - 0.7 * math.exp(-e / 4),
+               "val_acc": 0.85 - 0.65 * math.exp(-e / 4), "lr": 1e-3 * 0.9 ** e}
+        if diverge_at is not None and e >= diverge_at:
+            rec.update(train_loss=INF, val_loss=NAN, train_acc=0.1, val_acc=NAN)
+        hist.append(rec)
+    return hist
+
+
+# ---------------------------------------------------------------- curves
+
+
+@pytest.mark.parametrize("history", [
+    make_history(12),
+    make_history(1),                          # a single epoch: points, not invisible lines
+    make_history(8, diverge_at=5),            # diverged tail
+    [{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "val_loss": None, "lr": "n/a"},
+     {"train_acc": 0.5, "val_acc": 0.4}],     # missing keys, junk values, no epoch
+    [dict(r, val_acc=NAN, lr=1e-3) for r in make_history(3)],  # no best epoch; constant lr
+], ids=["normal", "single-epoch", "diverged", "missing-keys", "nan-acc-const-lr"])
+def test_curves_writes_two_pngs(tmp_path, history):
+    out = plots.curves(history, tmp_path / "loss.png", tmp_path / "acc.png")
+    assert out == (tmp_path / "loss.png", tmp_path / "acc.png")
+    for p in out:
+        assert_png(p)
+    assert_no_temp_files(tmp_path)
+
+
+def test_curves_empty_history_still_writes(tmp_path):
+    loss, acc = plots.curves([], tmp_path / "l.png", tmp_path / "a.png")
+    assert_png(loss)
+    assert_png(acc)
+
+
+def test_creates_parent_dirs_and_overwrites(tmp_path):
+    target = tmp_path / "a" / "b" / "loss.png"
+    plots.curves([], target, tmp_path / "a" / "acc.png")
+    first = target.read_bytes()
+    plots.gradcheck([], target)
+    assert target.read_bytes() != first
+    assert_png(target)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["acc.png", "b"]
+
+
+def test_percent_and_best_epoch():
+    # fractions become percent; values already in percent are left alone
+    np.testing.assert_allclose(plots._percent(np.array([0.5, NAN])), [50.0, NAN])
+    np.testing.assert_allclose(plots._percent(np.array([50.0, 80.0])), [50.0, 80.0])
+    assert plots._best_epoch(np.array([1.0, 2.0, 3.0]), np.array([10.0, NAN, 30.0])) == (3.0, 30.0)
+    assert plots._best_epoch(np.array([1.0]), np.array([NAN])) is None
+
+
+# ---------------------------------------------------------------- gradient checks
+
+
+@pytest.mark.parametrize("records", [
+    [{"step": s, "directional_fd": 10.0 ** (-7 - s % 3), "manual_vs_autodiff": 0.0 if s % 2 else 3e-15}
+     for s in range(0, 200, 10)],
+    [{"step": 0, "directional_fd": 0.0, "manual_vs_autodiff": 0.0}],    # all zeros
+    [{"step": 0, "directional_fd": NAN, "manual_vs_autodiff": 1e-12},
+     {"step": 5, "manual_vs_autodiff": 2e-12}],                          # NaN and missing
+    [],
+], ids=["normal", "zeros", "nan-missing", "empty"])
+def test_gradcheck(tmp_path, records):
+    out = plots.gradcheck(records, tmp_path / "gc.png", tol_fd=1e-6, tol_autodiff=1e-10)
+    assert out == tmp_path / "gc.png"
+    assert_png(out)
+
+
+def test_for_log_clips_zeros_to_the_floor():
+    y, clipped = plots._for_log(np.array([0.0, 1e-20, 1e-8, NAN]))
+    np.testing.assert_array_equal(clipped, [True, True, False, False])
+    np.testing.assert_allclose(y[:3], [plots.LOG_FLOOR, plots.LOG_FLOOR, 1e-8])
+    assert np.isnan(y[3])
+
+
+@pytest.mark.parametrize("records, tol", [
+    ([{"step": s, "manual_vs_autodiff": 0.0 if s % 3 == 0 else 1e-7, "max_abs_diff": 1e-8}
+      for s in range(50)], 1e-5),
+    ([{"step": 1, "manual_vs_autodiff": 2e-7}], None),      # no max_abs_diff
+    ([], None),
+], ids=["with-abs", "rel-only", "empty"])
+def test_step_diffs(tmp_path, records, tol):
+    assert_png(plots.step_diffs(records, tmp_path / "s.png", tol=tol))
+
+
+# ---------------------------------------------------------------- classification
+
+
+def test_confusion(tmp_path):
+    rng = np.random.default_rng(0)
+    m = rng.integers(0, 20, (10, 10))
+    m[np.diag_indices(10)] += 500
+    m[3] = 0  # a class with no examples must not divide by zero
+    assert_png(plots.confusion(m, tmp_path / "cm.png"))
+    assert_png(plots.confusion(m[:3, :3], tmp_path / "cm3.png", class_names=["a", "b", "c"]))
+    assert_png(plots.confusion(np.zeros((2, 2), int), tmp_path / "empty.png"))
+    assert_png(plots.confusion(rng.integers(0, 9, (25, 25)), tmp_path / "big.png"))  # no counts
+
+
+@pytest.mark.parametrize("matrix, names", [
+    (np.zeros((3, 4), int), None), (np.zeros(3, int), None), (np.zeros((3, 3), int), ["a", "b"]),
+])
+def test_confusion_rejects_bad_shapes(tmp_path, matrix, names):
+    with pytest.raises(SvhnJaxError):
+        plots.confusion(matrix, tmp_path / "x.png", class_names=names)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ((7, 32, 32, 3), np.uint8), ((5, 32, 32, 1), np.uint8), ((4, 32, 32), np.uint8),
+    ((6, 32, 32, 3), np.float32),  # standardised inputs: rescaled per image
+])
+def test_misclassified(tmp_path, shape, dtype):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, shape).astype(dtype)
+    if dtype == np.float32:
+        images = (images - 128.0) / 64.0
+    n = shape[0]
+    out = plots.misclassified(images, rng.integers(0, 10, n), rng.integers(0, 10, n),
+                              tmp_path / "mis.png")
+    assert_png(out)
+
+
+def test_misclassified_none_and_many(tmp_path):
+    empty = np.zeros((0, 32, 32, 3), np.uint8)
+    assert_png(plots.misclassified(empty, [], [], tmp_path / "none.png"))
+    many = np.full((100, 32, 32, 3), 200, np.uint8)
+    many[:, 8:24, 12:20] = 30
+    out = plots.misclassified(many, np.zeros(100, int), np.ones(100, int), tmp_path / "many.png",
+                              max_images=9)
+    assert_png(out)
+
+
+def test_misclassified_real_digits(tmp_path, svhn_8k):
+    X, y = svhn_8k
+    pred = (y[:20] + 1) % 10
+    assert_png(plots.misclassified(X[:20], y[:20], pred, tmp_path / "real.png"))
+
+
+@pytest.mark.parametrize("images, n_true, n_pred", [
+    (np.zeros((3, 32, 32, 3), np.uint8), 2, 3),
+    (np.zeros((3, 32, 32, 2), np.uint8), 3, 3),
+    (np.zeros((3, 3072), np.uint8), 3, 3),
+])
+def test_misclassified_rejects_bad_inputs(tmp_path, images, n_true, n_pred):
+    with pytest.raises(SvhnJaxError):
+        plots.misclassified(images, np.zeros(n_true, int), np.zeros(n_pred, int), tmp_path / "x.png")
+
+
+# ---------------------------------------------------------------- learning rates
+
+
+def sweep_results():
+    out = []
+    for label in ("sgd, bn=off", "adam, bn=on", "adam, bn=off"):
+        for lr in (1e-4, 1e-3, 1e-2, 1e-1):
+            bad = label.startswith("adam") and lr >= 1e-1
+            out.append({"label": label, "lr": lr, "val_loss": NAN if bad else 1.0 + lr,
+                        "val_acc": 0.1 if bad else 0.8 - lr})
+    out.append({"label": "sgd, bn=off", "lr": 3e-1, "val_loss": 2.0, "val_acc": 0.2, "diverged": True})
+    return out
+
+
+@pytest.mark.parametrize("results", [
+    sweep_results(),
+    [{"lr": 1e-3, "val_loss": 1.0, "val_acc": 0.7}],                 # one point, no label
+    [{"lr": 1e-2, "val_loss": INF, "val_acc": 0.1}],                 # only a diverged config
+    [{"label": f"cfg {i}", "lr": 10.0 ** -k, "val_loss": 1.0 + k / 10, "val_acc": 0.5 + k / 20}
+     for i in range(9) for k in range(1, 4)],                        # legend outside
+    [],
+    [{"lr": 0.0, "val_loss": 1.0, "val_acc": 0.5}],                  # lr 0 cannot go on log x
+], ids=["normal", "single", "only-diverged", "many-labels", "empty", "zero-lr"])
+def test_lr_sweep(tmp_path, results):
+    assert_png(plots.lr_sweep(results, tmp_path / "sweep.png"))
+
+
+def test_lr_sweep_one_metric(tmp_path):
+    assert_png(plots.lr_sweep(sweep_results(), tmp_path / "acc.png", metric_keys=("val_acc",)))
+
+
+def test_diverged():
+    assert plots._diverged({"val_loss": NAN})
+    assert plots._diverged({"val_loss": INF})
+    assert plots._diverged({"val_loss": 1.0, "diverged": True})
+    assert not plots._diverged({"val_loss": 1.0})
+    assert not plots._diverged({"val_acc": 0.5})  # no loss recorded is not divergence
+
+
+def test_lr_find(tmp_path):
+    lrs = np.logspace(-6, 0, 80)
+    losses = 2.3 - 0.8 / (1 + np.exp(-3 * (np.log10(lrs) + 3.5))) + np.exp(5 * (np.log10(lrs) + 0.8))
+    assert_png(plots.lr_find(lrs, losses, tmp_path / "a.png", suggestion=3e-3))
+    losses[-6:] = NAN
+    assert_png(plots.lr_find(lrs, losses, tmp_path / "b.png"))
+    assert_png(plots.lr_find(lrs[:1], losses[:1], tmp_path / "c.png"))           # one step
+    assert_png(plots.lr_find(lrs, np.linspace(1, 5, 80), tmp_path / "d.png"))    # never improves
+    assert_png(plots.lr_find(lrs, np.full(80, NAN), tmp_path / "e.png"))         # nothing finite
+    with pytest.raises(SvhnJaxError):
+        plots.lr_find(lrs, losses[:-1], tmp_path / "f.png")
+
+
+def test_ema_is_bias_corrected():
+    # a constant input must come out constant from the first step on
+    np.testing.assert_allclose(plots._ema(np.full(5, 2.0), 0.9), np.full(5, 2.0))
+    x = np.array([1.0, 3.0])
+    np.testing.assert_allclose(plots._ema(x, 0.5), [1.0, (0.25 * 1 + 0.5 * 3) / 0.75])
+
+
+# ---------------------------------------------------------------- comparisons and grids
+
+
+@pytest.mark.parametrize("n_runs", [1, 3, 12])
+def test_overlay_curves(tmp_path, n_runs):
+    runs = [{"label": f"lr={10.0 ** -(i / 3):.1e}",
+             "history": make_history(6, diverge_at=4 if i == 0 else None)} for i in range(n_runs)]
+    runs.append({"label": "crashed before epoch 1", "history": []})
+    assert_png(plots.overlay_curves(runs, tmp_path / "o.png"))
+
+
+def test_overlay_curves_empty(tmp_path):
+    assert_png(plots.overlay_curves([], tmp_path / "o.png"))
+
+
+def test_heatmap(tmp_path):
+    v = np.array([[0.80, 0.85, NAN], [0.70, INF, 0.90]])
+    out = plots.heatmap(v, ["1e-4", "1e-3", "1e-2"], ["0", "1e-4"], tmp_path / "h.png",
+                        title="val accuracy", xlabel="learning rate", ylabel="weight decay")
+    assert_png(out)
+    all_nan = plots.heatmap(np.full((1, 2), NAN), [1, 2], ["a"], tmp_path / "n.png",
+                            title="t", xlabel="x", ylabel="y")
+    assert_png(all_nan)
+    with pytest.raises(SvhnJaxError):
+        plots.heatmap(v.T, ["a", "b", "c"], ["d", "e"], tmp_path / "bad.png",
+                      title="t", xlabel="x", ylabel="y")
+
+
+# ---------------------------------------------------------------- atomic writes, no globals
+
+
+def test_failed_render_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
+    target = tmp_path / "gc.png"
+    plots.gradcheck([], target)
+    before = target.read_bytes()
+
+    def half_written(self, f, **kw):
+        f.write(PNG_MAGIC + b"truncated")
+        raise KeyboardInterrupt  # what a kill mid-render looks like to the writer
+
+    monkeypatch.setattr(plots.Figure, "savefig", half_written)
+    with pytest.raises(KeyboardInterrupt):
+        plots.gradcheck([{"step": 1, "directional_fd": 1e-8, "manual_vs_autodiff": 0.0}], target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["gc.png"]
+
+
+def test_written_file_is_world_readable(tmp_path):
+    out = plots.heatmap(np.ones((1, 1)), ["a"], ["b"], tmp_path / "h.png",
+                        title="t", xlabel="x", ylabel="y")
+    assert os.stat(out).st_mode & 0o777 == 0o644
+
+
+def test_no_pyplot_anywhere():
+    """A fresh interpreter runs every function without ever importing pyplot."""
+    code = textwrap.dedent("""
+        import sys, tempfile, pathlib
+        import numpy as np
+        from svhn_jax import plots
+        d = pathlib.Path(tempfile.mkdtemp())
+        h = [{"epoch": 1, "train_loss": 1.0, "val_loss": 1.1, "train_acc": .5, "val_acc": .4, "lr": .1}]
+        plots.curves(h, d / "l.png", d / "a.png")
+        plots.overlay_curves([{"label": "a", "history": h}], d / "o.png")
+        plots.gradcheck([{"step": 0, "directional_fd": 1e-8, "manual_vs_autodiff": 0.0}], d / "g.png")
+        plots.step_diffs([{"step": 0, "manual_vs_autodiff": 1e-7}], d / "s.png")
+        plots.confusion(np.eye(3, dtype=int), d / "c.png")
+        plots.misclassified(np.zeros((1, 32, 32, 3), np.uint8), [1], [2], d / "m.png")
+        plots.lr_sweep([{"lr": 1e-3, "val_loss": 1.0, "val_acc": .5}], d / "w.png")
+        plots.lr_find([1e-3, 1e-2], [2.0, 1.5], d / "f.png", suggestion=1e-3)
+        plots.heatmap(np.ones((1, 1)), ["a"], ["b"], d / "h.png", title="t", xlabel="x", ylabel="y")
+        assert len(list(d.iterdir())) == 10, list(d.iterdir())
+        assert "matplotlib.pyplot" not in sys.modules
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_no_pyplot_figures_left_open():
+    # runs last in this file: if anything imported pyplot, no figure stayed registered
+    if "matplotlib.pyplot" in sys.modules:
+        assert sys.modules["matplotlib.pyplot"].get_fignums() == []
