@@ -9,6 +9,7 @@ and early errors fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -143,6 +144,11 @@ def _settings(args) -> dict:
 
 
 def cmd_train(args) -> int:
+    from . import data
+
+    if not args.resume and not args.download:
+        # Before importing JAX: a missing dataset is reported in a fraction of a second.
+        data.ensure_available(args.data or "svhn", args.data_dir, download=False)
     from . import runs
 
     if args.resume:
@@ -158,8 +164,11 @@ def cmd_train(args) -> int:
         out, resume = Path(args.out), False
     config["download"] = args.download
     try:
-        metrics = runs.train_run(config, out, overwrite=args.overwrite, resume=resume,
-                                 quiet=args.json or not sys.stderr.isatty())
+        # With --json, stdout carries the JSON object alone (tensorflow-datasets prints
+        # while preparing), so everything else goes to stderr.
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            metrics = runs.train_run(config, out, overwrite=args.overwrite, resume=resume,
+                                     quiet=args.json or not sys.stderr.isatty())
     except (runs.Diverged, runs.Interrupted):
         if args.json and (out / "metrics.json").exists():
             print((out / "metrics.json").read_text().strip())

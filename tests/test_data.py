@@ -644,3 +644,54 @@ def test_importing_data_does_not_import_tfds():
          "print('tensorflow_datasets' in sys.modules, 'scipy.io' in sys.modules)"],
         capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.stdout.split() == ["False", "False"], out.stderr
+
+
+# ------------------------------------------------------ the train command's data path
+
+def _serve_fake_official(server, mat_dir):
+    for split in ("train", "test"):
+        name = f"{split}_32x32.mat"
+        blob = (mat_dir / name).read_bytes()
+        server.files[name] = blob
+        data.OFFICIAL[split] = (name, len(blob), hashlib.sha256(blob).hexdigest())
+
+
+def test_train_download_fetches_prepares_and_trains(server, fake_mats, tmp_path, capsys):
+    """`svhn-jax train --download` on a fresh machine: one command from nothing to a run."""
+    from svhn_jax import cli
+
+    _serve_fake_official(server, fake_mats[0])
+    out = tmp_path / "run"
+    code = cli.main(["train", "--download", "--data", "svhn", "--data-dir", str(tmp_path / "tfds"),
+                     "--out", str(out), "--hidden", "8", "--epochs", "1", "--batch", "8",
+                     "--val-fraction", "0.34", "--json"])
+    assert code == 0, capsys.readouterr().err
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n_test"] == 20 and metrics["n_train"] + metrics["n_val"] == 30
+    assert (tmp_path / "tfds" / "svhn_cropped" / "3.1.0" / "dataset_info.json").exists()
+
+
+def test_train_download_unreachable_host_fails_fast(tmp_path, monkeypatch, capsys):
+    from svhn_jax import cli
+    from svhn_jax.errors import EXIT_NETWORK
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setattr(data, "BASE_URL", f"http://127.0.0.1:{port}/")
+    t = time.perf_counter()
+    code = cli.main(["train", "--download", "--data-dir", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert code == EXIT_NETWORK
+    assert time.perf_counter() - t < 30  # one attempt, no retries (generous bound: noisy machines)
+    assert "Cannot reach" in capsys.readouterr().err
+
+
+def test_train_without_data_fails_before_importing_jax(tmp_path):
+    """The missing-data error comes before JAX is even imported (well under 2 s)."""
+    code = ("import sys; from svhn_jax import cli; "
+            f"rc = cli.main(['train', '--data-dir', {str(tmp_path)!r}, '--out', {str(tmp_path / 'r')!r}]); "
+            "assert 'jax' not in sys.modules, 'jax was imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3, r.stderr
+    assert "svhn-jax train --download" in r.stderr and "Traceback" not in r.stderr
