@@ -267,6 +267,95 @@ def add_prepare(sub):
     p.set_defaults(func=cmd_prepare)
 
 
+# ------------------------------------------------------------- sweep / lr-find
+
+SWEEP_AXES = ("lr", "reg", "optimizer", "batchnorm", "hidden", "batch", "epochs", "seed", "shift",
+              "schedule", "preprocess", "warmup_epochs")
+
+
+def cmd_sweep(args) -> int:
+    from . import runs, tune
+
+    axes = {a: tune.parse_values(a, getattr(args, a)) for a in SWEEP_AXES if getattr(args, a) is not None}
+    fixed = {a: v[0] for a, v in axes.items() if isinstance(v, list) and len(v) == 1}
+    axes = {a: v for a, v in axes.items() if a not in fixed} or {"lr": [fixed.get("lr", None)]}
+    settings = {k: getattr(args, k, None) for k in ("data", "data_dir", "val_fraction", "test_fraction",
+                                                    "synthetic_n", "grayscale", "grad")}
+    base = runs.make_config(args.preset, **settings, **fixed)
+    if axes == {"lr": [None]}:
+        axes = {"lr": [base["lr"]]}
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        summary = tune.sweep(base, axes, args.out, search=args.search, trials=args.trials,
+                             search_seed=args.search_seed, final=not args.no_final,
+                             final_on=args.final_on, overwrite=args.overwrite, quiet=args.json)
+    if args.json:
+        print(json.dumps(summary, default=float))
+        return errors.EXIT_OK
+    print(tune.format_table(summary["results"]))
+    print(f"\n{summary['configurations']} configurations in {summary['groups']} compiled group(s), "
+          f"{summary['sweep_seconds']:.1f} s; chosen on validation: "
+          + ", ".join(f"{k}={v}" for k, v in sorted(summary["best"].items())))
+    if "final" in summary:
+        f = summary["final"]
+        print(f"final run {summary['final_run']}: test accuracy {f.get('test_acc', float('nan')):.2%} "
+              f"on {f['n_test']} images (test touched once)")
+    print(f"results: {args.out}/results.csv, results.json, plots in {args.out}")
+    return errors.EXIT_OK
+
+
+def add_sweep(sub):
+    p = sub.add_parser("sweep", help="many configurations on validation (vmapped), one final test",
+                       description="Every hyperparameter takes a comma-separated list or, for numbers, "
+                                   "a range LO:HI:log|lin:N. Configurations differing only in lr, reg "
+                                   "and seed are trained at once in one compiled, vmapped program.")
+    add_data_args(p)
+    p.add_argument("--out", required=True, help="sweep folder to create")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--preset", choices=("mission", "best"), help="base settings for what is not swept")
+    g = p.add_argument_group("swept hyperparameters (lists like 1e-3,1e-2 or ranges like 1e-4:1e-1:log:8)")
+    for a in SWEEP_AXES:
+        g.add_argument("--" + a.replace("_", "-"), dest=a,
+                       help="hidden sizes: 128,512x256 (x separates layers)" if a == "hidden" else None)
+    p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--grad", choices=("manual", "autodiff"))
+    p.add_argument("--search", choices=("grid", "random"), default="grid")
+    p.add_argument("--trials", type=int, default=10, help="configurations drawn by random search")
+    p.add_argument("--search-seed", type=int, default=0)
+    p.add_argument("--final-on", choices=("train", "train+val"), default="train",
+                   help="retrain the chosen configuration on train, or on train+val")
+    p.add_argument("--no-final", action="store_true", help="skip the final retraining and test evaluation")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_lr_find(args) -> int:
+    from . import runs, tune
+
+    c = runs.make_config(args.preset, **_settings(args))
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        r = tune.lr_find(c, args.out, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps,
+                         overwrite=args.overwrite)
+    if args.json:
+        print(json.dumps(r))
+    else:
+        print(f"suggested learning rate {r['suggested_lr']:.2e} (smoothed loss is lowest at "
+              f"{r['lr_at_min_loss']:.2e}); plot: {args.out}/lr_find.png")
+    return errors.EXIT_OK
+
+
+def add_lr_find(sub):
+    p = sub.add_parser("lr-find", help="learning-rate range test: loss against an exponentially rising lr")
+    add_data_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true")
+    add_hyperparameters(p)
+    p.add_argument("--lr-min", type=float, default=1e-7)
+    p.add_argument("--lr-max", type=float, default=10.0)
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_lr_find)
+
+
 # ----------------------------------------------------------------------- main
 
 
@@ -275,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="svhn-jax",
         description="A from-scratch JAX MLP for SVHN with hand-derived, checked backward passes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train, add_evaluate, add_gradcheck, add_download, add_prepare):
+    for add in (add_train, add_evaluate, add_sweep, add_lr_find, add_gradcheck, add_download, add_prepare):
         add(sub)
     return parser
 

@@ -42,7 +42,7 @@ DEFAULTS = {
     "hidden": [128], "batchnorm": "none",
     "optimizer": "adam", "lr": 1e-3, "schedule": "constant", "warmup_epochs": 0.0,
     "reg": 0.0, "batch": 64, "epochs": 10, "shift": 0, "patience": 0,
-    "grad": "manual", "seed": 0,
+    "grad": "manual", "seed": 0, "split_seed": None, "train_on_val": False,
     "gradcheck_every": 0, "gradcheck_strict": False, "checkpoint_every": 0,
 }
 
@@ -145,9 +145,12 @@ def split_data(c: dict) -> dict:
     """{"train", "val", "test"?: (X uint8, y int32)} as the config describes.
 
     Data with an official test split: its train part is split into train and
-    validation (stratified, seeded). Data without one (an .npz, synthetic):
-    split into train/validation/test the same way.
+    validation (stratified, seeded with split_seed, default the run's seed).
+    Data without one (an .npz, synthetic): split into train/validation/test
+    the same way. With train_on_val, validation images are trained on too
+    (for a final fit after hyperparameters were chosen on validation).
     """
+    split_seed = c["seed"] if c.get("split_seed") is None else c["split_seed"]
     data.ensure_available(c["data"], c["data_dir"], download=c.get("download", False))
     loaded = data.load(c["data"], data_dir=c["data_dir"], synthetic_n=c["synthetic_n"],
                        seed=c["seed"])
@@ -155,11 +158,13 @@ def split_data(c: dict) -> dict:
         X, y = loaded["all"]
         f_val, f_test = c["val_fraction"], c["test_fraction"]
         parts = dict(zip(("train", "val", "test"),
-                         data.stratified_split(y, (1 - f_val - f_test, f_val, f_test), c["seed"])))
+                         data.stratified_split(y, (1 - f_val - f_test, f_val, f_test), split_seed)))
     else:
         X, y = loaded["train"]
         parts = dict(zip(("train", "val"),
-                         data.stratified_split(y, (1 - c["val_fraction"], c["val_fraction"]), c["seed"])))
+                         data.stratified_split(y, (1 - c["val_fraction"], c["val_fraction"]), split_seed)))
+    if c.get("train_on_val"):
+        parts["train"] = np.sort(np.concatenate([parts["train"], parts["val"]]))
     out = {k: (X[i], y[i]) for k, i in parts.items()}
     if "test" in loaded:
         out["test"] = loaded["test"]
@@ -340,19 +345,24 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
             _end_epoch(state, val, cfg, c, progress, epoch, hp, out, quiet)
             save_checkpoint()
 
-    # One final evaluation on test, with the best-validation parameters.
     best, _ = checkpoint.load(out / "best.npz", best_template)
     extra = {"best_params_sha256": checkpoint.fingerprint(best["params"])}
     if "test" in parts:
         X_te, y_te = parts["test"]
-        test = train.make_eval_set(preprocess.apply(X_te, prep), y_te)
-        loss, acc, pred = train.evaluate(best["params"], best["bn_state"], test, cfg.spec)
+        loss, acc, pred = evaluate_on_test(best, X_te, y_te, prep, cfg.spec)
         conf = train.confusion_matrix(y_te, pred)
         extra.update(test_loss=loss, test_acc=acc, test_confusion=conf.tolist())
         _final_plots(out, progress, conf, X_te, y_te, pred)
     else:
         _final_plots(out, progress, None, None, None, None)
     return write_outputs("completed", extra)
+
+
+def evaluate_on_test(best, X_te, y_te, prep, spec):
+    """The one evaluation on test of a run, with its best-validation parameters.
+    (A function of its own so that tests can count how often test is touched.)"""
+    test = train.make_eval_set(preprocess.apply(X_te, prep), y_te)
+    return train.evaluate(best["params"], best["bn_state"], test, spec)
 
 
 def _segment_length(pos: int, spe: int, c: dict) -> int:
@@ -403,7 +413,8 @@ def _end_epoch(state, val, cfg, c, progress, epoch, hp, out, quiet):
            "seconds": s["seconds"]}
     progress["history"].append(row)
     progress["epoch_sums"] = _new_sums()
-    if acc > progress["best_val_acc"]:
+    # After train_on_val the validation images were trained on: keep the last epoch.
+    if acc > progress["best_val_acc"] or c.get("train_on_val"):
         progress.update(best_val_acc=acc, best_epoch=epoch + 1, bad_epochs=0)
         checkpoint.save(out / "best.npz", {"params": state.params, "bn_state": state.bn_state},
                         {"epoch": epoch + 1, "val_acc": acc}, keep_previous=False)

@@ -136,19 +136,30 @@ def train_step(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig):
     return TrainState(params, bn_state, opt_state, state.step + 1, state.key), (ce, correct)
 
 
-@partial(jax.jit, static_argnames=("cfg", "count"), donate_argnums=(0,))
-def run_steps(state: TrainState, hp: Hyper, X, y, order, start, cfg: StepConfig, count: int):
+def steps(state: TrainState, hp: Hyper, X, y, order, start, cfg: StepConfig, count: int):
     """Steps start .. start+count-1 of an epoch whose batch order is `order`.
 
     X (N, D) float32, y (N,) int32, order from epoch_order. Returns the new
-    state and per-step (cross-entropy (count,), correct (count,)). The input
-    state's buffers are donated: the caller must use the returned state.
+    state and per-step (cross-entropy (count,), correct (count,)).
     """
     def body(state, i):
         xb, yb = get_batch(X, y, order, i, state.key, state.step, cfg)
         return train_step(state, hp, xb, yb, cfg)
 
     return jax.lax.scan(body, state, start + jnp.arange(count))
+
+
+# One compiled scan per (config, count). The state's buffers are donated: the
+# caller must use the returned state.
+run_steps = jax.jit(steps, static_argnames=("cfg", "count"), donate_argnums=(0,))
+
+
+@partial(jax.jit, static_argnames=("cfg", "count"), donate_argnums=(0,))
+def run_steps_many(states, hps, X, y, orders, start, cfg: StepConfig, count: int):
+    """`steps` for K configurations at once (jax.vmap over a leading axis of
+    states, hps and orders; the data are shared): one program trains them all."""
+    one = lambda s, h, o: steps(s, h, X, y, o, start, cfg, count)
+    return jax.vmap(one)(states, hps, orders)
 
 
 # ----------------------------------------------------------------- evaluation
@@ -177,8 +188,7 @@ def make_eval_set(X, y, chunk: int = 1024) -> EvalSet:
     return EvalSet(Xp, yp, mask)
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def _evaluate(params, bn_state, es: EvalSet, spec):
+def _eval_sums(params, bn_state, es: EvalSet, spec):
     def one(chunk):
         x, y, m = chunk
         logits, _, _ = model.forward(params, bn_state, x, spec, train=False)
@@ -192,10 +202,20 @@ def _evaluate(params, bn_state, es: EvalSet, spec):
     return nll.sum() / n, correct.sum() / n, pred.reshape(-1)
 
 
+_evaluate = jax.jit(_eval_sums, static_argnames=("spec",))
+
+
 def evaluate(params, bn_state, es: EvalSet, spec):
     """(mean cross-entropy, accuracy, predictions (N,)) with BatchNorm in eval mode."""
     loss, acc, pred = _evaluate(params, bn_state, es, spec)
     return float(loss), float(acc), np.asarray(pred)[: int(es.mask.sum())]
+
+
+@partial(jax.jit, static_argnames=("spec",))
+def evaluate_many(params, bn_state, es: EvalSet, spec):
+    """Mean cross-entropy (K,) and accuracy (K,) of K stacked parameter sets."""
+    loss, acc, _ = jax.vmap(lambda p, s: _eval_sums(p, s, es, spec))(params, bn_state)
+    return loss, acc
 
 
 def confusion_matrix(y_true, y_pred, k: int = 10) -> np.ndarray:
