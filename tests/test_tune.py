@@ -1,6 +1,7 @@
 """Sweeps: vmapped groups equal separate runs, divergence is contained, test is
 touched once after selection; value parsing; the learning-rate range test."""
 
+import csv
 import json
 
 import numpy as np
@@ -43,7 +44,8 @@ def test_grid_and_random_search():
 
 def test_vmapped_group_matches_separate_runs(tmp_path):
     """Three configurations trained in one vmapped program give, per configuration,
-    what a separate `svhn-jax train` run gives (within float32 rounding)."""
+    what a separate `svhn-jax train` run gives (within float32 rounding: measured
+    ~1e-7 relative after 2 epochs; the bound leaves 100x margin)."""
     configs = [base_config(lr=lr, reg=reg, seed=seed)
                for lr, reg, seed in [(1e-3, 0.0, 0), (3e-3, 1e-3, 1), (1e-2, 0.0, 2)]]
     parts = runs.split_data(configs[0])
@@ -51,13 +53,12 @@ def test_vmapped_group_matches_separate_runs(tmp_path):
     grouped = tune.train_group(configs, parts)
     for i, (c, g) in enumerate(zip(configs, grouped)):
         alone = runs.train_run(c, tmp_path / f"alone{i}", quiet=True)
-        hist = [json.loads(json.dumps(r)) for r in
-                __import__("csv").DictReader((tmp_path / f"alone{i}" / "history.csv").open())]
+        hist = list(csv.DictReader((tmp_path / f"alone{i}" / "history.csv").open()))
         for h_alone, h_group in zip(hist, g["history"]):
-            assert float(h_alone["val_loss"]) == pytest.approx(h_group["val_loss"], rel=2e-3)
-            assert float(h_alone["train_loss"]) == pytest.approx(h_group["train_loss"], rel=2e-3)
-            assert float(h_alone["val_acc"]) == pytest.approx(h_group["val_acc"], abs=0.005)
-        assert alone["best_val_acc"] == pytest.approx(g["best_val_acc"], abs=0.005)
+            assert float(h_alone["val_loss"]) == pytest.approx(h_group["val_loss"], rel=1e-5)
+            assert float(h_alone["train_loss"]) == pytest.approx(h_group["train_loss"], rel=1e-5)
+            assert float(h_alone["val_acc"]) == pytest.approx(h_group["val_acc"], abs=1.5 / 800)
+        assert alone["best_val_acc"] == pytest.approx(g["best_val_acc"], abs=1.5 / 800)
 
 
 def test_sweep_survives_divergence_and_touches_test_once_after_selection(tmp_path, monkeypatch):
