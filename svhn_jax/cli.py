@@ -376,6 +376,9 @@ def main(argv=None) -> int:
     except errors.SvhnJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
+    except KeyboardInterrupt:  # outside training's own handler: nothing to save yet
+        print("interrupted", file=sys.stderr)
+        return errors.EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -293,6 +293,7 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
         if progress["gradchecks"]:
             _write_csv(out / "gradchecks.csv", progress["gradchecks"])
         metrics = {"status": status, "steps": int(state.step), "epochs_run": len(progress["history"]),
+                   "stopped_early": status == "completed" and len(progress["history"]) < c["epochs"],
                    "best_epoch": progress["best_epoch"], "best_val_acc": progress["best_val_acc"],
                    "n_train": c["n_train"], "n_val": c["n_val"], "n_test": c["n_test"],
                    "train_seconds": progress["seconds"],
