@@ -239,3 +239,13 @@ def test_random_cli_arguments_never_traceback(tmp_path_factory, tiny_npz, capsys
     assert "Traceback" not in err
     if code not in (0,):
         assert "error" in err
+
+
+def test_sweep_bad_input(tmp_path, capsys, tiny_npz):
+    cases = [(["--data", str(tmp_path / "none.npz"), "--lr", "1e-3"], EXIT_DATA, "does not exist"),
+             (["--data", str(tiny_npz), "--lr", "1e-3,0"], EXIT_USAGE, "learning rate must be a positive"),
+             (["--data", str(tiny_npz), "--optimizer", "adam,lion"], EXIT_USAGE, "unknown optimizer"),
+             (["--data", str(tiny_npz), "--lr", "1e-3:1:cubic:3"], EXIT_USAGE, "range")]
+    for i, (extra, code, words) in enumerate(cases):
+        assert cli.main(["sweep", "--out", str(tmp_path / f"s{i}"), "--epochs", "1", *extra]) == code
+        assert words in capsys.readouterr().err

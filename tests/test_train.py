@@ -120,3 +120,25 @@ def test_console_script_trains(tmp_path):
     assert r.returncode == 0, r.stderr
     m = json.loads(r.stdout)
     assert m["status"] == "completed" and 0 < m["test_acc"] <= 1
+
+
+def _broken_bn_backward(params, cache, dy):
+    """BatchNorm backward that forgets the mean term (a classic derivation slip)."""
+    grads = {"gamma": (dy * cache["xhat"]).sum(0), "beta": dy.sum(0)}
+    dxhat = dy * params["gamma"]
+    return grads, cache["inv_std"] * (dxhat - cache["xhat"] * (dxhat * cache["xhat"]).mean(0))
+
+
+def test_per_step_check_warns_or_stops_on_a_wrong_backward(tmp_path, monkeypatch, capsys):
+    from svhn_jax import layers
+
+    init, fwd, _ = layers.LAYERS["batchnorm"]
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", (init, fwd, _broken_bn_backward))
+    jax.clear_caches()
+    cfg = run_config(epochs=1, batchnorm="before", gradcheck_every=10)
+    m = runs.train_run(cfg, tmp_path / "warn", quiet=True)
+    err = capsys.readouterr().err
+    assert "warning: gradient check at step 0" in err and m["gradcheck_max_manual_vs_autodiff"] > 1e-3
+    with pytest.raises(SvhnJaxError, match=r"stopping \(--gradcheck-strict\)"):
+        runs.train_run(dict(cfg, gradcheck_strict=True), tmp_path / "strict", quiet=True)
+    jax.clear_caches()
