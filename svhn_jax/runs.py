@@ -171,7 +171,7 @@ def split_data(c: dict) -> dict:
     return out
 
 
-def _ensure_run_dir(out: Path, *, overwrite: bool) -> None:
+def ensure_run_dir(out: Path, *, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise SvhnJaxError(f"--out {out} is a file, not a folder; choose another path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
@@ -189,7 +189,7 @@ def _ensure_run_dir(out: Path, *, overwrite: bool) -> None:
 # ----------------------------------------------------------------- the run
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     if rows:
         w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
@@ -198,7 +198,7 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     checkpoint.atomic_write_text(path, buf.getvalue())
 
 
-def _write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj) -> None:
     checkpoint.atomic_write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
 
 
@@ -226,7 +226,7 @@ class _SigintFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
-def _progress(msg: str, *, quiet: bool) -> None:
+def say(msg: str, *, quiet: bool) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
 
@@ -246,7 +246,7 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
     """
     out = Path(out)
     if not resume:
-        _ensure_run_dir(out, overwrite=overwrite)
+        ensure_run_dir(out, overwrite=overwrite)
     parts = split_data(c)
     X_tr, y_tr = parts["train"]
     n = len(y_tr)
@@ -264,7 +264,7 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
                  n_train=n, n_val=len(parts["val"][1]),
                  n_test=len(parts["test"][1]) if "test" in parts else 0,
                  jax_version=jax.__version__, backend=jax.default_backend())
-        _write_json(out / "config.json", c)
+        write_json(out / "config.json", c)
     prep = c["preprocessing"]
     X = jnp.asarray(preprocess.apply(X_tr, prep))
     y = jnp.asarray(y_tr, jnp.int32)
@@ -279,9 +279,9 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
         ckpt = out / "checkpoint.npz"
         if not ckpt.exists() and not checkpoint.previous(ckpt).exists():
             raise SvhnJaxError(f"{out} has no checkpoint to resume from; start a new run with --out")
-        tree, meta = checkpoint.load(ckpt, template, warn=lambda m: _progress(m, quiet=False))
+        tree, meta = checkpoint.load(ckpt, template, warn=lambda m: say(m, quiet=False))
         state, progress = tree["state"], meta["progress"]
-        _progress(f"resuming {out} at step {int(state.step)}", quiet=quiet)
+        say(f"resuming {out} at step {int(state.step)}", quiet=quiet)
     else:
         state = train.init_state(c["seed"], cfg, in_dim, hp)
 
@@ -289,9 +289,9 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
         checkpoint.save(out / "checkpoint.npz", {"state": state}, {"progress": progress})
 
     def write_outputs(status: str, extra: dict | None = None) -> dict:
-        _write_csv(out / "history.csv", progress["history"])
+        write_csv(out / "history.csv", progress["history"])
         if progress["gradchecks"]:
-            _write_csv(out / "gradchecks.csv", progress["gradchecks"])
+            write_csv(out / "gradchecks.csv", progress["gradchecks"])
         metrics = {"status": status, "steps": int(state.step), "epochs_run": len(progress["history"]),
                    "stopped_early": status == "completed" and len(progress["history"]) < c["epochs"],
                    "best_epoch": progress["best_epoch"], "best_val_acc": progress["best_val_acc"],
@@ -299,7 +299,7 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
                    "train_seconds": progress["seconds"],
                    "params_sha256": checkpoint.fingerprint(state.params),
                    **_gradcheck_summary(progress["gradchecks"]), **(extra or {})}
-        _write_json(out / "metrics.json", metrics)
+        write_json(out / "metrics.json", metrics)
         return metrics
 
     total_epochs = c["epochs"]
@@ -410,7 +410,7 @@ def _end_epoch(state, val, cfg, c, progress, epoch, hp, out, quiet):
     s = progress["epoch_sums"]
     row = {"epoch": epoch + 1, "step": int(state.step),
            "train_loss": s["loss"] / max(s["steps"], 1), "train_acc": s["correct"] / max(s["seen"], 1),
-           "val_loss": loss, "val_acc": acc, "lr": _lr_at(cfg, c["lr"], int(state.step) - 1),
+           "val_loss": loss, "val_acc": acc, "lr": lr_at(cfg, c["lr"], int(state.step) - 1),
            "seconds": s["seconds"]}
     progress["history"].append(row)
     progress["epoch_sums"] = _new_sums()
@@ -421,7 +421,7 @@ def _end_epoch(state, val, cfg, c, progress, epoch, hp, out, quiet):
                         {"epoch": epoch + 1, "val_acc": acc}, keep_previous=False)
     else:
         progress["bad_epochs"] += 1
-    _progress(f"epoch {epoch + 1:>3}/{c['epochs']} {_bar(epoch + 1, c['epochs'])} "
+    say(f"epoch {epoch + 1:>3}/{c['epochs']} {_bar(epoch + 1, c['epochs'])} "
               f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%} | "
               f"val loss {loss:.4f} acc {acc:.2%} | {row['seconds']:.1f}s", quiet=quiet)
 
@@ -431,7 +431,7 @@ def _new_sums() -> dict:
     return {"loss": 0.0, "correct": 0, "steps": 0, "seen": 0, "seconds": 0.0}
 
 
-def _lr_at(cfg, lr, step: int) -> float:
+def lr_at(cfg, lr, step: int) -> float:
     name, options = cfg.schedule
     return float(optim.make_schedule(name, lr, **dict(options))(jnp.int32(max(step, 0))))
 

@@ -148,7 +148,7 @@ def train_group(configs: list[dict], parts: dict) -> list[dict]:
         ce, val_loss, val_acc = np.asarray(ce), np.asarray(val_loss), np.asarray(val_acc)
         correct = np.asarray(correct)
         seconds = time.perf_counter() - te
-        lr_now = [runs._lr_at(cfg, c["lr"], (epoch + 1) * spe - 1) for c in configs]
+        lr_now = [runs.lr_at(cfg, c["lr"], (epoch + 1) * spe - 1) for c in configs]
         for i, r in enumerate(results):
             if r["status"] == "diverged":
                 continue
@@ -177,7 +177,7 @@ def sweep(base: dict, axes: dict, out, *, search="grid", trials=10, search_seed=
           final_on="train", overwrite=False, quiet=False) -> dict:
     """Run a sweep into folder `out`; returns the summary (also in out/results.json)."""
     out = Path(out)
-    runs._ensure_run_dir(out, overwrite=overwrite)
+    runs.ensure_run_dir(out, overwrite=overwrite)
     unknown = set(axes) - set(NUMERIC) - set(CATEGORICAL)
     if unknown:
         raise SvhnJaxError(f"cannot sweep {sorted(unknown)}")
@@ -196,7 +196,7 @@ def sweep(base: dict, axes: dict, out, *, search="grid", trials=10, search_seed=
     results, t0 = [], time.perf_counter()
     for i, group in enumerate(groups.values()):
         if not quiet:
-            runs._progress(f"group {i + 1}/{len(groups)}: {len(group)} configuration(s) trained at once "
+            runs.say(f"group {i + 1}/{len(groups)}: {len(group)} configuration(s) trained at once "
                            f"({_label(group[0], [a for a in swept if a not in VMAPPED]) or 'one shape'})",
                            quiet=False)
         results += train_group(group, parts)
@@ -219,18 +219,18 @@ def sweep(base: dict, axes: dict, out, *, search="grid", trials=10, search_seed=
     _write_outputs(out, rows, ranked, swept, axes)
     if final:
         best = dict(ranked[0]["config"], train_on_val=(final_on == "train+val"))
-        runs._progress(f"final: retraining the best configuration ({_label(best, swept)}) on "
+        runs.say(f"final: retraining the best configuration ({_label(best, swept)}) on "
                        f"{final_on} and evaluating once on test", quiet=quiet)
         summary["final"] = runs.train_run(best, out / "final", quiet=quiet)
         summary["final_run"] = str(out / "final")
-    runs._write_json(out / "results.json", summary)
+    runs.write_json(out / "results.json", summary)
     return summary
 
 
 def _write_outputs(out: Path, rows, ranked, swept, axes):
     from . import plots
 
-    runs._write_csv(out / "results.csv", rows)
+    runs.write_csv(out / "results.csv", rows)
     curves = [{"label": _label(r["config"], swept), "history": r["history"]} for r in ranked]
     plots.overlay_curves(curves, out / "curves.png")
     if "lr" in swept:
@@ -283,7 +283,7 @@ def lr_find(c: dict, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98, ove
     the smoothed minimum divided by 10, a conservative, commonly used rule.
     """
     out = Path(out)
-    runs._ensure_run_dir(out, overwrite=overwrite)
+    runs.ensure_run_dir(out, overwrite=overwrite)
     if not (0 < lr_min < lr_max) or steps < 10:
         raise SvhnJaxError("lr-find needs 0 < --lr-min < --lr-max and --steps >= 10")
     parts = runs.split_data(c)
@@ -329,8 +329,8 @@ def lr_find(c: dict, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98, ove
     plots.lr_find(lrs[:stop], raw[:stop], out / "lr_find.png", suggestion=suggestion)
     rows = [{"step": i, "lr": float(lrs[i]), "loss": float(raw[i]), "smoothed": float(smooth[i])}
             for i in range(len(smooth))]
-    runs._write_csv(out / "lr_find.csv", rows)
+    runs.write_csv(out / "lr_find.csv", rows)
     result = {"suggested_lr": suggestion, "lr_at_min_loss": float(lrs[i_min]),
               "min_smoothed_loss": float(smooth[i_min]), "steps_read": stop, "optimizer": c["optimizer"]}
-    runs._write_json(out / "lr_find.json", result)
+    runs.write_json(out / "lr_find.json", result)
     return result
