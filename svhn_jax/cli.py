@@ -356,6 +356,46 @@ def add_lr_find(sub):
     p.set_defaults(func=cmd_lr_find)
 
 
+# ----------------------------------------------------------------------- bench
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    modes = bench.parse_modes(args.modes)  # before JAX starts: a typo fails fast
+    bench.check_args(args.hidden, args.batch, args.epochs, args.n, args.eager_steps)
+    progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        report = bench.run(args.hidden, args.batch, args.epochs, args.n, modes, args.seed,
+                           eager_steps=args.eager_steps, progress=progress)
+    print(json.dumps(report) if args.json else bench.format_report(report))
+    return errors.EXIT_OK
+
+
+def add_bench(sub):
+    p = sub.add_parser("bench", help="seconds per epoch: scan vs jitted step vs eager vs NumPy vs PyTorch",
+                       description="Time training epochs of the same MLP (Adam, synthetic SVHN-shaped "
+                                   "data) in each mode, back to back in one process, with the machine's "
+                                   "peak GFLOP/s and the CPU load of other processes. Timings drift "
+                                   "between runs: compare the ratios.")
+    p.add_argument("--hidden", type=int_list, default=(128,), help="hidden sizes to try, e.g. 128 or 128,512")
+    p.add_argument("--batch", type=int_list, default=(64, 512), help="batch sizes to try (default 64,512)")
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs per mode, after a warm-up (median)")
+    p.add_argument("--n", type=int, default=73257, help="synthetic images per epoch (default: SVHN train)")
+    p.add_argument("--modes", default=",".join(MODES_FOR_HELP),
+                   help="comma-separated subset of " + ", ".join(MODES_FOR_HELP))
+    p.add_argument("--eager-steps", type=int, default=20,
+                   help="timed steps per block in eager mode (its epoch is extrapolated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_bench)
+
+
+MODES_FOR_HELP = ("scan_manual", "scan_autodiff", "jit_manual", "jit_autodiff", "eager", "numpy",
+                  "torch_eager")  # = bench.MODES; building the parser imports nothing heavy
+
+
 # ----------------------------------------------------------------------- main
 
 
@@ -364,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="svhn-jax",
         description="A from-scratch JAX MLP for SVHN with hand-derived, checked backward passes.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train, add_evaluate, add_sweep, add_lr_find, add_gradcheck, add_download, add_prepare):
+    for add in (add_train, add_evaluate, add_sweep, add_lr_find, add_gradcheck, add_download, add_prepare, add_bench):
         add(sub)
     return parser
 
