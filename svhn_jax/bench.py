@@ -406,13 +406,12 @@ def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs
     say = progress or (lambda msg: None)
 
     import jax
-    import jax.numpy as jnp
 
     with bench_refs.measure_load() as peak_load:
         peak_start = bench_refs.peak_gflops(peak_size)
     say(f"peak {peak_start:.1f} GFLOP/s ({jax.default_backend()})")
     X_host, y_host = make_data(n, seed)
-    X, y = jax.device_put(jnp.asarray(X_host)), jax.device_put(jnp.asarray(y_host))
+    X, y = jax.device_put(X_host), jax.device_put(y_host)
     jax.block_until_ready((X, y))
 
     results, skipped = [], []
