@@ -1,0 +1,328 @@
+"""Hand-derived vs jax.grad gradients at every step of a real training run.
+
+    python scripts/compare_grads.py --data ../shared/data/svhn_test_8k.npz --out /tmp/compare_grads
+
+Trains the MLP one step at a time with the package's own jitted step
+(`train.run_steps(..., count=1)`, hand-written VJPs, float32) and, before each
+step, on exactly the batch that step trains on (`train.get_batch`), compares
+
+  float32 (the training precision): the gradients of
+      model.loss_and_grads_manual (hand VJPs) and model.loss_and_grads_autodiff
+      (jax.grad): max |hand - jax.grad| over all entries, and the relative
+      difference max_i |a_i - b_i| / max(1e-8, max_i(|a_i| + |b_i|)) per
+      parameter leaf, maximised over the leaves. These differences are float32
+      rounding (the two compute the same derivative in a different order):
+      expect ~1e-6 relative, and no upward drift as training proceeds;
+  float64: gradcheck.step_check on the same parameters and batch, cast up:
+      hand vs jax.grad (tolerance 1e-10) and a directional central finite
+      difference along a random unit vector (tolerance 1e-6). Its step is
+      step_check's default, 1e-6 (what `svhn-jax train --gradcheck-every` uses),
+      or --fd-eps. At 1e-6 the difference's rounding (~1e-16 L / eps, divided by
+      a directional derivative that a random direction can make small) can
+      reach the tolerance: on the 8k slice with --batchnorm before, 3 of 300
+      steps gave 1.5e-6 to 2.4e-6 while hand and jax.grad agreed to 4e-16, and
+      the same steps gave <= 5e-8 with --fd-eps 1e-5.
+
+Outputs in DIR:
+
+    grad_diffs.csv   one row per step: step, epoch, loss, float32 max abs / max rel
+                     difference (and the leaf where the latter is largest), float64
+                     hand vs jax.grad and directional finite-difference errors
+    step_diffs.png   the float32 differences over the steps (plots.step_diffs)
+    gradcheck.png    the float64 errors over the steps with their tolerances (plots.gradcheck)
+    summary.json     the maxima over all steps, the tolerances and whether they are met
+
+Exit codes: 0 every float64 check within tolerance, 1 a float64 check out of
+tolerance (all outputs still written), 2 bad argument, 3 data missing or invalid,
+5 training diverged (the steps so far are written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+from svhn_jax import errors
+
+TOL_F64_AUTODIFF = 1e-10     # float64 hand vs jax.grad
+TOL_F64_DIRECTIONAL = 1e-6   # float64 directional finite difference
+F32_EXPECTED_REL = 1e-5      # float32 hand vs jax.grad: rounding, ~1e-6; a reference line, not a test
+COLUMNS = ("step", "epoch", "loss", "f32_max_abs_diff", "f32_max_rel_diff", "f32_worst_leaf",
+           "f64_manual_vs_autodiff", "f64_directional_fd")
+
+
+def hidden_sizes(text: str) -> list[int]:
+    """'128' or '512,256' -> [128] or [512, 256]."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128 or 512,256, "
+                                         f"got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compare_grads.py",
+        description="Train step by step and, at every step, compare hand-derived and jax.grad "
+                    "gradients on that step's batch in float32, plus the float64 per-step check "
+                    "(hand vs jax.grad, directional finite difference).",
+        epilog="Tolerances: float64 hand vs jax.grad <= 1e-10, float64 directional finite "
+               "difference <= 1e-6 (exit 1 if either is exceeded). float32 differences are "
+               "rounding; expect about 1e-6 relative.")
+    p.add_argument("--data", required=True,
+                   help="an .npz with X (N,32,32,3) uint8 and y, a folder of SVHN .mat files, "
+                        "'svhn' (prepared tensorflow-datasets) or 'synthetic'")
+    p.add_argument("--data-dir", help="tensorflow-datasets folder for --data svhn")
+    p.add_argument("--out", required=True, help="folder for the outputs (must be new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
+    p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    p.add_argument("--hidden", type=hidden_sizes, default=[128],
+                   help="hidden layer widths, e.g. 128 or 512,256 (default 128)")
+    p.add_argument("--batchnorm", default="off", choices=("off", "before", "after"),
+                   help="BatchNorm before or after each ReLU, or off (default off)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    p.add_argument("--optimizer", default="adam",
+                   choices=("sgd", "momentum", "nesterov", "rmsprop", "adam"),
+                   help="optimizer (default adam)")
+    p.add_argument("--reg", type=float, default=0.0, help="L2 strength (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the data split, initialisation and batch order (default 0)")
+    p.add_argument("--fd-eps", type=float, default=None,
+                   help="step of the float64 directional finite difference (default: "
+                        "gradcheck.step_check's, 1e-6, the one training uses; at 1e-6 rounding "
+                        "dominates and about 1%% of BatchNorm steps exceed 1e-6, 1e-5 does not)")
+    p.add_argument("--preprocess", default=None, choices=("scale", "channel", "image"),
+                   help="input normalisation (default: the package's, per-image standardisation)")
+    p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
+                   help="luminance instead of RGB (default: the package's, grayscale)")
+    return p
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty folder without --overwrite (changes nothing)."""
+    if out.exists() and not out.is_dir():
+        raise errors.SvhnJaxError(f"--out {out} is a file, not a folder; choose another path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise errors.SvhnJaxError(f"--out {out} already exists and is not empty; pass --overwrite "
+                                  f"to replace its files, or choose another path")
+
+
+def _prepare_out(out: Path, overwrite: bool) -> None:
+    _check_out(out, overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise errors.SvhnJaxError(f"cannot create --out {out} ({e.strerror}); choose a writable folder")
+
+
+def _float32_diffs_fn(spec, reg):
+    """A jitted (params, bn_state, xb, yb) -> (loss, max abs diff, per-leaf rel diffs (L,))."""
+    import jax
+    import jax.numpy as jnp
+
+    from svhn_jax import model
+
+    @jax.jit
+    def diffs(params, bn_state, xb, yb):
+        loss, g_manual, _, _ = model.loss_and_grads_manual(params, bn_state, xb, yb, spec, reg,
+                                                           train=True)
+        _, g_auto, _, _ = model.loss_and_grads_autodiff(params, bn_state, xb, yb, spec, reg,
+                                                        train=True)
+        pairs = list(zip(jax.tree.leaves(g_manual), jax.tree.leaves(g_auto)))
+        abs_diff = jnp.stack([jnp.max(jnp.abs(m - a)) for m, a in pairs])
+        rel = jnp.stack([jnp.max(jnp.abs(m - a)) / jnp.maximum(1e-8, jnp.max(jnp.abs(m) + jnp.abs(a)))
+                         for m, a in pairs])
+        return loss, jnp.max(abs_diff), rel
+
+    return diffs
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    from svhn_jax import checkpoint
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    checkpoint.atomic_write_text(path, buf.getvalue())
+
+
+def _default_eps() -> float:
+    import inspect
+
+    from svhn_jax import gradcheck
+
+    return inspect.signature(gradcheck.step_check).parameters["eps"].default
+
+
+def summarize(rows: list[dict]) -> dict:
+    def mx(key):
+        return max((r[key] for r in rows), default=0.0)
+
+    s = {"steps": len(rows),
+         "max_f32_abs_diff": mx("f32_max_abs_diff"),
+         "max_f32_rel_diff": mx("f32_max_rel_diff"),
+         "max_f64_manual_vs_autodiff": mx("f64_manual_vs_autodiff"),
+         "max_f64_directional_fd": mx("f64_directional_fd"),
+         "tolerances": {"f64_manual_vs_autodiff": TOL_F64_AUTODIFF,
+                        "f64_directional_fd": TOL_F64_DIRECTIONAL,
+                        "f32_rel_expected_below": F32_EXPECTED_REL}}
+    s["f64_manual_vs_autodiff_ok"] = s["max_f64_manual_vs_autodiff"] <= TOL_F64_AUTODIFF
+    s["f64_directional_fd_ok"] = s["max_f64_directional_fd"] <= TOL_F64_DIRECTIONAL
+    s["f32_rel_within_rounding"] = s["max_f32_rel_diff"] <= F32_EXPECTED_REL
+    s["ok"] = s["f64_manual_vs_autodiff_ok"] and s["f64_directional_fd_ok"]
+    if rows:
+        worst = max(rows, key=lambda r: r["f32_max_rel_diff"])
+        s["max_f32_rel_diff_at"] = {"step": worst["step"], "leaf": worst["f32_worst_leaf"]}
+        s["first_loss"], s["last_loss"] = rows[0]["loss"], rows[-1]["loss"]
+    return s
+
+
+def format_summary(s: dict) -> str:
+    ok = lambda b: "ok" if b else "EXCEEDED"
+    lines = [f"over {s['steps']} steps (max over steps):",
+             f"  float64 hand vs jax.grad        {s['max_f64_manual_vs_autodiff']:.2e}  "
+             f"(tolerance {TOL_F64_AUTODIFF:.0e}: {ok(s['f64_manual_vs_autodiff_ok'])})",
+             f"  float64 directional finite diff {s['max_f64_directional_fd']:.2e}  "
+             f"(tolerance {TOL_F64_DIRECTIONAL:.0e}: {ok(s['f64_directional_fd_ok'])}; "
+             f"step {s.get('fd_eps', 0):.0e})",
+             f"  float32 hand vs jax.grad, rel   {s['max_f32_rel_diff']:.2e}  "
+             f"(rounding; expected ~1e-6, "
+             f"{'below' if s['f32_rel_within_rounding'] else 'ABOVE'} {F32_EXPECTED_REL:.0e})",
+             f"  float32 hand vs jax.grad, abs   {s['max_f32_abs_diff']:.2e}"]
+    if "max_f32_rel_diff_at" in s:
+        at = s["max_f32_rel_diff_at"]
+        lines.append(f"  largest float32 rel diff at step {at['step']}, leaf {at['leaf']}; "
+                     f"loss {s['first_loss']:.4f} -> {s['last_loss']:.4f}")
+    return "\n".join(lines)
+
+
+def compare(args) -> int:
+    from svhn_jax import data
+
+    if args.steps < 1:
+        raise errors.SvhnJaxError(f"--steps must be a positive integer, got {args.steps}")
+    if args.fd_eps is not None and not 0 < args.fd_eps < 1:
+        raise errors.SvhnJaxError(f"--fd-eps must lie between 0 and 1, got {args.fd_eps}; e.g. 1e-5")
+    eps = {} if args.fd_eps is None else {"eps": args.fd_eps}
+    out = Path(args.out)
+    # --out and data first, before JAX is imported: a mistake is reported at once.
+    _check_out(out, args.overwrite)
+    data.ensure_available(args.data, args.data_dir, download=False)
+    if args.data not in ("svhn", "synthetic") and not Path(args.data).expanduser().exists():
+        data.load(args.data)  # raises DataError, naming the accepted kinds of data
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from svhn_jax import checkpoint, gradcheck, plots, preprocess, runs, train
+
+    bn = "none" if args.batchnorm == "off" else args.batchnorm
+    c = runs.make_config(None, data=args.data, data_dir=args.data_dir, hidden=args.hidden,
+                         batchnorm=bn, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
+                         reg=args.reg, seed=args.seed, preprocess=args.preprocess,
+                         grayscale=args.grayscale, schedule="constant")
+    parts = runs.split_data(c)
+    X_tr, y_tr = parts["train"]
+    n = len(y_tr)
+    if c["batch"] > n:
+        raise errors.SvhnJaxError(f"batch size {c['batch']} is larger than the training part "
+                                  f"({n} images); use a smaller --batch or more data")
+    if bn != "none" and c["batch"] < 2:
+        raise errors.SvhnJaxError("BatchNorm needs a batch of at least 2; use --batch 2 or more")
+    _prepare_out(out, args.overwrite)
+
+    prep = preprocess.fit(X_tr, mode=c["preprocess"], grayscale=c["grayscale"])
+    X = jnp.asarray(preprocess.apply(X_tr, prep))
+    y = jnp.asarray(y_tr, jnp.int32)
+    spe = train.steps_per_epoch(n, c["batch"])
+    c["epochs"] = -(-args.steps // spe)
+    cfg = runs.step_config(c, spe)
+    hp = train.Hyper(jnp.float32(c["lr"]), jnp.float32(c["reg"]))
+    state = train.init_state(c["seed"], cfg, X.shape[1], hp)
+    leaf_names = gradcheck.leaf_names(cfg.spec, state.params)
+    diffs = _float32_diffs_fn(cfg.spec, jnp.float32(c["reg"]))
+    batch_of = jax.jit(train.get_batch, static_argnames=("cfg",))
+
+    print(f"compare_grads: {args.steps} steps, spec {' -> '.join(f'{k}{w}' for k, w in cfg.spec)}, "
+          f"{n} training images, {c['optimizer']} lr {c['lr']:g}, batch {c['batch']}", flush=True)
+    rows, order, order_epoch = [], None, -1
+    t0 = time.perf_counter()
+    diverged = None
+    for s in range(args.steps):
+        epoch, pos = divmod(s, spe)
+        if epoch != order_epoch:
+            order, order_epoch = train.epoch_order(state.key, epoch, n, c["batch"]), epoch
+        xb, yb = batch_of(X, y, order, pos, state.key, state.step, cfg)
+        loss, max_abs, rel = diffs(state.params, state.bn_state, xb, yb)
+        rel = np.asarray(rel)
+        key = jax.random.fold_in(jax.random.fold_in(state.key, 3), s)
+        f64 = gradcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c["reg"], key,
+                                   **eps)
+        rows.append({"step": s, "epoch": epoch + 1, "loss": float(loss),
+                     "f32_max_abs_diff": float(max_abs), "f32_max_rel_diff": float(rel.max()),
+                     "f32_worst_leaf": leaf_names[int(rel.argmax())],
+                     "f64_manual_vs_autodiff": f64["manual_vs_autodiff"],
+                     "f64_directional_fd": f64["directional_fd"]})
+        state, (ce, _) = train.run_steps(state, hp, X, y, order, pos, cfg, 1)
+        if not np.all(np.isfinite(np.asarray(ce))) or not np.isfinite(float(loss)):
+            diverged = runs.Diverged(f"diverged at step {s + 1} (loss {float(np.asarray(ce)[0])}); "
+                                     f"lower --lr (now {c['lr']:g}); the steps so far are in {out}")
+            break
+        if (s + 1) % 100 == 0:
+            print(f"  step {s + 1}/{args.steps}  loss {float(loss):.4f}  "
+                  f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+    seconds = time.perf_counter() - t0
+
+    summary = summarize(rows)
+    summary.update(seconds=round(seconds, 2), fd_eps=args.fd_eps or _default_eps(), settings={
+        k: c[k] for k in ("data", "hidden", "batchnorm", "optimizer", "lr", "reg", "batch", "seed",
+                          "preprocess", "grayscale")})
+    csv_path = out / "grad_diffs.csv"
+    _write_csv(csv_path, rows)
+    checkpoint.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    p1 = plots.step_diffs([{"step": r["step"], "manual_vs_autodiff": r["f32_max_rel_diff"],
+                            "max_abs_diff": r["f32_max_abs_diff"]} for r in rows],
+                          out / "step_diffs.png", tol=F32_EXPECTED_REL)
+    p2 = plots.gradcheck([{"step": r["step"], "manual_vs_autodiff": r["f64_manual_vs_autodiff"],
+                           "directional_fd": r["f64_directional_fd"]} for r in rows],
+                         out / "gradcheck.png", tol_fd=TOL_F64_DIRECTIONAL,
+                         tol_autodiff=TOL_F64_AUTODIFF)
+    if diverged is not None:
+        raise diverged
+
+    print(format_summary(summary))
+    if not summary["f64_directional_fd_ok"] and summary["f64_manual_vs_autodiff_ok"]:
+        print("  (hand and jax.grad agree in float64: a directional error this size is the finite "
+              "difference's own rounding; try --fd-eps 1e-5)")
+    print(f"{len(rows)} steps in {seconds:.1f}s ({seconds / max(len(rows), 1) * 1e3:.1f} ms/step "
+          f"with both checks)")
+    for p in (csv_path, out / "summary.json", p1, p2):
+        print(f"wrote {p}")
+    if not summary["ok"]:
+        print("error: a float64 gradient check exceeded its tolerance (see above)", file=sys.stderr)
+        return errors.EXIT_CHECK_FAILED
+    return errors.EXIT_OK
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return compare(args)
+    except errors.SvhnJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
