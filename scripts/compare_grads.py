@@ -15,13 +15,11 @@ step, on exactly the batch that step trains on (`train.get_batch`), compares
       expect ~1e-6 relative, and no upward drift as training proceeds;
   float64: gradcheck.step_check on the same parameters and batch, cast up:
       hand vs jax.grad (tolerance 1e-10) and a directional central finite
-      difference along a random unit vector (tolerance 1e-6). Its step is
-      step_check's default, 1e-6 (what `svhn-jax train --gradcheck-every` uses),
-      or --fd-eps. At 1e-6 the difference's rounding (~1e-16 L / eps, divided by
-      a directional derivative that a random direction can make small) can
-      reach the tolerance: on the 8k slice with --batchnorm before, 3 of 300
-      steps gave 1.5e-6 to 2.4e-6 while hand and jax.grad agreed to 4e-16, and
-      the same steps gave <= 5e-8 with --fd-eps 1e-5.
+      difference along a random unit vector (tolerance 1e-6), with
+      step_check's step (1e-5, what `svhn-jax train --gradcheck-every` uses) or
+      --fd-eps. A smaller step lets rounding (~1e-16 L / eps) dominate: at 1e-6,
+      3 of 300 BatchNorm steps on the 8k slice gave 1.5e-6 to 2.4e-6 while hand
+      and jax.grad agreed to 4e-16.
 
 Outputs in DIR:
 
@@ -98,8 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the data split, initialisation and batch order (default 0)")
     p.add_argument("--fd-eps", type=float, default=None,
                    help="step of the float64 directional finite difference (default: "
-                        "gradcheck.step_check's, 1e-6, the one training uses; at 1e-6 rounding "
-                        "dominates and about 1%% of BatchNorm steps exceed 1e-6, 1e-5 does not)")
+                        "gradcheck.step_check's, 1e-5, the one training uses)")
     p.add_argument("--preprocess", default=None, choices=("scale", "channel", "image"),
                    help="input normalisation (default: the package's, per-image standardisation)")
     p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
@@ -304,7 +301,7 @@ def compare(args) -> int:
     print(format_summary(summary))
     if not summary["f64_directional_fd_ok"] and summary["f64_manual_vs_autodiff_ok"]:
         print("  (hand and jax.grad agree in float64: a directional error this size is the finite "
-              "difference's own rounding; try --fd-eps 1e-5)")
+              "difference's own rounding; try a larger --fd-eps)")
     print(f"{len(rows)} steps in {seconds:.1f}s ({seconds / max(len(rows), 1) * 1e3:.1f} ms/step "
           f"with both checks)")
     for p in (csv_path, out / "summary.json", p1, p2):

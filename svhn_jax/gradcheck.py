@@ -285,7 +285,7 @@ def _step_check(params, state, x, y, key, reg, eps, spec, train):
     return directional, jnp.max(jnp.stack(diffs))
 
 
-def step_check(params, state, x, y, spec, reg, key, *, eps=1e-6, train=True):
+def step_check(params, state, x, y, spec, reg, key, *, eps=FD_STEP, train=True):
     """The per-step check, in float64 on the given (float32) batch and parameters.
 
     Returns {"directional_fd": rel error of the directional finite difference

@@ -47,14 +47,15 @@ DEFAULTS = {
 }
 
 PRESETS = {
-    # The seed notebook's network, Dense(128)-ReLU-Dense, tuned on validation.
-    "mission": {"hidden": [128], "batchnorm": "none", "optimizer": "adam", "lr": 1e-3,
-                "schedule": "cosine", "reg": 1e-4, "batch": 64, "epochs": 20,
-                "preprocess": "image", "grayscale": True, "shift": 0},
+    # The seed notebook's network, Dense(128)-ReLU-Dense, with hyperparameters chosen
+    # on the validation split of the 8k slice (README, "Measured numbers").
+    "mission": {"hidden": [128], "batchnorm": "none", "optimizer": "adam", "lr": 3e-3,
+                "schedule": "cosine", "warmup_epochs": 0.0, "reg": 3e-3, "batch": 64, "epochs": 40,
+                "preprocess": "image", "grayscale": True, "shift": 2},
     # The best MLP recipe found on validation: wider, BatchNorm, warm-up + cosine, shifts.
     "best": {"hidden": [1024, 512], "batchnorm": "before", "optimizer": "adam", "lr": 1e-3,
-             "schedule": "warmup-cosine", "warmup_epochs": 1.0, "reg": 1e-4, "batch": 128,
-             "epochs": 40, "preprocess": "image", "grayscale": True, "shift": 2},
+             "schedule": "warmup-cosine", "warmup_epochs": 1.0, "reg": 3e-2, "batch": 128,
+             "epochs": 60, "preprocess": "image", "grayscale": True, "shift": 2},
 }
 
 TOL_STEP_DIRECTIONAL = 1e-6   # per-step directional finite difference, float64
