@@ -104,9 +104,11 @@ def validate_config(c: dict) -> dict:
     for name in ("batch", "epochs"):
         if not isinstance(c[name], int) or c[name] < 1:
             bad(f"{name} must be a positive integer, got {c[name]}")
-    for name in ("patience", "gradcheck_every", "checkpoint_every", "shift"):
+    for name in ("patience", "gradcheck_every", "checkpoint_every", "shift", "seed"):
         if not isinstance(c[name], int) or c[name] < 0:
             bad(f"{name.replace('_', '-')} must be an integer >= 0, got {c[name]}")
+    if c.get("split_seed") is not None and (not isinstance(c["split_seed"], int) or c["split_seed"] < 0):
+        bad(f"split seed must be an integer >= 0, got {c['split_seed']}")
     if c["warmup_epochs"] < 0:
         bad(f"warmup epochs must be >= 0, got {c['warmup_epochs']}")
     if c["preprocess"] not in preprocess.MODES:
