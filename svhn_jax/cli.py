@@ -94,7 +94,7 @@ def add_gradcheck(sub):
 BATCHNORM_CHOICES = {"off": "none", "none": "none", "on": "before", "before": "before", "after": "after"}
 
 
-def add_hyperparameters(p, *, defaults_from_preset=True):
+def add_hyperparameters(p):
     """Flags shared by train (and sweep): all default to None = "preset or default"."""
     g = p.add_argument_group("model and training (override the preset)")
     g.add_argument("--preset", choices=("mission", "best"), help="a tuned set of hyperparameters")

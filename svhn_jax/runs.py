@@ -390,7 +390,8 @@ def _step_gradcheck(state, hp, X, y, order, pos, cfg, c, progress, epoch):
     r = gradcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c["reg"],
                              jax.random.fold_in(jax.random.fold_in(state.key, 3), step))
     progress["gradchecks"].append({"step": step, "epoch": epoch + 1, **r})
-    bad = r["directional_fd"] > TOL_STEP_DIRECTIONAL or r["manual_vs_autodiff"] > TOL_STEP_AUTODIFF
+    bad = (r["smooth"] and r["directional_fd"] > TOL_STEP_DIRECTIONAL) \
+        or r["manual_vs_autodiff"] > TOL_STEP_AUTODIFF
     if bad:
         msg = (f"gradient check at step {step}: directional finite difference rel error "
                f"{r['directional_fd']:.1e} (tolerance {TOL_STEP_DIRECTIONAL:.0e}), hand vs "
@@ -401,10 +402,13 @@ def _step_gradcheck(state, hp, X, y, order, pos, cfg, c, progress, epoch):
 
 
 def _gradcheck_summary(records: list[dict]) -> dict:
+    """Counts and worst errors; the directional error only over smooth checks
+    (see gradcheck.step_check: the others prove nothing either way)."""
     if not records:
         return {}
-    return {"gradchecks": len(records),
-            "gradcheck_max_directional_fd": max(r["directional_fd"] for r in records),
+    smooth = [r["directional_fd"] for r in records if r["smooth"]]
+    return {"gradchecks": len(records), "gradchecks_nonsmooth": len(records) - len(smooth),
+            "gradcheck_max_directional_fd": max(smooth, default=float("nan")),
             "gradcheck_max_manual_vs_autodiff": max(r["manual_vs_autodiff"] for r in records)}
 
 

@@ -156,10 +156,16 @@ run_steps = jax.jit(steps, static_argnames=("cfg", "count"), donate_argnums=(0,)
 
 @partial(jax.jit, static_argnames=("cfg", "count"), donate_argnums=(0,))
 def run_steps_many(states, hps, X, y, orders, start, cfg: StepConfig, count: int):
-    """`steps` for K configurations at once (jax.vmap over a leading axis of
-    states, hps and orders; the data are shared): one program trains them all."""
+    """`steps` for K configurations at once: jax.vmap over the leading axis of
+    states and hps (the data are shared), so one program trains them all.
+
+    orders is (K, L) (one batch order per configuration) or (L,) when all K
+    share it (same seed). A shared order without augmentation gives every
+    configuration the same batch, and vmap then turns the K products x @ W_k
+    into one wider x @ [W_1 ... W_K], which runs faster than K separate ones.
+    """
     one = lambda s, h, o: steps(s, h, X, y, o, start, cfg, count)
-    return jax.vmap(one)(states, hps, orders)
+    return jax.vmap(one, in_axes=(0, 0, 0 if orders.ndim == 2 else None))(states, hps, orders)
 
 
 # ----------------------------------------------------------------- evaluation

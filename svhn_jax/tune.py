@@ -135,7 +135,10 @@ def train_group(configs: list[dict], parts: dict) -> list[dict]:
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
     states = stack([train.init_state(c["seed"], cfg, X.shape[1], train.Hyper(c["lr"], c["reg"]))
                     for c in configs])
+    shared = len({c["seed"] for c in configs}) == 1   # one data order for the whole group
     orders = jax.jit(jax.vmap(train.epoch_order, in_axes=(0, None, None, None)), static_argnums=(2, 3))
+    if shared:
+        orders = lambda keys, epoch, n, b: train.epoch_order(keys[0], epoch, n, b)
     k = len(configs)
     results = [{"history": [], "best_val_acc": -1.0, "best_epoch": 0, "status": "completed"}
                for _ in configs]

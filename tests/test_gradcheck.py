@@ -83,12 +83,15 @@ def test_step_check_passes_on_the_real_backward_and_fails_on_a_broken_one(monkey
     y = jnp.arange(8) % 10
     good = gradcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
     assert good["manual_vs_autodiff"] <= TOL_AUTODIFF
-    assert good["directional_fd"] <= TOL_FD
+    assert good["directional_fd"] <= TOL_FD and good["smooth"]
+    # a step far too large for the loss's curvature (and its ReLU kinks) is flagged
+    coarse = gradcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2), eps=0.3)
+    assert not coarse["smooth"]
 
     init, fwd, _ = layers.LAYERS["batchnorm"]
     monkeypatch.setitem(layers.LAYERS, "batchnorm", (init, fwd, bn_backward_missing_mean_term))
     jax.clear_caches()  # the jitted check was traced with the correct backward
     bad = gradcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
     assert bad["manual_vs_autodiff"] > 1e-3
-    assert bad["directional_fd"] > 1e-4
+    assert bad["directional_fd"] > 1e-4 and bad["smooth"]   # a real failure, at a smooth point
     jax.clear_caches()

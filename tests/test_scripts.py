@@ -105,7 +105,8 @@ def test_compare_grads(outputs):
     rows = _rows(out / "grad_diffs.csv")
     assert [int(x["step"]) for x in rows] == list(range(5))
     assert list(rows[0]) == ["step", "epoch", "loss", "f32_max_abs_diff", "f32_max_rel_diff",
-                             "f32_worst_leaf", "f64_manual_vs_autodiff", "f64_directional_fd"]
+                             "f32_worst_leaf", "f64_manual_vs_autodiff", "f64_directional_fd",
+                             "f64_smooth"]
     for x in rows:
         assert float(x["f64_manual_vs_autodiff"]) <= 1e-10
         assert float(x["f64_directional_fd"]) <= 1e-6

@@ -54,7 +54,9 @@ def test_per_step_gradient_checks_are_recorded_and_tight(short_run):
     # a check at the start of each epoch and every 20 steps within it
     assert len(rows) == 3 * len(range(0, steps_per_epoch, 20)) == m["gradchecks"]
     assert max(float(r["manual_vs_autodiff"]) for r in rows) <= 1e-10
-    assert max(float(r["directional_fd"]) for r in rows) <= 1e-6
+    smooth = [float(r["directional_fd"]) for r in rows if r["smooth"] == "True"]
+    assert len(smooth) >= 0.9 * len(rows)      # kinks inside the step are rare
+    assert max(smooth) <= 1e-6
 
 
 def test_evaluate_json_schema(short_run, capsys):
