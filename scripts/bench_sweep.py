@@ -34,7 +34,8 @@ def grid(base: dict) -> list[dict]:
 def timed(groups, parts) -> tuple[float, list[dict], dict]:
     token = bench_refs.load_start()
     t = time.perf_counter()
-    results = [r for g in groups for r in tune.train_group(g, parts)]
+    cache = {}
+    results = [r for g in groups for r in tune.train_group(g, parts, cache)]
     return time.perf_counter() - t, results, bench_refs.load_stop(token)
 
 

@@ -116,18 +116,27 @@ def _label(c: dict, swept) -> str:
 # ---------------------------------------------------------------------- sweep
 
 
-def train_group(configs: list[dict], parts: dict) -> list[dict]:
+def _device_data(parts: dict, c: dict, cache: dict):
+    """Preprocessed training data and validation set on the device, computed once
+    per preprocessing setting and shared by every group that uses it."""
+    key = (c["preprocess"], c["grayscale"])
+    if key not in cache:
+        X_tr, y_tr = parts["train"]
+        prep = preprocess.fit(X_tr, mode=c["preprocess"], grayscale=c["grayscale"])
+        cache[key] = (jnp.asarray(preprocess.apply(X_tr, prep)), jnp.asarray(y_tr, jnp.int32),
+                      train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1]))
+    return cache[key]
+
+
+def train_group(configs: list[dict], parts: dict, cache: dict | None = None) -> list[dict]:
     """Train configurations that differ only in lr/reg/seed together; return one
-    result per configuration (history, best and final validation numbers, status)."""
+    result per configuration (history, best and final validation numbers, status).
+    `cache` shares preprocessed data between calls."""
     c0 = configs[0]
-    X_tr, y_tr = parts["train"]
-    n = len(y_tr)
+    n = len(parts["train"][1])
     if c0["batch"] > n:
         raise SvhnJaxError(f"batch size {c0['batch']} is larger than the training part ({n} images)")
-    prep = preprocess.fit(X_tr, mode=c0["preprocess"], grayscale=c0["grayscale"])
-    X = jnp.asarray(preprocess.apply(X_tr, prep))
-    y = jnp.asarray(y_tr, jnp.int32)
-    val = train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1])
+    X, y, val = _device_data(parts, c0, {} if cache is None else cache)
     spe = train.steps_per_epoch(n, c0["batch"])
     cfg = runs.step_config(c0, spe)
     hps = train.Hyper(jnp.asarray([c["lr"] for c in configs], jnp.float32),
@@ -196,13 +205,13 @@ def sweep(base: dict, axes: dict, out, *, search="grid", trials=10, search_seed=
     for c in configs:
         groups.setdefault(_group_key(c), []).append(c)
     swept = [a for a in axes if len({json.dumps(c[a]) for c in configs}) > 1] or list(axes)
-    results, t0 = [], time.perf_counter()
+    results, t0, cache = [], time.perf_counter(), {}
     for i, group in enumerate(groups.values()):
         if not quiet:
             runs.say(f"group {i + 1}/{len(groups)}: {len(group)} configuration(s) trained at once "
                            f"({_label(group[0], [a for a in swept if a not in VMAPPED]) or 'one shape'})",
                            quiet=False)
-        results += train_group(group, parts)
+        results += train_group(group, parts, cache)
     seconds = time.perf_counter() - t0
     ok = [r for r in results if r["status"] == "completed"]
     if not ok:
