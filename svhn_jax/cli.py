@@ -36,6 +36,8 @@ def cmd_gradcheck(args) -> int:
 
     if args.batch < 2:
         raise errors.SvhnJaxError("--batch must be at least 2 (BatchNorm needs two rows for a variance)")
+    if args.in_dim < 1 or args.fd_samples < 0:
+        raise errors.SvhnJaxError("--in-dim must be at least 1 and --fd-samples at least 0 (0: all entries)")
     if args.fd_samples == 0:
         args.fd_samples = None
 
@@ -152,11 +154,13 @@ def cmd_train(args) -> int:
     from . import runs
 
     if args.resume:
-        run = Path(args.resume)
-        if not (run / "config.json").exists():
-            raise errors.SvhnJaxError(f"{run} is not a run folder (no config.json); nothing to resume")
-        config = json.loads((run / "config.json").read_text())
-        out, resume = run, True
+        given = sorted(k for k, v in _settings(args).items() if v is not None)
+        if given or args.out or args.preset:
+            raise errors.SvhnJaxError(
+                f"--resume continues a run with its own settings; drop {', '.join(given) or '--out/--preset'}"
+                f" (to change them, start a new run with --out)")
+        config = runs.read_config(args.resume)
+        out, resume = Path(args.resume), True
     else:
         if not args.out:
             raise errors.SvhnJaxError("say where the run goes: --out RUN_DIR")

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import checkpoint, data, gradcheck, model, optim, preprocess, train
-from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, SvhnJaxError
+from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DataError, SvhnJaxError
 
 # Settings of a run, with their defaults. `--preset` replaces some of them;
 # explicit flags replace both.
@@ -66,6 +66,11 @@ PRESETS = {
 # and 1e-5 leaves a 10x margin; a wrong backward scores 1e-4 to 1.
 TOL_STEP_DIRECTIONAL = 1e-5
 TOL_STEP_AUTODIFF = 1e-10     # hand vs jax.grad: both exact, so this is rounding
+
+
+# What a run, a sweep or lr-find writes; --overwrite removes these (and nothing else).
+RUN_FILES = ("config.json", "history.csv", "gradchecks.csv", "metrics.json", "checkpoint*.npz",
+             "best.npz", "*.png", "results.csv", "results.json", "lr_find.csv", "lr_find.json")
 
 
 class Diverged(SvhnJaxError):
@@ -115,13 +120,28 @@ def validate_config(c: dict) -> dict:
             bad(f"{name.replace('_', '-')} must be an integer >= 0, got {c[name]}")
     if c.get("split_seed") is not None and (not isinstance(c["split_seed"], int) or c["split_seed"] < 0):
         bad(f"split seed must be an integer >= 0, got {c['split_seed']}")
-    if c["warmup_epochs"] < 0:
-        bad(f"warmup epochs must be >= 0, got {c['warmup_epochs']}")
+    if not (isinstance(c["warmup_epochs"], (int, float)) and 0 <= c["warmup_epochs"] < math.inf):
+        bad(f"warmup epochs must be a number >= 0, got {c['warmup_epochs']}")
     if c["preprocess"] not in preprocess.MODES:
         bad(f"unknown preprocessing {c['preprocess']!r}; choose one of {', '.join(preprocess.MODES)}")
     model.make_spec(c["hidden"], batchnorm=c["batchnorm"])
     train.check_config(step_config(c, steps_per_epoch=1))
     return c
+
+
+def read_config(run) -> dict:
+    """A run folder's config.json, or a DataError that says what is wrong with it."""
+    path = Path(run) / "config.json"
+    if not path.exists():
+        raise SvhnJaxError(f"{run} is not a run folder (no config.json); pass the --out folder "
+                           f"of a svhn-jax train run")
+    try:
+        c = json.loads(path.read_text())
+        if not isinstance(c, dict) or "preprocessing" not in c:
+            raise ValueError("not a run configuration")
+        return c
+    except (ValueError, OSError) as e:
+        raise DataError(f"{path} is damaged ({e}); start a new run with --out") from None
 
 
 def step_config(c: dict, steps_per_epoch: int) -> train.StepConfig:
@@ -186,6 +206,11 @@ def ensure_run_dir(out: Path, *, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SvhnJaxError(f"--out {out} already exists and is not empty; pass --overwrite "
                            f"to replace it, --resume {out} to continue it, or choose another path")
+    if overwrite and out.is_dir():
+        # A stale checkpoint or best.npz must never be resumed or reported as this run's.
+        for name in RUN_FILES:
+            for f in out.glob(name):
+                f.unlink()
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"
@@ -259,6 +284,9 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
     parts = split_data(c)
     X_tr, y_tr = parts["train"]
     n = len(y_tr)
+    if resume and n != c["n_train"]:
+        raise DataError(f"the data now give {n} training images, the run was started with "
+                        f"{c['n_train']}: resume with the same data, or start a new run")
     if c["batch"] > n:
         raise SvhnJaxError(f"batch size {c['batch']} is larger than the training part "
                            f"({n} images); use --batch {max(1, n // 4)} or more data")
@@ -331,8 +359,10 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
                 if not np.all(np.isfinite(ce)):
                     k = int(np.argmin(np.isfinite(ce)))
                     step = int(state.step) - count + k + 1
+                    kept = (f"the best parameters so far are kept in {out}/best.npz"
+                            if progress["history"] else "no epoch had finished, so nothing was kept")
                     msg = (f"diverged at step {step} (loss={ce[k]}): lower the learning rate "
-                           f"(now {c['lr']:g}); the best checkpoint so far is kept in {out}/best.npz")
+                           f"(now {c['lr']:g}); {kept}")
                     write_outputs("diverged", {"diverged_at_step": step, "diverged_loss": str(ce[k])})
                     raise Diverged(msg)
                 sums, dt = progress["epoch_sums"], time.perf_counter() - t0
@@ -347,13 +377,14 @@ def train_run(c: dict, out, *, overwrite=False, resume=False, quiet=False,
                 stop = sigint.set or (stop_after_steps is not None
                                       and int(state.step) - start_step >= stop_after_steps)
                 if stop or (c["checkpoint_every"] and pos < spe):
-                    save_checkpoint()
-                if stop:
-                    write_outputs("interrupted")
-                    raise Interrupted(f"interrupted at step {int(state.step)}; a checkpoint was "
-                                      f"written. Resume with: svhn-jax train --resume {out}")
-            _end_epoch(state, val, cfg, c, progress, epoch, hp, out, quiet)
+                    break
+            if pos == spe:  # the epoch is complete: evaluate it before anything else
+                _end_epoch(state, val, cfg, c, progress, epoch, hp, out, quiet)
             save_checkpoint()
+            if stop:
+                write_outputs("interrupted")
+                raise Interrupted(f"interrupted at step {int(state.step)}; a checkpoint was "
+                                  f"written. Resume with: svhn-jax train --resume {out}")
 
     best, _ = checkpoint.load(out / "best.npz", best_template)
     extra = {"best_params_sha256": checkpoint.fingerprint(best["params"])}
@@ -396,8 +427,9 @@ def _step_gradcheck(state, hp, X, y, order, pos, cfg, c, progress, epoch):
     r = gradcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c["reg"],
                              jax.random.fold_in(jax.random.fold_in(state.key, 3), step))
     progress["gradchecks"].append({"step": step, "epoch": epoch + 1, **r})
-    bad = (r["smooth"] and r["directional_fd"] > TOL_STEP_DIRECTIONAL) \
-        or r["manual_vs_autodiff"] > TOL_STEP_AUTODIFF
+    # `not (e <= tol)`: a NaN gradient makes the errors NaN, and that must fail too.
+    bad = (r["smooth"] and not r["directional_fd"] <= TOL_STEP_DIRECTIONAL) \
+        or not r["manual_vs_autodiff"] <= TOL_STEP_AUTODIFF
     if bad:
         msg = (f"gradient check at step {step}: directional finite difference rel error "
                f"{r['directional_fd']:.1e} (tolerance {TOL_STEP_DIRECTIONAL:.0e}), hand vs "
@@ -472,11 +504,7 @@ def evaluate_run(run, spec: str | None = None, *, split: str | None = None,
     (train/val/test); SVHN (.mat folder or prepared tfds) defaults to its test split.
     """
     run = Path(run)
-    cfg_path = run / "config.json"
-    if not cfg_path.exists():
-        raise SvhnJaxError(f"{run} is not a run folder (no config.json); pass the --out "
-                           f"folder of a finished svhn-jax train")
-    c = json.loads(cfg_path.read_text())
+    c = read_config(run)
     spec = spec or c["data"]
     c = dict(c, data=spec, data_dir=data_dir or c["data_dir"])
     if split is not None and split not in ("train", "val", "test"):

@@ -76,11 +76,11 @@ def parse_values(name: str, text: str) -> list | tuple:
     return values
 
 
-def _grid_points(spec):
+def _grid_points(spec, name=None):
     if isinstance(spec, tuple):
         _, lo, hi, scale, n = spec
         pts = np.geomspace(lo, hi, n) if scale == "log" else np.linspace(lo, hi, n)
-        return [float(p) for p in pts]
+        return [int(round(p)) if NUMERIC.get(name) is int else float(p) for p in pts]
     return list(spec)
 
 
@@ -96,7 +96,7 @@ def expand(axes: dict, *, search: str = "grid", trials: int = 10, seed: int = 0)
     """Configurations (dicts of the swept settings) from parsed axes."""
     names = list(axes)
     if search == "grid":
-        return [dict(zip(names, vals)) for vals in itertools.product(*(_grid_points(axes[n]) for n in names))]
+        return [dict(zip(names, vals)) for vals in itertools.product(*(_grid_points(axes[n], n) for n in names))]
     if search == "random":
         if trials < 1:
             raise SvhnJaxError(f"--trials must be at least 1, got {trials}")
@@ -233,7 +233,7 @@ def sweep(base: dict, axes: dict, out, *, search="grid", trials=10, search_seed=
         best = dict(ranked[0]["config"], train_on_val=(final_on == "train+val"))
         runs.say(f"final: retraining the best configuration ({_label(best, swept)}) on "
                        f"{final_on} and evaluating once on test", quiet=quiet)
-        summary["final"] = runs.train_run(best, out / "final", quiet=quiet)
+        summary["final"] = runs.train_run(best, out / "final", overwrite=overwrite, quiet=quiet)
         summary["final_run"] = str(out / "final")
     runs.write_json(out / "results.json", summary)
     return summary
@@ -310,8 +310,8 @@ def lr_find(c: dict, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98, ove
     lrs = lr_min * (lr_max / lr_min) ** (np.arange(steps) / (steps - 1))
     schedule = lambda step: lr_min * (lr_max / lr_min) ** (step / (steps - 1))
     opt = optim.get(c["optimizer"], schedule)
-    params, bn_state = model.init(jax.random.key(c["seed"]), cfg.spec, X.shape[1])
-    key = jax.random.key(c["seed"])
+    fresh = train.init_state(c["seed"], cfg, X.shape[1], train.Hyper(lr_min, c["reg"]))
+    params, bn_state, key = fresh.params, fresh.bn_state, fresh.key
     epochs = -(-steps // spe)
     order = jnp.concatenate([train.epoch_order(key, e, n, c["batch"]) for e in range(epochs)])
 
@@ -338,7 +338,7 @@ def lr_find(c: dict, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98, ove
     i_min = int(np.argmin(smooth))
     suggestion = float(lrs[i_min] / 10)
     from . import plots
-    plots.lr_find(lrs[:stop], raw[:stop], out / "lr_find.png", suggestion=suggestion)
+    plots.lr_find(lrs[:stop], raw[:stop], out / "lr_find.png", suggestion=suggestion, smoothing=beta)
     rows = [{"step": i, "lr": float(lrs[i]), "loss": float(raw[i]), "smoothed": float(smooth[i])}
             for i in range(len(smooth))]
     runs.write_csv(out / "lr_find.csv", rows)

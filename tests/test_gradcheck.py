@@ -95,3 +95,19 @@ def test_step_check_passes_on_the_real_backward_and_fails_on_a_broken_one(monkey
     assert bad["manual_vs_autodiff"] > 1e-3
     assert bad["directional_fd"] > 1e-4 and bad["smooth"]   # a real failure, at a smooth point
     jax.clear_caches()
+
+
+def test_a_nan_gradient_fails_the_checks(monkeypatch):
+    nan_backward = lambda params, cache, dy: jax.tree.map(lambda a: a * jnp.nan,
+                                                          layers.dense_backward(params, cache, dy))
+    r = gradcheck.check_layer("dense", backward=nan_backward)
+    assert not r["ok"] and any("dense.W" in f for f in r["failures"])
+    init, fwd, _ = layers.LAYERS["dense"]
+    monkeypatch.setitem(layers.LAYERS, "dense", (init, fwd, nan_backward))
+    jax.clear_caches()
+    spec = model.make_spec((8,))
+    params, state = model.init(jax.random.key(0), spec, 6)
+    x, y = jax.random.normal(jax.random.key(1), (4, 6)), jnp.arange(4)
+    r = gradcheck.step_check(params, state, x, y, spec, 0.0, jax.random.key(2))
+    assert not r["manual_vs_autodiff"] <= 1e-10     # NaN: never "within tolerance"
+    jax.clear_caches()

@@ -249,3 +249,54 @@ def test_sweep_bad_input(tmp_path, capsys, tiny_npz):
     for i, (extra, code, words) in enumerate(cases):
         assert cli.main(["sweep", "--out", str(tmp_path / f"s{i}"), "--epochs", "1", *extra]) == code
         assert words in capsys.readouterr().err
+
+
+def test_stop_at_an_epoch_boundary_keeps_that_epoch(tmp_path, tiny_npz):
+    """An interrupt that lands exactly at the end of an epoch still evaluates and
+    records the epoch; the resumed run's history equals the uninterrupted one."""
+    cfg = runs.make_config(None, data=str(tiny_npz), hidden=[16], epochs=2, batch=32, seed=4)
+    ref = runs.train_run(cfg, tmp_path / "ref", quiet=True)
+    spe = -(-ref["n_train"] // 32)
+    with pytest.raises(runs.Interrupted):
+        runs.train_run(cfg, tmp_path / "cut", quiet=True, stop_after_steps=spe)
+    m = runs.train_run(runs.read_config(tmp_path / "cut"), tmp_path / "cut", resume=True, quiet=True)
+    strip = lambda p: [line.rsplit(",", 1)[0] for line in (p / "history.csv").read_text().splitlines()]
+    assert strip(tmp_path / "cut") == strip(tmp_path / "ref") and len(strip(tmp_path / "ref")) == 3
+    assert (m["params_sha256"], m["best_epoch"], m["test_acc"]) == \
+        (ref["params_sha256"], ref["best_epoch"], ref["test_acc"])
+
+
+def test_overwrite_removes_the_previous_runs_files(tmp_path, tiny_npz):
+    out = tmp_path / "run"
+    cfg = runs.make_config(None, data=str(tiny_npz), hidden=[16], epochs=1, batch=32)
+    runs.train_run(cfg, out, quiet=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(runs.Diverged):
+        runs.train_run(dict(cfg, optimizer="sgd", lr=1e6), out, overwrite=True, quiet=True)
+    assert not (out / "best.npz").exists() and not (out / "checkpoint.prev.npz").exists()
+    assert (out / "notes.txt").read_text() == "mine"    # only the run's own files go
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["train", "--warmup-epochs", "inf"], EXIT_USAGE, "warmup epochs must be a number"),
+    (["train", "--warmup-epochs", "nan"], EXIT_USAGE, "warmup epochs must be a number"),
+    (["gradcheck", "--in-dim", "0"], EXIT_USAGE, "--in-dim must be at least 1"),
+    (["gradcheck", "--fd-samples", "-3"], EXIT_USAGE, "--fd-samples at least 0"),
+])
+def test_more_bad_arguments(tmp_path, tiny_npz, capsys, args, code, words):
+    if args[0] == "train":
+        args = args + ["--data", str(tiny_npz), "--out", str(tmp_path / "o"), "--epochs", "1"]
+    assert cli.main(args) == code
+    assert words in capsys.readouterr().err
+
+
+def test_resume_problems_are_clear(tmp_path, tiny_npz, capsys):
+    run = tmp_path / "run"
+    assert cli.main(["train", "--data", str(tiny_npz), "--out", str(run), "--hidden", "8", "--epochs", "1"]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--epochs", "5"]) == EXIT_USAGE
+    assert "drop epochs" in capsys.readouterr().err
+    (run / "config.json").write_text("{not json")
+    for args in (["train", "--resume", str(run)], ["evaluate", "--run", str(run)]):
+        assert cli.main(args) == EXIT_DATA
+        assert "config.json is damaged" in capsys.readouterr().err

@@ -101,3 +101,8 @@ def test_lr_find(tmp_path, capsys):
     assert 1e-6 < r["suggested_lr"] < 1.0
     assert r["steps_read"] < 120   # the loss blows up before lr reaches 10
     assert (tmp_path / "lr" / "lr_find.png").stat().st_size > 0
+
+
+def test_integer_ranges_give_integers():
+    pts = tune.expand({"batch": tune.parse_values("batch", "32:64:lin:3")})
+    assert [p["batch"] for p in pts] == [32, 48, 64] and all(type(p["batch"]) is int for p in pts)
