@@ -18,13 +18,13 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from . import atomic
 from .errors import DataError
 
 
@@ -52,24 +52,9 @@ def fingerprint(tree) -> str:
     return _digest(_flatten(tree))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
+# Kept under these names: runs, tune and the scripts write through them.
+atomic_write_bytes = atomic.write_bytes
+atomic_write_text = atomic.write_text
 
 
 def save(path, tree, meta: dict, *, keep_previous: bool = True) -> None:

@@ -38,6 +38,7 @@ from typing import Sequence
 
 import numpy as np
 
+from svhn_jax import atomic
 from svhn_jax.errors import DataError, DownloadError, SvhnJaxError
 
 BASE_URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -547,14 +548,7 @@ def _cache_paths(data_dir: Path, split: str) -> tuple[Path, Path]:
 
 
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic.write_with(path, lambda f: np.save(f, arr))
 
 
 def _write_cache(data_dir: Path, split: str, X: np.ndarray, y: np.ndarray) -> None:

@@ -38,10 +38,7 @@ Functions:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +48,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
+from . import atomic
 from .errors import SvhnJaxError
 
 DPI = 110
@@ -82,23 +80,7 @@ def _save(fig: Figure, path) -> Path:
     only atomic within one filesystem. fsync before the rename, so that after a
     crash the name points either at the old file or at a complete new one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=DPI)
-            f.flush()
-            os.fsync(f.fileno())
-        # mkstemp creates 0600; give the PNG the usual rw-r--r-- instead of reading
-        # the umask (os.umask can only be read by setting it, a process-wide race).
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic.write_with(path, lambda f: fig.savefig(f, format="png", dpi=DPI))
 
 
 def _message(path, text: str, title: str | None = None) -> Path:
