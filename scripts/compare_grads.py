@@ -45,23 +45,12 @@ import time
 from pathlib import Path
 
 from svhn_jax import errors
+from svhn_jax.cli import int_list
 from svhn_jax.runs import TOL_STEP_AUTODIFF, TOL_STEP_DIRECTIONAL
 
 TOL_F64_AUTODIFF = TOL_STEP_AUTODIFF          # float64 hand vs jax.grad
 TOL_F64_DIRECTIONAL = TOL_STEP_DIRECTIONAL    # float64 directional finite difference
 F32_EXPECTED_REL = 1e-5      # float32 hand vs jax.grad: rounding, ~1e-6; a reference line, not a test
-
-
-def hidden_sizes(text: str) -> list[int]:
-    """'128' or '512,256' -> [128] or [512, 256]."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128 or 512,256, "
-                                         f"got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
-    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="folder for the outputs (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    p.add_argument("--hidden", type=hidden_sizes, default=[128],
+    p.add_argument("--hidden", type=int_list, default=[128],
                    help="hidden layer widths, e.g. 128 or 512,256 (default 128)")
     p.add_argument("--batchnorm", default="off", choices=("off", "before", "after"),
                    help="BatchNorm before or after each ReLU, or off (default off)")

@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 from svhn_jax import errors
+from svhn_jax.cli import int_list
 
 GRID_BN = ("off", "on")
 GRID_LR = (1e-3, 1e-2)
@@ -57,18 +58,6 @@ GRID_OPTIMIZERS = ("adam", "momentum")
 COLUMNS = ("rank", "name", "bn", "lr", "optimizer", "best_val_acc", "best_epoch",
            "final_train_loss", "final_val_loss", "test_acc", "seconds", "status", "selected")
 RUN_FILES = ("config.json", "metrics.json")  # a folder holding one of these is a run folder
-
-
-def hidden_sizes(text: str) -> list[int]:
-    """'128' or '512,256' -> [128] or [512, 256]."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128 or 512,256, "
-                                         f"got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
-    return values
 
 
 def float_list(text: str) -> list[float]:
@@ -109,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="allow a non-empty --out; the grid's run folders in it are replaced")
     p.add_argument("--epochs", type=int, default=10, help="epochs per configuration (default 10)")
-    p.add_argument("--hidden", type=hidden_sizes, default=[128],
+    p.add_argument("--hidden", type=int_list, default=[128],
                    help="hidden layer widths, e.g. 128 or 512,256 (default 128)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--seed", type=int, default=0,

@@ -170,7 +170,7 @@ def step_config(c: dict, steps_per_epoch: int) -> train.StepConfig:
 # ----------------------------------------------------------------------- data
 
 
-def split_data(c: dict) -> dict:
+def split_data(c: dict, loaded: dict | None = None) -> dict:
     """{"train", "val", "test"?: (X uint8, y int32)} as the config describes.
 
     Data with an official test split: its train part is split into train and
@@ -180,9 +180,10 @@ def split_data(c: dict) -> dict:
     (for a final fit after hyperparameters were chosen on validation).
     """
     split_seed = c["seed"] if c.get("split_seed") is None else c["split_seed"]
-    data.ensure_available(c["data"], c["data_dir"], download=c.get("download", False))
-    loaded = data.load(c["data"], data_dir=c["data_dir"], synthetic_n=c["synthetic_n"],
-                       seed=c["seed"])
+    if loaded is None:
+        data.ensure_available(c["data"], c["data_dir"], download=c.get("download", False))
+        loaded = data.load(c["data"], data_dir=c["data_dir"], synthetic_n=c["synthetic_n"],
+                           seed=c["seed"])
     if "all" in loaded:
         X, y = loaded["all"]
         f_val, f_test = c["val_fraction"], c["test_fraction"]
@@ -514,8 +515,7 @@ def evaluate_run(run, spec: str | None = None, *, split: str | None = None,
     if "all" in loaded and split is None:
         X, y = loaded["all"]
     else:
-        parts = split_data(c)
-        X, y = parts[split or "test"]
+        X, y = split_data(c, loaded)[split or "test"]
     prep = c["preprocessing"]
     cfg = step_config(c, 1)
     params, bn_state = jax.eval_shape(lambda: model.init(jax.random.key(0), cfg.spec,
