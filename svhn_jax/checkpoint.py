@@ -65,9 +65,21 @@ def save(path, tree, meta: dict, *, keep_previous: bool = True) -> None:
     buf = io.BytesIO()
     np.savez(buf, __meta__=np.frombuffer(json.dumps(record).encode(), np.uint8),
              **{f"a{i}": a for i, (_, a) in enumerate(named)})
-    if keep_previous and path.exists():
+    # Only a sound checkpoint may become the fallback: a damaged one is written over.
+    if keep_previous and path.exists() and _is_sound(path):
         os.replace(path, previous(path))
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _is_sound(path: Path) -> bool:
+    """Whether the file at `path` reads back and matches its own checksum."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(bytes(z["__meta__"]).decode())
+            named = [(n, z[f"a{i}"]) for i, n in enumerate(meta["names"])]
+        return _digest(named) == meta["sha256"]
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile, EOFError):
+        return False
 
 
 def previous(path) -> Path:

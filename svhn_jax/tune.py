@@ -295,9 +295,9 @@ def lr_find(c: dict, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98, ove
     the smoothed minimum divided by 10, a conservative, commonly used rule.
     """
     out = Path(out)
-    runs.ensure_run_dir(out, overwrite=overwrite)
-    if not (0 < lr_min < lr_max) or steps < 10:
+    if not (0 < lr_min < lr_max < math.inf) or steps < 10:
         raise SvhnJaxError("lr-find needs 0 < --lr-min < --lr-max and --steps >= 10")
+    runs.ensure_run_dir(out, overwrite=overwrite)
     parts = runs.split_data(c)
     X_tr, y_tr = parts["train"]
     n = len(y_tr)

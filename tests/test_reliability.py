@@ -300,3 +300,15 @@ def test_resume_problems_are_clear(tmp_path, tiny_npz, capsys):
     for args in (["train", "--resume", str(run)], ["evaluate", "--run", str(run)]):
         assert cli.main(args) == EXIT_DATA
         assert "config.json is damaged" in capsys.readouterr().err
+
+
+def test_a_damaged_checkpoint_never_becomes_the_fallback(tmp_path):
+    import jax.numpy as jnp
+    path = tmp_path / "c.npz"
+    checkpoint.save(path, {"w": jnp.ones(3)}, {"n": 1})
+    checkpoint.save(path, {"w": jnp.full(3, 2.0)}, {"n": 2})       # n=1 becomes .prev
+    path.write_bytes(path.read_bytes()[:-40])                       # n=2 is damaged
+    checkpoint.save(path, {"w": jnp.full(3, 3.0)}, {"n": 3})       # must not replace .prev
+    _, prev = checkpoint.load(checkpoint.previous(path), {"w": jnp.ones(3)})
+    _, cur = checkpoint.load(path, {"w": jnp.ones(3)})
+    assert (prev["n"], cur["n"]) == (1, 3)
