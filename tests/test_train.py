@@ -73,6 +73,8 @@ def test_evaluate_json_schema(short_run, capsys):
 def test_gradient_modes_train_alike(tmp_path):
     a = runs.train_run(run_config(grad="manual", epochs=1), tmp_path / "a", quiet=True)
     b = runs.train_run(run_config(grad="autodiff", epochs=1), tmp_path / "b", quiet=True)
+    # The two modes differ by float32 rounding (~1e-7 relative per step, see
+    # test_model), which an epoch of SGD amplifies; 0.01 is 8 of the 800 images.
     assert a["best_val_acc"] == pytest.approx(b["best_val_acc"], abs=0.01)
 
 
