@@ -147,19 +147,14 @@ def read_config(run) -> dict:
 def step_config(c: dict, steps_per_epoch: int) -> train.StepConfig:
     """The static part of a config; the schedule's length depends on the data size."""
     total = max(2, c["epochs"] * steps_per_epoch)
-    warm = int(round(c["warmup_epochs"] * steps_per_epoch))
     name = c["schedule"]
-    if name.startswith("warmup-") and warm < 1:
-        warm = 1
-    options = {"constant": {}, "cosine": {"total_steps": total},
-               "step": {"rate": 0.1, "every": max(1, total // 3)}}
+    if name not in optim.SCHEDULES:
+        raise SvhnJaxError(f"unknown schedule {name!r}; choose one of {', '.join(optim.SCHEDULES)}")
     base = name.removeprefix("warmup-")
-    if base not in options:
-        raise SvhnJaxError(f"unknown schedule {name!r}; choose one of constant, cosine, step, "
-                           f"warmup-constant, warmup-cosine, warmup-step")
-    opts = dict(options[base])
-    if name.startswith("warmup-"):
-        opts["warmup_steps"] = min(warm, total - 1)
+    opts = {"constant": {}, "cosine": {"total_steps": total},
+            "step": {"rate": 0.1, "every": max(1, total // 3)}}[base]
+    if name != base:  # at least one warm-up step, and at least one after it
+        opts["warmup_steps"] = min(max(1, round(c["warmup_epochs"] * steps_per_epoch)), total - 1)
     return train.StepConfig(
         spec=model.make_spec(c["hidden"], batchnorm=c["batchnorm"]),
         optimizer=c["optimizer"], schedule=(name, tuple(sorted(opts.items()))),
