@@ -13,7 +13,7 @@ step, on exactly the batch that step trains on (`train.get_batch`), compares
       parameter leaf, maximised over the leaves. These differences are float32
       rounding (the two compute the same derivative in a different order):
       expect ~1e-6 relative, and no upward drift as training proceeds;
-  float64: gradcheck.step_check on the same parameters and batch, cast up:
+  float64: stepcheck.step_check on the same parameters and batch, cast up:
       hand vs jax.grad (tolerance 1e-10) and a directional central finite
       difference along a random unit vector (tolerance 1e-5, counted where the
       loss is smooth along it; see svhn_jax.runs.TOL_STEP_DIRECTIONAL), with
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seed of the data split, initialisation and batch order (default 0)")
     p.add_argument("--fd-eps", type=float, default=None,
                    help="step of the float64 directional finite difference (default: "
-                        "gradcheck.step_check's, 1e-5, the one training uses)")
+                        "stepcheck.step_check's, 1e-5, the one training uses)")
     p.add_argument("--preprocess", default=None, choices=("scale", "channel", "image"),
                    help="input normalisation (default: the package's, per-image standardisation)")
     p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
@@ -113,7 +113,7 @@ def _float32_diffs_fn(spec, reg):
     import jax
     import jax.numpy as jnp
 
-    from svhn_jax import model
+    from svhn_jax.nn import model
 
     @jax.jit
     def diffs(params, bn_state, xb, yb):
@@ -133,9 +133,9 @@ def _float32_diffs_fn(spec, reg):
 def _default_eps() -> float:
     import inspect
 
-    from svhn_jax import gradcheck
+    from svhn_jax.nn import stepcheck
 
-    return inspect.signature(gradcheck.step_check).parameters["eps"].default
+    return inspect.signature(stepcheck.step_check).parameters["eps"].default
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -146,7 +146,7 @@ def summarize(rows: list[dict]) -> dict:
          "max_f32_abs_diff": mx("f32_max_abs_diff"),
          "max_f32_rel_diff": mx("f32_max_rel_diff"),
          "max_f64_manual_vs_autodiff": mx("f64_manual_vs_autodiff"),
-         # only where the loss is smooth along v (gradcheck.step_check explains)
+         # only where the loss is smooth along v (stepcheck.step_check explains)
          "max_f64_directional_fd": max((r["f64_directional_fd"] for r in rows if r["f64_smooth"]),
                                        default=0.0),
          "f64_nonsmooth_steps": sum(not r["f64_smooth"] for r in rows),
@@ -202,7 +202,8 @@ def compare(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from svhn_jax import checkpoint, gradcheck, plots, preprocess, runs, train
+    from svhn_jax import checkpoint, plots, preprocess, runs, train
+    from svhn_jax.nn import gradcheck, stepcheck
 
     bn = "none" if args.batchnorm == "off" else args.batchnorm
     c = runs.make_config(None, data=args.data, data_dir=args.data_dir, hidden=args.hidden,
@@ -244,7 +245,7 @@ def compare(args) -> int:
         loss, max_abs, rel = diffs(state.params, state.bn_state, xb, yb)
         rel = np.asarray(rel)
         key = jax.random.fold_in(jax.random.fold_in(state.key, 3), s)
-        f64 = gradcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c["reg"], key,
+        f64 = stepcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c["reg"], key,
                                    **eps)
         rows.append({"step": s, "epoch": epoch + 1, "loss": float(loss),
                      "f32_max_abs_diff": float(max_abs), "f32_max_rel_diff": float(rel.max()),

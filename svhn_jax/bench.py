@@ -174,7 +174,8 @@ def jax_setup(hidden: int, batch: int, grad_mode: str, seed: int = 0):
     """(StepConfig, Hyper) of the bench network, as `svhn-jax train` would build them."""
     import jax.numpy as jnp
 
-    from . import model, train
+    from . import train
+    from .nn import model
 
     cfg = train.StepConfig(model.make_spec((hidden,)), "adam", ("constant", ()), batch, grad_mode)
     train.check_config(cfg)

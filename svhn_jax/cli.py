@@ -32,7 +32,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 
 def cmd_gradcheck(args) -> int:
-    from . import gradcheck, model
+    from .nn import gradcheck, model
 
     if args.batch < 2:
         raise errors.SvhnJaxError("--batch must be at least 2 (BatchNorm needs two rows for a variance)")

@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import checkpoint, data, gradcheck, model, optim, preprocess, train
+from . import checkpoint, data, preprocess, train
+from .nn import model, optim, stepcheck
 from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DataError, SvhnJaxError
 
 # Settings of a run, with their defaults. `--preset` replaces some of them;
@@ -62,7 +63,7 @@ PRESETS = {
 # vector is about |g| / sqrt(P) (P = 131k parameters in the mission network), so
 # the central difference's rounding, ~1e-16 L / eps, reaches ~1e-6 of it on rare
 # steps (max 1.0e-6 over 3,520 checks of a 40-epoch run). Only checks whose
-# differences at eps and 2 eps agree within 1e-6 count (gradcheck.step_check),
+# differences at eps and 2 eps agree within 1e-6 count (stepcheck.step_check),
 # and 1e-5 leaves a 10x margin; a wrong backward scores 1e-4 to 1.
 TOL_STEP_DIRECTIONAL = 1e-5
 TOL_STEP_AUTODIFF = 1e-10     # hand vs jax.grad: both exact, so this is rounding
@@ -420,7 +421,7 @@ def _step_gradcheck(state, hp, X, y, order, pos, cfg, c, progress, epoch):
     """The per-step check on the batch the next step trains on."""
     step = int(state.step)
     xb, yb = train.get_batch(X, y, order, pos, state.key, state.step, cfg)
-    r = gradcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c["reg"],
+    r = stepcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c["reg"],
                              jax.random.fold_in(jax.random.fold_in(state.key, 3), step))
     progress["gradchecks"].append({"step": step, "epoch": epoch + 1, **r})
     # `not (e <= tol)`: a NaN gradient makes the errors NaN, and that must fail too.
@@ -437,7 +438,7 @@ def _step_gradcheck(state, hp, X, y, order, pos, cfg, c, progress, epoch):
 
 def _gradcheck_summary(records: list[dict]) -> dict:
     """Counts and worst errors; the directional error only over smooth checks
-    (see gradcheck.step_check: the others prove nothing either way)."""
+    (see stepcheck.step_check: the others prove nothing either way)."""
     if not records:
         return {}
     smooth = [r["directional_fd"] for r in records if r["smooth"]]

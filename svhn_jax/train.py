@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import losses, model, optim
+from .nn import losses, model, optim
 from .errors import SvhnJaxError
 
 

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import model, optim, preprocess, runs, train
+from . import preprocess, runs, train
+from .nn import model, optim
 from .errors import SvhnJaxError
 
 # Settings vmapped within a group; every other sweep axis starts a new group.

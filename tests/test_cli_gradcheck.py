@@ -4,7 +4,8 @@ import json
 import subprocess
 import sys
 
-from svhn_jax import cli, layers
+from svhn_jax import cli
+from svhn_jax.nn import layers
 from svhn_jax.errors import EXIT_CHECK_FAILED
 
 ARGS = ["gradcheck", "--hidden", "12,6", "--in-dim", "10", "--batch", "6", "--fd-samples", "0"]
@@ -24,7 +25,7 @@ def test_gradcheck_json_schema_and_pass(capsys):
 def test_gradcheck_fails_loudly_on_a_wrong_backward(monkeypatch, capsys):
     init, fwd, bwd = layers.LAYERS["relu"]
     # a plausible bug: passing the gradient where x < 0 instead of x > 0
-    monkeypatch.setitem(layers.LAYERS, "relu", (init, fwd, lambda p, mask, dy: bwd(p, ~mask, dy)))
+    monkeypatch.setitem(layers.LAYERS, "relu", layers.Layer(init, fwd, lambda p, mask, dy: bwd(p, ~mask, dy)))
     assert cli.main(ARGS) == EXIT_CHECK_FAILED
     out = capsys.readouterr().out
     assert "FAIL" in out and "<-- FAILED" in out

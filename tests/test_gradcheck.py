@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from svhn_jax import gradcheck, layers, model
+from svhn_jax.nn import gradcheck, layers, model, stepcheck
 
 TOL_AUTODIFF = 1e-10
 TOL_FD = 1e-6
@@ -67,7 +67,7 @@ def test_missing_batchnorm_term_is_caught_per_layer_and_in_the_model(monkeypatch
     assert any(f.startswith("x: hand-written gradient differs from finite differences") for f in r["failures"])
 
     init, fwd, _ = layers.LAYERS["batchnorm"]
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", (init, fwd, bn_backward_missing_mean_term))
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, bn_backward_missing_mean_term))
     spec = model.make_spec((8, 6), batchnorm="before")
     r = gradcheck.check_model(spec, in_dim=5, batch=6)
     assert not r["ok"]
@@ -81,17 +81,17 @@ def test_step_check_passes_on_the_real_backward_and_fails_on_a_broken_one(monkey
     params, state = model.init(jax.random.key(0), spec, 20)
     x = jax.random.normal(jax.random.key(1), (8, 20))
     y = jnp.arange(8) % 10
-    good = gradcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
+    good = stepcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
     assert good["manual_vs_autodiff"] <= TOL_AUTODIFF
     assert good["directional_fd"] <= TOL_FD and good["smooth"]
     # a step far too large for the loss's curvature (and its ReLU kinks) is flagged
-    coarse = gradcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2), eps=0.3)
+    coarse = stepcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2), eps=0.3)
     assert not coarse["smooth"]
 
     init, fwd, _ = layers.LAYERS["batchnorm"]
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", (init, fwd, bn_backward_missing_mean_term))
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, bn_backward_missing_mean_term))
     jax.clear_caches()  # the jitted check was traced with the correct backward
-    bad = gradcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
+    bad = stepcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
     assert bad["manual_vs_autodiff"] > 1e-3
     assert bad["directional_fd"] > 1e-4 and bad["smooth"]   # a real failure, at a smooth point
     jax.clear_caches()
@@ -103,11 +103,11 @@ def test_a_nan_gradient_fails_the_checks(monkeypatch):
     r = gradcheck.check_layer("dense", backward=nan_backward)
     assert not r["ok"] and any("dense.W" in f for f in r["failures"])
     init, fwd, _ = layers.LAYERS["dense"]
-    monkeypatch.setitem(layers.LAYERS, "dense", (init, fwd, nan_backward))
+    monkeypatch.setitem(layers.LAYERS, "dense", layers.Layer(init, fwd, nan_backward))
     jax.clear_caches()
     spec = model.make_spec((8,))
     params, state = model.init(jax.random.key(0), spec, 6)
     x, y = jax.random.normal(jax.random.key(1), (4, 6)), jnp.arange(4)
-    r = gradcheck.step_check(params, state, x, y, spec, 0.0, jax.random.key(2))
+    r = stepcheck.step_check(params, state, x, y, spec, 0.0, jax.random.key(2))
     assert not r["manual_vs_autodiff"] <= 1e-10     # NaN: never "within tolerance"
     jax.clear_caches()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from svhn_jax import gradcheck, layers, losses
+from svhn_jax.nn import gradcheck, layers, losses
 from svhn_jax.errors import SvhnJaxError
 
 TOL_AUTODIFF = 1e-10

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from svhn_jax import optim
+from svhn_jax.nn import optim
 from svhn_jax.errors import SvhnJaxError
 
 SHAPES = {"w": (3, 4), "b": (4,)}

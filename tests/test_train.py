@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import cli, model, runs, train
+from svhn_jax import cli, runs, train
+from svhn_jax.nn import model
 from svhn_jax.errors import EXIT_DIVERGED, SvhnJaxError
 
 from conftest import SVHN_8K
@@ -134,10 +135,10 @@ def _broken_bn_backward(params, cache, dy):
 
 
 def test_per_step_check_warns_or_stops_on_a_wrong_backward(tmp_path, monkeypatch, capsys):
-    from svhn_jax import layers
+    from svhn_jax.nn import layers
 
     init, fwd, _ = layers.LAYERS["batchnorm"]
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", (init, fwd, _broken_bn_backward))
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, _broken_bn_backward))
     jax.clear_caches()
     cfg = run_config(epochs=1, batchnorm="before", gradcheck_every=10)
     m = runs.train_run(cfg, tmp_path / "warn", quiet=True)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import layers, losses
-from .errors import SvhnJaxError
+from ..errors import SvhnJaxError
 
 BATCHNORM_PLACEMENTS = ("none", "before", "after")
 
@@ -67,7 +67,7 @@ def init(key, spec, in_dim: int, dtype=jnp.float32):
     """
     params, state, dim = [], [], in_dim
     for i, (k, (name, width)) in enumerate(zip(jax.random.split(key, len(spec)), spec)):
-        init_fn = layers.LAYERS[name][0]
+        init_fn = layers.LAYERS[name].init
         if name == "dense":
             # A bias right before BatchNorm is cancelled by its mean subtraction.
             bias = i + 1 == len(spec) or spec[i + 1][0] != "batchnorm"
@@ -111,7 +111,7 @@ def forward(params, state, x, spec, *, train: bool):
     _check_batch(params, spec, x)
     caches, new_state = [], []
     for (name, _), p, s in zip(spec, params, state):
-        x, s, cache = layers.LAYERS[name][1](p, s, x, train)
+        x, s, cache = layers.LAYERS[name].forward(p, s, x, train)
         caches.append(cache)
         new_state.append(s)
     return x, tuple(new_state), caches
@@ -121,7 +121,7 @@ def backward(params, caches, dlogits, spec):
     """Chain the layers' VJPs from dL/dlogits (N, K) back to dL/dparams."""
     grads, dx = [], dlogits
     for (name, _), p, cache in reversed(list(zip(spec, params, caches))):
-        g, dx = layers.LAYERS[name][2](p, cache, dx)
+        g, dx = layers.LAYERS[name].backward(p, cache, dx)
         grads.append(g)
     return tuple(reversed(grads))
 

@@ -18,10 +18,12 @@ Shapes: x is (N, D) for a batch of N rows of D features; Dense maps D -> M.
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
-from .errors import SvhnJaxError
+from ..errors import SvhnJaxError
 
 # --------------------------------------------------------------------- Dense
 
@@ -159,11 +161,19 @@ def batchnorm_backward(params, cache, dy):
 
 # ------------------------------------------------------------------ registry
 
-# name -> (init, forward, backward). BatchNorm's forward takes `train`;
-# the others ignore it, so the model can call every forward the same way.
+
+class Layer(NamedTuple):
+    """A layer's three functions. Every forward takes `train` (only BatchNorm
+    uses it), so the model calls each layer the same way."""
+
+    init: Callable
+    forward: Callable    # (params, state, x, train) -> y, new_state, cache
+    backward: Callable   # (params, cache, dy) -> dparams, dx
+
+
 LAYERS = {
-    "dense": (dense_init, lambda p, s, x, train: dense_forward(p, s, x), dense_backward),
-    "relu": (relu_init, lambda p, s, x, train: relu_forward(p, s, x), relu_backward),
-    "batchnorm": (batchnorm_init, lambda p, s, x, train: batchnorm_forward(p, s, x, train=train),
-                  batchnorm_backward),
+    "dense": Layer(dense_init, lambda p, s, x, train: dense_forward(p, s, x), dense_backward),
+    "relu": Layer(relu_init, lambda p, s, x, train: relu_forward(p, s, x), relu_backward),
+    "batchnorm": Layer(batchnorm_init, lambda p, s, x, train: batchnorm_forward(p, s, x, train=train),
+                       batchnorm_backward),
 }

@@ -1,0 +1,13 @@
+"""The maths: layers, losses, the MLP, optimizers, schedules and gradient checks.
+
+Pure functions over pytrees, nothing else: no files, no network, no printing. This
+package imports nothing from the rest of svhn_jax except the error types.
+
+    layers      Dense, ReLU, BatchNorm: init / forward / hand-derived backward
+    losses      softmax cross-entropy and the L2 penalty with hand-derived gradients
+    model       an MLP from those layers: forward, hand backward, autodiff twin
+    optim       SGD, Momentum/Nesterov, RMSprop, Adam as (init, update) pairs
+    schedules   learning-rate schedules
+    gradcheck   hand VJP vs jax.grad vs finite differences, per layer and model
+    stepcheck   the cheap check run during training
+"""
