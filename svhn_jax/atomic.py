@@ -1,4 +1,5 @@
 """Atomic file writes: a kill at any moment leaves the old file or the new one, whole.
+JSON goes out strict (no NaN or Infinity tokens).
 
 The temporary file lives in the target folder (os.replace is atomic only within one
 filesystem) and is flushed to disk before the rename. No JAX here: data.py uses it too,
@@ -7,6 +8,8 @@ and must stay quick to import.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,3 +42,25 @@ def write_bytes(path, data: bytes) -> Path:
 
 def write_text(path, text: str) -> Path:
     return write_bytes(path, text.encode())
+
+
+def strict_json(obj, indent: int | None = 2) -> str:
+    """JSON that every strict reader accepts: NaN and infinities (undefined numbers,
+    such as the worst error over zero checks) become null."""
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False)
+
+
+def _finite(obj):
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if hasattr(obj, "item") and getattr(obj, "ndim", None) == 0:  # NumPy / JAX scalars
+        return _finite(obj.item())
+    return obj
+
+
+def write_json(path, obj) -> Path:
+    return write_text(path, strict_json(obj) + "\n")

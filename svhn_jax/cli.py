@@ -93,97 +93,111 @@ def add_gradcheck(sub):
 
 # ---------------------------------------------------------------- train / evaluate
 
-BATCHNORM_CHOICES = {"off": "none", "none": "none", "on": "before", "before": "before", "after": "after"}
+
+def _number(kind):
+    def parse(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                             f"got {text!r}")
+    parse.__name__ = kind.__name__
+    return parse
 
 
-def add_hyperparameters(p):
-    """Flags shared by train (and sweep): all default to None = "preset or default"."""
-    g = p.add_argument_group("model and training (override the preset)")
-    g.add_argument("--preset", choices=("mission", "best"), help="a tuned set of hyperparameters")
-    g.add_argument("--hidden", type=int_list, help="hidden sizes, e.g. 128 or 1024,512")
-    g.add_argument("--batchnorm", choices=sorted(BATCHNORM_CHOICES),
-                   help="BatchNorm: off, on (= before ReLU) or after ReLU (the seed notebook's placement)")
-    g.add_argument("--optimizer", help="sgd, momentum, nesterov, rmsprop or adam")
-    g.add_argument("--lr", type=float, help="(peak) learning rate")
-    g.add_argument("--schedule", help="constant, cosine, step, warmup-constant, warmup-cosine, warmup-step")
-    g.add_argument("--warmup-epochs", type=float, help="length of the linear warm-up, in epochs")
-    g.add_argument("--reg", type=float, help="L2 strength: loss += 0.5 * reg * sum(W**2)")
-    g.add_argument("--batch", type=int, help="batch size")
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--shift", type=int, help="random-shift augmentation in pixels (0: off)")
-    g.add_argument("--patience", type=int, help="early stopping after this many epochs without "
-                                                "a better validation accuracy (0: off)")
-    g.add_argument("--grad", choices=("manual", "autodiff"), help="hand VJPs (default) or jax.grad")
-    g.add_argument("--seed", type=int)
-    g.add_argument("--preprocess", help="scale ([-1, 1]), channel (per-channel standardisation) "
-                                        "or image (per-image standardisation)")
-    g.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
-                   help="convert to luminance first")
+_PARSERS = {"int": _number(int), "float": _number(float), "tuple": int_list, "str": str}
 
 
-def add_data_args(p):
-    g = p.add_argument_group("data")
-    g.add_argument("--data", help="svhn (prepared tensorflow-datasets), a folder with the official "
-                                  ".mat files, an .npz with X and y, or synthetic")
-    g.add_argument("--data-dir", help="tensorflow-datasets folder (default $TFDS_DATA_DIR or "
-                                      "~/tensorflow_datasets)")
-    g.add_argument("--val-fraction", type=float, help="validation part of the training data (default 0.1)")
-    g.add_argument("--test-fraction", type=float,
-                   help="test part, for data without an official test split (default 0.2)")
-    g.add_argument("--synthetic-n", type=int, help="images of --data synthetic (default 73257)")
+def add_settings(p, command: str, *, lists: bool = False) -> None:
+    """One flag per RunConfig field that `command` takes; every default is None,
+    meaning "from --config, the preset, or the field's default". With `lists`, the
+    sweepable fields take comma-separated lists or LO:HI:log|lin:N ranges."""
+    from . import config
+
+    g = p.add_argument_group("settings (override --config and --preset)")
+    for name, f in config.FIELDS.items():
+        m = f.metadata
+        if command not in m["commands"]:
+            continue
+        kind = f.type.split(" ")[0]
+        extra = [f"one of {', '.join(m['choices'])}"] if m["choices"] else []
+        if f.default is not None:
+            extra.append(f"default {','.join(map(str, f.default)) if kind == 'tuple' else f.default}")
+        help = m["help"] + (f" ({'; '.join(extra)})" if extra else "")
+        flag = "--" + name.replace("_", "-")
+        if kind == "bool":
+            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
+        elif lists and m["sweep"]:
+            g.add_argument(flag, dest=name, metavar="LIST", help=help + "; a list like 1e-3,1e-2 "
+                           "or a range like 1e-4:1e-1:log:8" * (kind in ("int", "float")))
+        else:
+            g.add_argument(flag, dest=name, type=_PARSERS[kind], metavar=m["metavar"], help=help)
+    p.add_argument("--preset", choices=tuple(config.PRESETS), help="a tuned set of settings")
 
 
-def _settings(args) -> dict:
-    keys = ("data", "data_dir", "val_fraction", "test_fraction", "synthetic_n", "hidden", "optimizer",
-            "lr", "schedule", "warmup_epochs", "reg", "batch", "epochs", "shift", "patience", "grad",
-            "seed", "preprocess", "grayscale", "gradcheck_every", "checkpoint_every")
-    out = {k: getattr(args, k, None) for k in keys}
-    if getattr(args, "batchnorm", None) is not None:
-        out["batchnorm"] = BATCHNORM_CHOICES[args.batchnorm]
-    if getattr(args, "gradcheck_strict", False):
-        out["gradcheck_strict"] = True
-    return out
+def _given(args, command: str) -> dict:
+    from . import config
+
+    return {n: getattr(args, n) for n, f in config.FIELDS.items()
+            if command in f.metadata["commands"] and getattr(args, n, None) is not None}
+
+
+def make_config(args, command: str):
+    """The RunConfig of a command line: --config FILE or --preset, then the flags."""
+    from . import config
+
+    base = None
+    if getattr(args, "config", None):
+        if args.preset:
+            raise errors.SvhnJaxError("pass --config or --preset, not both: the file already "
+                                      "holds every setting")
+        base = config.read_file(args.config)
+    return config.make(args.preset, base=base, **_given(args, command))
+
+
+def _summary_line(metrics: dict) -> str:
+    line = f"best validation accuracy {metrics['best_val_acc']:.2%} (epoch {metrics['best_epoch']})"
+    if metrics.get("test_acc") is not None:
+        line += f"; test accuracy {metrics['test_acc']:.2%} on {metrics['n_test']} images"
+    return line
 
 
 def cmd_train(args) -> int:
-    from . import data
-
-    if not args.resume and not args.download:
-        # Before importing JAX: a missing dataset is reported in a fraction of a second.
-        data.ensure_available(args.data or "svhn", args.data_dir, download=False)
-    from . import runs
+    from . import atomic, data
 
     if args.resume:
-        given = sorted(k for k, v in _settings(args).items() if v is not None)
-        if given or args.out or args.preset:
+        given = sorted(_given(args, "train")) + [f for f in ("out", "preset", "config")
+                                                  if getattr(args, f)]
+        if given:
             raise errors.SvhnJaxError(
-                f"--resume continues a run with its own settings; drop {', '.join(given) or '--out/--preset'}"
-                f" (to change them, start a new run with --out)")
-        config = runs.read_config(args.resume)
-        out, resume = Path(args.resume), True
+                f"--resume continues a run with its own settings; drop "
+                f"{', '.join('--' + g.replace('_', '-') for g in given)} (to change them, start a "
+                f"new run: --config {args.resume}/config.json --out NEW_RUN plus the changes)")
+        out = Path(args.resume)
     else:
         if not args.out:
             raise errors.SvhnJaxError("say where the run goes: --out RUN_DIR")
-        config = runs.make_config(args.preset, **_settings(args))
-        out, resume = Path(args.out), False
-    config["download"] = args.download
+        c, out = make_config(args, "train"), Path(args.out)
+        if not args.download:
+            # Before importing JAX: a missing dataset is reported in a fraction of a second.
+            data.ensure_available(c.data, c.data_dir, download=False)
+    from . import runs
+
     try:
         # With --json, stdout carries the JSON object alone (tensorflow-datasets prints
         # while preparing), so everything else goes to stderr.
         with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-            metrics = runs.train_run(config, out, overwrite=args.overwrite, resume=resume,
-                                     quiet=args.json or not sys.stderr.isatty())
+            if args.resume:
+                metrics = runs.resume_run(out, quiet=args.quiet)
+            else:
+                metrics = runs.train_run(c, out, overwrite=args.overwrite, download=args.download,
+                                         quiet=args.quiet)
     except (runs.Diverged, runs.Interrupted):
         if args.json and (out / "metrics.json").exists():
             print((out / "metrics.json").read_text().strip())
         raise
-    if args.json:
-        print(json.dumps(metrics))
-    else:
-        line = f"best validation accuracy {metrics['best_val_acc']:.2%} (epoch {metrics['best_epoch']})"
-        if "test_acc" in metrics:
-            line += f"; test accuracy {metrics['test_acc']:.2%} on {metrics['n_test']} images"
-        print(f"{line}\nrun folder: {out}")
+    print(atomic.strict_json(metrics, indent=None) if args.json
+          else f"{_summary_line(metrics)}\nrun folder: {out}")
     return errors.EXIT_OK
 
 
@@ -191,33 +205,35 @@ def add_train(sub):
     p = sub.add_parser("train", help="train on SVHN (or an .npz / synthetic data) into a run folder",
                        description="Train the MLP, check gradients as asked, evaluate once on test "
                                    "with the best-validation parameters, write a run folder.")
-    add_data_args(p)
+    p.add_argument("--out", help="run folder to create")
+    p.add_argument("--config", metavar="FILE", help="settings from a JSON file, e.g. another run's "
+                   "config.json; flags given with it override it")
     p.add_argument("--download", action="store_true",
                    help="fetch and prepare the official SVHN files if they are missing")
-    p.add_argument("--out", help="run folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
-    add_hyperparameters(p)
-    g = p.add_argument_group("checks and checkpoints")
-    g.add_argument("--gradcheck-every", type=int, metavar="N",
-                   help="float64 gradient check every N steps (1: every step; 0: off)")
-    g.add_argument("--gradcheck-strict", action="store_true", help="stop when a check fails")
-    g.add_argument("--checkpoint-every", type=int, metavar="N",
-                   help="also checkpoint every N steps (always at the end of each epoch)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print metrics as one JSON object")
+    add_settings(p, "train")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_evaluate(args) -> int:
-    from . import runs
+    from . import atomic, evaluate
 
-    result = runs.evaluate_run(args.run, args.data, split=args.split, data_dir=args.data_dir)
+    r = evaluate.evaluate_run(args.run, args.data, split=args.split, data_dir=args.data_dir)
+    if r["overlap_with_training"]:
+        print(f"warning: {r['overlap_with_training']} of the {r['n']} scored images are images the "
+              f"run trained on, so this is not a held-out score (--split test scores the run's "
+              f"held-out part)", file=sys.stderr)
     if args.json:
-        print(json.dumps(result))
+        print(atomic.strict_json(r, indent=None))
     else:
-        print(f"accuracy {result['accuracy']:.2%}  loss {result['loss']:.4f}  on {result['n']} images "
-              f"({result['data']}, {result['split']})")
-        print("per class: " + "  ".join(f"{k}:{a:.0%}" for k, a in enumerate(result["per_class_accuracy"])))
+        overlap = r["overlap_with_training"]
+        print(f"accuracy {r['accuracy']:.2%}  loss {r['loss']:.4f}  on {r['n']} images "
+              f"({r['data']}, split {r['split']}; "
+              f"{'overlap with training unknown' if overlap is None else f'{overlap} seen in training'})")
+        print("per class: " + "  ".join(f"{k}:{a:.0%}" for k, a in enumerate(r["per_class_accuracy"])))
     return errors.EXIT_OK
 
 
@@ -226,8 +242,10 @@ def add_evaluate(sub):
     p.add_argument("--run", required=True, help="a run folder written by svhn-jax train")
     p.add_argument("--data", help="data to evaluate on (default: the run's own)")
     p.add_argument("--data-dir")
-    p.add_argument("--split", help="train, val or test part of the run's split (default: all of an "
-                                   ".npz file; SVHN's test split)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"),
+                   help="part to score (default: the run's held-out test part on its own data, "
+                        "else the data's official test split, else all of it); all scores every "
+                        "image, trained-on ones included")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -273,27 +291,22 @@ def add_prepare(sub):
 
 # ------------------------------------------------------------- sweep / lr-find
 
-SWEEP_AXES = ("lr", "reg", "optimizer", "batchnorm", "hidden", "batch", "epochs", "seed", "shift",
-              "schedule", "preprocess", "warmup_epochs")
-
 
 def cmd_sweep(args) -> int:
-    from . import runs, tune
+    from . import atomic, config, tune
 
-    axes = {a: tune.parse_values(a, getattr(args, a)) for a in SWEEP_AXES if getattr(args, a) is not None}
+    axes = {a: tune.parse_values(a, getattr(args, a)) for a in config.SWEEPABLE
+            if getattr(args, a, None) is not None}
     fixed = {a: v[0] for a, v in axes.items() if isinstance(v, list) and len(v) == 1}
-    axes = {a: v for a, v in axes.items() if a not in fixed} or {"lr": [fixed.get("lr", None)]}
-    settings = {k: getattr(args, k, None) for k in ("data", "data_dir", "val_fraction", "test_fraction",
-                                                    "synthetic_n", "grayscale", "grad")}
-    base = runs.make_config(args.preset, **settings, **fixed)
-    if axes == {"lr": [None]}:
-        axes = {"lr": [base["lr"]]}
+    axes = {a: v for a, v in axes.items() if a not in fixed}
+    base = config.make(args.preset, **{**_given(args, "sweep"), **fixed})
+    axes = axes or {"lr": [base.lr]}
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         summary = tune.sweep(base, axes, args.out, search=args.search, trials=args.trials,
                              search_seed=args.search_seed, final=not args.no_final,
                              final_on=args.final_on, overwrite=args.overwrite, quiet=args.json)
     if args.json:
-        print(json.dumps(summary, default=float))
+        print(atomic.strict_json(summary, indent=None))
         return errors.EXIT_OK
     print(tune.format_table(summary["results"]))
     print(f"\n{summary['configurations']} configurations in {summary['groups']} compiled group(s), "
@@ -309,22 +322,16 @@ def cmd_sweep(args) -> int:
 
 def add_sweep(sub):
     p = sub.add_parser("sweep", help="many configurations on validation (vmapped), one final test",
-                       description="Every hyperparameter takes a comma-separated list or, for numbers, "
-                                   "a range LO:HI:log|lin:N. Configurations differing only in lr, reg "
-                                   "and seed are trained at once in one compiled, vmapped program.")
-    add_data_args(p)
+                       description="Every sweepable setting takes a comma-separated list or, for "
+                                   "numbers, a range LO:HI:log|lin:N. Configurations differing only "
+                                   "in lr, reg and seed are trained at once in one compiled, vmapped "
+                                   "program.")
     p.add_argument("--out", required=True, help="sweep folder to create")
     p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--preset", choices=("mission", "best"), help="base settings for what is not swept")
-    g = p.add_argument_group("swept hyperparameters (lists like 1e-3,1e-2 or ranges like 1e-4:1e-1:log:8)")
-    for a in SWEEP_AXES:
-        g.add_argument("--" + a.replace("_", "-"), dest=a,
-                       help="hidden sizes: 128,512x256 (x separates layers)" if a == "hidden" else None)
-    p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--grad", choices=("manual", "autodiff"))
+    add_settings(p, "sweep", lists=True)
     p.add_argument("--search", choices=("grid", "random"), default="grid")
-    p.add_argument("--trials", type=int, default=10, help="configurations drawn by random search")
-    p.add_argument("--search-seed", type=int, default=0)
+    p.add_argument("--trials", type=_number(int), default=10, help="configurations drawn by random search")
+    p.add_argument("--search-seed", type=_number(int), default=0)
     p.add_argument("--final-on", choices=("train", "train+val"), default="train",
                    help="retrain the chosen configuration on train, or on train+val")
     p.add_argument("--no-final", action="store_true", help="skip the final retraining and test evaluation")
@@ -333,14 +340,14 @@ def add_sweep(sub):
 
 
 def cmd_lr_find(args) -> int:
-    from . import runs, tune
+    from . import atomic, lrfind
 
-    c = runs.make_config(args.preset, **_settings(args))
+    c = make_config(args, "lr-find")
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-        r = tune.lr_find(c, args.out, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps,
-                         overwrite=args.overwrite)
+        r = lrfind.lr_find(c, args.out, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps,
+                           overwrite=args.overwrite)
     if args.json:
-        print(json.dumps(r))
+        print(atomic.strict_json(r, indent=None))
     else:
         print(f"suggested learning rate {r['suggested_lr']:.2e} (smoothed loss is lowest at "
               f"{r['lr_at_min_loss']:.2e}); plot: {args.out}/lr_find.png")
@@ -349,13 +356,12 @@ def cmd_lr_find(args) -> int:
 
 def add_lr_find(sub):
     p = sub.add_parser("lr-find", help="learning-rate range test: loss against an exponentially rising lr")
-    add_data_args(p)
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
-    add_hyperparameters(p)
-    p.add_argument("--lr-min", type=float, default=1e-7)
-    p.add_argument("--lr-max", type=float, default=10.0)
-    p.add_argument("--steps", type=int, default=300)
+    add_settings(p, "lr-find")
+    p.add_argument("--lr-min", type=_number(float), default=1e-7)
+    p.add_argument("--lr-max", type=_number(float), default=10.0)
+    p.add_argument("--steps", type=_number(int), default=300)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lr_find)
 

@@ -26,16 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import preprocess, runs, train
-from .nn import model, optim
+from . import atomic, config, preprocess, rundata, runfolder, runs, train
+from .config import VMAPPED, RunConfig
 from .errors import SvhnJaxError
 
-# Settings vmapped within a group; every other sweep axis starts a new group.
-VMAPPED = ("lr", "reg", "seed")
-NUMERIC = {"lr": float, "reg": float, "batch": int, "epochs": int, "seed": int, "shift": int,
-           "warmup_epochs": float}
-CATEGORICAL = ("optimizer", "batchnorm", "hidden", "schedule", "preprocess")
-BATCHNORM = {"off": "none", "none": "none", "on": "before", "before": "before", "after": "after"}
+
+def _kind(name: str) -> str:
+    return config.FIELDS[name].type.split(" ")[0]
 
 
 def parse_values(name: str, text: str) -> list | tuple:
@@ -45,8 +42,11 @@ def parse_values(name: str, text: str) -> list | tuple:
     expands it to n points, random search samples it. Hidden sizes of several
     layers are written with 'x': --hidden 128,512x256.
     """
+    if name not in config.SWEEPABLE:
+        raise SvhnJaxError(f"cannot sweep {name}; sweepable: {', '.join(config.SWEEPABLE)}")
+    kind = _kind(name)
     text = str(text).strip()
-    if name in NUMERIC and text.count(":") == 3:
+    if kind in ("int", "float") and text.count(":") == 3:
         lo, hi, scale, n = text.split(":")
         try:
             lo, hi, n = float(lo), float(hi), int(n)
@@ -61,16 +61,17 @@ def parse_values(name: str, text: str) -> list | tuple:
         if not v:
             continue
         try:
-            if name == "hidden":
-                values.append([int(h) for h in v.split("x")])
-            elif name in NUMERIC:
-                values.append(NUMERIC[name](float(v)) if NUMERIC[name] is int and "e" in v.lower()
-                              else NUMERIC[name](v))
-            elif name == "batchnorm":
-                values.append(BATCHNORM[v])
+            if kind == "tuple":
+                values.append(tuple(int(h) for h in v.split("x")))
+            elif kind == "int":
+                values.append(int(float(v)) if "e" in v.lower() else int(v))
+            elif kind == "float":
+                values.append(float(v))
+            elif kind == "bool":
+                values.append({"true": True, "on": True, "false": False, "off": False}[v.lower()])
             else:
                 values.append(v)
-        except (ValueError, KeyError):
+        except (ValueError, KeyError, OverflowError):
             raise SvhnJaxError(f"--{name}: cannot read {v!r} in {text!r}")
     if not values:
         raise SvhnJaxError(f"--{name} needs at least one value")
@@ -81,7 +82,7 @@ def _grid_points(spec, name=None):
     if isinstance(spec, tuple):
         _, lo, hi, scale, n = spec
         pts = np.geomspace(lo, hi, n) if scale == "log" else np.linspace(lo, hi, n)
-        return [int(round(p)) if NUMERIC.get(name) is int else float(p) for p in pts]
+        return [int(round(p)) if _kind(name) == "int" else float(p) for p in pts]
     return list(spec)
 
 
@@ -89,7 +90,7 @@ def _sample(spec, rng, name):
     if isinstance(spec, tuple):
         _, lo, hi, scale, _ = spec
         v = math.exp(rng.uniform(math.log(lo), math.log(hi))) if scale == "log" else rng.uniform(lo, hi)
-        return int(round(v)) if NUMERIC.get(name) is int else float(v)
+        return int(round(v)) if _kind(name) == "int" else float(v)
     return spec[rng.integers(len(spec))]
 
 
@@ -106,46 +107,49 @@ def expand(axes: dict, *, search: str = "grid", trials: int = 10, seed: int = 0)
     raise SvhnJaxError(f"--search must be grid or random, got {search!r}")
 
 
-def _group_key(c: dict) -> str:
-    return json.dumps({k: v for k, v in c.items() if k not in VMAPPED}, sort_keys=True, default=str)
+def _group_key(c: RunConfig) -> str:
+    return json.dumps({k: v for k, v in config.to_json(c).items() if k not in VMAPPED}, sort_keys=True)
 
 
-def _label(c: dict, swept) -> str:
-    return ", ".join(f"{k}={'x'.join(map(str, c[k])) if k == 'hidden' else c[k]}" for k in swept)
+def _show(v) -> str:
+    return "x".join(map(str, v)) if isinstance(v, tuple) else str(v)
+
+
+def _label(c: RunConfig, swept) -> str:
+    return ", ".join(f"{k}={_show(getattr(c, k))}" for k in swept)
 
 
 # ---------------------------------------------------------------------- sweep
 
 
-def _device_data(parts: dict, c: dict, cache: dict):
+def _device_data(parts: dict, c: RunConfig, cache: dict):
     """Preprocessed training data and validation set on the device, computed once
     per preprocessing setting and shared by every group that uses it."""
-    key = (c["preprocess"], c["grayscale"])
+    key = (c.preprocess, c.grayscale)
     if key not in cache:
         X_tr, y_tr = parts["train"]
-        prep = preprocess.fit(X_tr, mode=c["preprocess"], grayscale=c["grayscale"])
+        prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
         cache[key] = (jnp.asarray(preprocess.apply(X_tr, prep)), jnp.asarray(y_tr, jnp.int32),
                       train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1]))
     return cache[key]
 
 
-def train_group(configs: list[dict], parts: dict, cache: dict | None = None) -> list[dict]:
+def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None) -> list[dict]:
     """Train configurations that differ only in lr/reg/seed together; return one
     result per configuration (history, best and final validation numbers, status).
     `cache` shares preprocessed data between calls."""
     c0 = configs[0]
     n = len(parts["train"][1])
-    if c0["batch"] > n:
-        raise SvhnJaxError(f"batch size {c0['batch']} is larger than the training part ({n} images)")
+    runs.check_batch(c0, n)
     X, y, val = _device_data(parts, c0, {} if cache is None else cache)
-    spe = train.steps_per_epoch(n, c0["batch"])
+    spe = train.steps_per_epoch(n, c0.batch)
     cfg = runs.step_config(c0, spe)
-    hps = train.Hyper(jnp.asarray([c["lr"] for c in configs], jnp.float32),
-                      jnp.asarray([c["reg"] for c in configs], jnp.float32))
+    hps = train.Hyper(jnp.asarray([c.lr for c in configs], jnp.float32),
+                      jnp.asarray([c.reg for c in configs], jnp.float32))
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-    states = stack([train.init_state(c["seed"], cfg, X.shape[1], train.Hyper(c["lr"], c["reg"]))
+    states = stack([train.init_state(c.seed, cfg, X.shape[1], train.Hyper(c.lr, c.reg))
                     for c in configs])
-    shared = len({c["seed"] for c in configs}) == 1   # one data order for the whole group
+    shared = len({c.seed for c in configs}) == 1   # one data order for the whole group
     orders = jax.jit(jax.vmap(train.epoch_order, in_axes=(0, None, None, None)), static_argnums=(2, 3))
     if shared:
         orders = lambda keys, epoch, n, b: train.epoch_order(keys[0], epoch, n, b)
@@ -153,15 +157,15 @@ def train_group(configs: list[dict], parts: dict, cache: dict | None = None) -> 
     results = [{"history": [], "best_val_acc": -1.0, "best_epoch": 0, "status": "completed"}
                for _ in configs]
     t0 = time.perf_counter()
-    for epoch in range(c0["epochs"]):
+    for epoch in range(c0.epochs):
         te = time.perf_counter()
-        states, (ce, correct) = train.run_steps_many(states, hps, X, y, orders(states.key, epoch, n, c0["batch"]),
+        states, (ce, correct) = train.run_steps_many(states, hps, X, y, orders(states.key, epoch, n, c0.batch),
                                                      0, cfg, spe)
         val_loss, val_acc = train.evaluate_many(states.params, states.bn_state, val, cfg.spec)
         ce, val_loss, val_acc = np.asarray(ce), np.asarray(val_loss), np.asarray(val_acc)
         correct = np.asarray(correct)
         seconds = time.perf_counter() - te
-        lr_now = [runs.lr_at(cfg, c["lr"], (epoch + 1) * spe - 1) for c in configs]
+        lr_now = [runs.lr_at(cfg, c.lr, (epoch + 1) * spe - 1) for c in configs]
         for i, r in enumerate(results):
             if r["status"] == "diverged":
                 continue
@@ -171,7 +175,7 @@ def train_group(configs: list[dict], parts: dict, cache: dict | None = None) -> 
                 r.update(status="diverged", diverged_at_step=step)
                 continue
             r["history"].append({"epoch": epoch + 1, "train_loss": float(ce[i].mean()),
-                                 "train_acc": float(correct[i].sum() / (spe * c0["batch"])),
+                                 "train_acc": float(correct[i].sum() / (spe * c0.batch)),
                                  "val_loss": float(val_loss[i]), "val_acc": float(val_acc[i]),
                                  "lr": lr_now[i], "seconds": seconds / k})
             if val_acc[i] > r["best_val_acc"]:
@@ -186,30 +190,32 @@ def train_group(configs: list[dict], parts: dict, cache: dict | None = None) -> 
     return results
 
 
-def sweep(base: dict, axes: dict, out, *, search="grid", trials=10, search_seed=0, final=True,
-          final_on="train", overwrite=False, quiet=False) -> dict:
+def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_seed=0, final=True,
+          final_on="train", overwrite=False, quiet=False, download=False) -> dict:
     """Run a sweep into folder `out`; returns the summary (also in out/results.json)."""
     out = Path(out)
-    runs.ensure_run_dir(out, overwrite=overwrite)
-    unknown = set(axes) - set(NUMERIC) - set(CATEGORICAL)
+    unknown = sorted(set(axes) - set(config.SWEEPABLE))
     if unknown:
-        raise SvhnJaxError(f"cannot sweep {sorted(unknown)}")
+        raise SvhnJaxError(f"cannot sweep {', '.join(unknown)}; sweepable: {', '.join(config.SWEEPABLE)}")
     if final_on not in ("train", "train+val"):
         raise SvhnJaxError(f"--final-on must be train or train+val, got {final_on!r}")
     points = expand(axes, search=search, trials=trials, seed=search_seed)
-    configs = [runs.validate_config(dict(base, **p)) for p in points]
-    split_seed = base["seed"] if base.get("split_seed") is None else base["split_seed"]
-    configs = [dict(c, split_seed=split_seed) for c in configs]
-    parts = runs.split_data(configs[0])
+    configs = [config.make(base=base, **p) for p in points]
+    runfolder.ensure_run_dir(out, overwrite=overwrite)
+    parts = rundata.load_split(base, download=download)
     parts.pop("test", None)   # selection sees train and validation only
+    overlap = rundata.split_overlaps(parts, rundata.fingerprints(parts["train"][0]))
+    if overlap["overlap_train_val"]:
+        runfolder.say(f"warning: {overlap['overlap_train_val']} validation images also occur in the "
+                      f"training part (duplicates in the data)", quiet=quiet)
     groups: dict[str, list[dict]] = {}
     for c in configs:
         groups.setdefault(_group_key(c), []).append(c)
-    swept = [a for a in axes if len({json.dumps(c[a]) for c in configs}) > 1] or list(axes)
+    swept = [a for a in axes if len({_show(getattr(c, a)) for c in configs}) > 1] or list(axes)
     results, t0, cache = [], time.perf_counter(), {}
     for i, group in enumerate(groups.values()):
         if not quiet:
-            runs.say(f"group {i + 1}/{len(groups)}: {len(group)} configuration(s) trained at once "
+            runfolder.say(f"group {i + 1}/{len(groups)}: {len(group)} configuration(s) trained at once "
                            f"({_label(group[0], [a for a in swept if a not in VMAPPED]) or 'one shape'})",
                            quiet=False)
         results += train_group(group, parts, cache)
@@ -219,7 +225,7 @@ def sweep(base: dict, axes: dict, out, *, search="grid", trials=10, search_seed=
         raise runs.Diverged("every configuration diverged; lower the learning rates")
     ok.sort(key=lambda r: (-r["best_val_acc"], r["final_val_loss"]))
     ranked = ok + [r for r in results if r["status"] != "completed"]
-    rows = [{"rank": i + 1, **{a: ("x".join(map(str, r["config"][a])) if a == "hidden" else r["config"][a])
+    rows = [{"rank": i + 1, **{a: _show(getattr(r["config"], a)) if a == "hidden" else getattr(r["config"], a)
                                for a in swept},
              "best_val_acc": r["best_val_acc"], "best_epoch": r["best_epoch"],
              "final_val_acc": r["final_val_acc"], "final_val_loss": r["final_val_loss"],
@@ -228,39 +234,40 @@ def sweep(base: dict, axes: dict, out, *, search="grid", trials=10, search_seed=
             for i, r in enumerate(ranked)]
     summary = {"swept": swept, "search": search, "configurations": len(results), "groups": len(groups),
                "sweep_seconds": seconds, "vmapped_axes": list(VMAPPED), "results": rows,
-               "best": {k: ranked[0]["config"][k] for k in set(axes) | set(VMAPPED)}}
+               "best": {k: getattr(ranked[0]["config"], k) for k in sorted(set(axes) | set(VMAPPED))},
+               **overlap}
     _write_outputs(out, rows, ranked, swept, axes)
     if final:
-        best = dict(ranked[0]["config"], train_on_val=(final_on == "train+val"))
-        runs.say(f"final: retraining the best configuration ({_label(best, swept)}) on "
+        best = ranked[0]["config"].replace(train_on_val=(final_on == "train+val"))
+        runfolder.say(f"final: retraining the best configuration ({_label(best, swept)}) on "
                        f"{final_on} and evaluating once on test", quiet=quiet)
         summary["final"] = runs.train_run(best, out / "final", overwrite=overwrite, quiet=quiet)
         summary["final_run"] = str(out / "final")
-    runs.write_json(out / "results.json", summary)
+    atomic.write_json(out / "results.json", summary)
     return summary
 
 
 def _write_outputs(out: Path, rows, ranked, swept, axes):
     from . import plots
 
-    runs.write_csv(out / "results.csv", rows)
+    runfolder.write_csv(out / "results.csv", rows)
     curves = [{"label": _label(r["config"], swept), "history": r["history"]} for r in ranked]
     plots.overlay_curves(curves, out / "curves.png")
     if "lr" in swept:
         others = [a for a in swept if a != "lr"]
-        points = [{"lr": r["config"]["lr"], "val_loss": r["final_val_loss"], "val_acc": r["best_val_acc"],
+        points = [{"lr": r["config"].lr, "val_loss": r["final_val_loss"], "val_acc": r["best_val_acc"],
                    "label": _label(r["config"], others) or "all", "diverged": r["status"] == "diverged"}
                   for r in ranked]
         plots.lr_sweep(points, out / "lr_sweep.png")
     if len(swept) == 2:
         a, b = swept
-        fmt = lambda v: "x".join(map(str, v)) if isinstance(v, list) else f"{v:g}" if isinstance(v, float) else str(v)
-        xs = sorted({fmt(r["config"][a]) for r in ranked}, key=_natural)
-        ys = sorted({fmt(r["config"][b]) for r in ranked}, key=_natural)
+        fmt = lambda v: f"{v:g}" if isinstance(v, float) else _show(v)
+        xs = sorted({fmt(getattr(r["config"], a)) for r in ranked}, key=_natural)
+        ys = sorted({fmt(getattr(r["config"], b)) for r in ranked}, key=_natural)
         grid = np.full((len(ys), len(xs)), np.nan)
         for r in ranked:
             if r["status"] == "completed":
-                grid[ys.index(fmt(r["config"][b])), xs.index(fmt(r["config"][a]))] = r["best_val_acc"]
+                grid[ys.index(fmt(getattr(r["config"], b))), xs.index(fmt(getattr(r["config"], a)))] = r["best_val_acc"]
         plots.heatmap(grid, xs, ys, out / "heatmap.png", title="best validation accuracy",
                       xlabel=a, ylabel=b)
 
@@ -281,69 +288,3 @@ def format_table(rows: list[dict]) -> str:
     lines = ["  ".join(c.rjust(widths[c]) for c in cols)]
     lines += ["  ".join(cell(r[c]).rjust(widths[c]) for c in cols) for r in rows]
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------- lr-find
-
-
-def lr_find(c: dict, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98, overwrite=False) -> dict:
-    """The learning-rate range test (Smith 2015; fastai's lr_find).
-
-    Trains from fresh parameters while the learning rate grows exponentially
-    from lr_min to lr_max over `steps` steps, records the loss of each step and
-    its bias-corrected exponential moving average (beta), and stops reading once
-    the smoothed loss exceeds 4x its minimum. Suggestion: the learning rate at
-    the smoothed minimum divided by 10, a conservative, commonly used rule.
-    """
-    out = Path(out)
-    if not (0 < lr_min < lr_max < math.inf) or steps < 10:
-        raise SvhnJaxError("lr-find needs 0 < --lr-min < --lr-max and --steps >= 10")
-    runs.ensure_run_dir(out, overwrite=overwrite)
-    parts = runs.split_data(c)
-    X_tr, y_tr = parts["train"]
-    n = len(y_tr)
-    if c["batch"] > n:
-        raise SvhnJaxError(f"batch size {c['batch']} is larger than the training part ({n} images)")
-    prep = preprocess.fit(X_tr, mode=c["preprocess"], grayscale=c["grayscale"])
-    X, y = jnp.asarray(preprocess.apply(X_tr, prep)), jnp.asarray(y_tr, jnp.int32)
-    spe = train.steps_per_epoch(n, c["batch"])
-    cfg = runs.step_config(c, spe)
-    lrs = lr_min * (lr_max / lr_min) ** (np.arange(steps) / (steps - 1))
-    schedule = lambda step: lr_min * (lr_max / lr_min) ** (step / (steps - 1))
-    opt = optim.get(c["optimizer"], schedule)
-    fresh = train.init_state(c["seed"], cfg, X.shape[1], train.Hyper(lr_min, c["reg"]))
-    params, bn_state, key = fresh.params, fresh.bn_state, fresh.key
-    epochs = -(-steps // spe)
-    order = jnp.concatenate([train.epoch_order(key, e, n, c["batch"]) for e in range(epochs)])
-
-    @jax.jit
-    def run(params, bn_state, opt_state):
-        def body(carry, i):
-            p, s, o = carry
-            xb, yb = train.get_batch(X, y, order, i, key, i, cfg)
-            loss, g, s, _ = model.GRAD_MODES[c["grad"]](p, s, xb, yb, cfg.spec, c["reg"], train=True)
-            p, o = opt.update(g, o, p)
-            return (p, s, o), loss
-        return jax.lax.scan(body, (params, bn_state, opt_state), jnp.arange(steps))[1]
-
-    raw = np.asarray(run(params, bn_state, opt.init(params)), np.float64)
-    smooth, avg, best, stop = [], 0.0, math.inf, steps
-    for i, v in enumerate(raw):
-        avg = beta * avg + (1 - beta) * (v if np.isfinite(v) else 1e30)
-        smooth.append(avg / (1 - beta ** (i + 1)))
-        best = min(best, smooth[-1])
-        if not np.isfinite(v) or (i > 10 and smooth[-1] > 4 * best):
-            stop = i + 1
-            break
-    smooth = np.asarray(smooth)
-    i_min = int(np.argmin(smooth))
-    suggestion = float(lrs[i_min] / 10)
-    from . import plots
-    plots.lr_find(lrs[:stop], raw[:stop], out / "lr_find.png", suggestion=suggestion, smoothing=beta)
-    rows = [{"step": i, "lr": float(lrs[i]), "loss": float(raw[i]), "smoothed": float(smooth[i])}
-            for i in range(len(smooth))]
-    runs.write_csv(out / "lr_find.csv", rows)
-    result = {"suggested_lr": suggestion, "lr_at_min_loss": float(lrs[i_min]),
-              "min_smoothed_loss": float(smooth[i_min]), "steps_read": stop, "optimizer": c["optimizer"]}
-    runs.write_json(out / "lr_find.json", result)
-    return result

@@ -1,0 +1,65 @@
+"""`svhn-jax evaluate`: score a run's best-validation parameters on data, with the
+run's own preprocessing, and say which images were scored and how many of them the
+run trained on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from . import checkpoint, preprocess, rundata, runfolder, train
+from .errors import SvhnJaxError
+from .nn import model
+
+SPLITS = ("train", "val", "test", "all")
+
+
+def _same_data(a: str, b: str) -> bool:
+    return a == b or (Path(a).exists() and Path(b).exists()
+                      and Path(a).resolve() == Path(b).resolve())
+
+
+def choose_images(c, loaded: dict, *, own: bool, split: str | None) -> tuple[str, tuple]:
+    """(split name, (X, y)) to score.
+
+    On the run's own data the default is its held-out test part (an .npz is split
+    as the run split it; SVHN has its official test split). Other data default to
+    their official test split, or all of them when they have none. "all" scores
+    every image on purpose, trained-on ones included.
+    """
+    if split is None:
+        split = "test" if own or "test" in loaded else "all"
+    if split not in SPLITS:
+        raise SvhnJaxError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "all":
+        arrays = list(loaded.values())
+        return split, (np.concatenate([X for X, _ in arrays]), np.concatenate([y for _, y in arrays]))
+    return split, rundata.split(c, loaded)[split]
+
+
+def evaluate_run(run, data: str | None = None, *, split: str | None = None, data_dir=None) -> dict:
+    """Accuracy, loss, per-class accuracy and confusion of the run's best parameters,
+    plus `split`, `n` and `overlap_with_training` (scored images the run trained on)."""
+    run = Path(run)
+    c, derived = runfolder.read_run(run)
+    own = data is None or _same_data(str(data), c.data)
+    loaded = rundata.load(c, spec=data, data_dir=data_dir)
+    split, (X, y) = choose_images(c, loaded, own=own, split=split)
+    prep = derived["preprocessing"]
+    spec = model.make_spec(c.hidden, batchnorm=c.batchnorm)
+    params, bn_state = jax.eval_shape(lambda: model.init(jax.random.key(0), spec,
+                                                         preprocess.input_dim(prep)))
+    best, _ = checkpoint.load(run / "best.npz", {"params": params, "bn_state": bn_state})
+    es = train.make_eval_set(preprocess.apply(X, prep), y)
+    loss, acc, pred = train.evaluate(best["params"], best["bn_state"], es, spec)
+    conf = train.confusion_matrix(y, pred)
+    trained = run / "train_fingerprints.npy"
+    overlap = (rundata.overlap(rundata.fingerprints(X), np.load(trained, allow_pickle=False))
+               if trained.exists() else None)
+    return {"accuracy": acc, "loss": loss, "n": int(len(y)), "split": split,
+            "data": str(data or c.data), "overlap_with_training": overlap,
+            "per_class_accuracy": (np.diag(conf) / np.maximum(conf.sum(axis=1), 1)).tolist(),
+            "confusion": conf.tolist()}

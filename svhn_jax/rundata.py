@@ -1,0 +1,72 @@
+"""A run's data: load what the configuration names, split it, and fingerprint images so
+that a score on images the run trained on cannot pass unnoticed.
+
+The partition depends only on the data and `split_seed`, never on the model `seed`:
+every seed of a seed study is scored on the same held-out images. No JAX here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from . import data
+from .config import RunConfig
+
+
+def load(c: RunConfig, *, download: bool = False, spec: str | None = None, data_dir=None) -> dict:
+    """{split: (X uint8, y int32)} of `spec` (default the run's data); see data.load."""
+    spec, data_dir = spec or c.data, data_dir or c.data_dir
+    data.ensure_available(spec, data_dir, download=download)
+    return data.load(spec, data_dir=data_dir, synthetic_n=c.synthetic_n, seed=c.split_seed)
+
+
+def split(c: RunConfig, loaded: dict) -> dict:
+    """{"train", "val", "test": (X uint8, y int32)} as the configuration describes.
+
+    Data with an official test split: its train part is split into train and
+    validation (stratified, seeded with split_seed). Data without one (an .npz,
+    synthetic): split into train/validation/test the same way. With train_on_val,
+    validation images are trained on too (a final fit after choosing on validation).
+    """
+    if "all" in loaded:
+        X, y = loaded["all"]
+        f_val, f_test = c.val_fraction, c.test_fraction
+        parts = dict(zip(("train", "val", "test"),
+                         data.stratified_split(y, (1 - f_val - f_test, f_val, f_test), c.split_seed)))
+    else:
+        X, y = loaded["train"]
+        parts = dict(zip(("train", "val"),
+                         data.stratified_split(y, (1 - c.val_fraction, c.val_fraction), c.split_seed)))
+    if c.train_on_val:
+        parts["train"] = np.sort(np.concatenate([parts["train"], parts["val"]]))
+    out = {k: (X[i], y[i]) for k, i in parts.items()}
+    if "test" in loaded:
+        out["test"] = loaded["test"]
+    return out
+
+
+def load_split(c: RunConfig, *, download: bool = False) -> dict:
+    return split(c, load(c, download=download))
+
+
+def fingerprints(X) -> np.ndarray:
+    """(N,) uint64: the first 8 bytes of each image's blake2b digest. Equal images have
+    equal fingerprints; a collision between different images has probability ~N^2/2^64."""
+    X = np.ascontiguousarray(X)
+    rows = X.reshape(len(X), -1)
+    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")
+                     for r in rows], np.uint64)
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> int:
+    """How many entries of fingerprint array `a` also occur in `b`."""
+    return int(np.isin(a, b).sum())
+
+
+def split_overlaps(parts: dict, train_fingerprints: np.ndarray) -> dict:
+    """Images of the validation and test parts that also occur in the training part
+    (duplicates in the data itself): {"overlap_train_val": k, "overlap_train_test": k}."""
+    return {f"overlap_train_{k}": overlap(fingerprints(parts[k][0]), train_fingerprints)
+            for k in ("val", "test") if k in parts}
