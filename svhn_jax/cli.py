@@ -299,7 +299,8 @@ def cmd_sweep(args) -> int:
             if getattr(args, a, None) is not None}
     fixed = {a: v[0] for a, v in axes.items() if isinstance(v, list) and len(v) == 1}
     axes = {a: v for a, v in axes.items() if a not in fixed}
-    base = config.make(args.preset, **{**_given(args, "sweep"), **fixed})
+    single = {k: v for k, v in _given(args, "sweep").items() if k not in config.SWEEPABLE}
+    base = config.make(args.preset, **single, **fixed)
     axes = axes or {"lr": [base.lr]}
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         summary = tune.sweep(base, axes, args.out, search=args.search, trials=args.trials,

@@ -82,7 +82,7 @@ def _grid_points(spec, name=None):
     if isinstance(spec, tuple):
         _, lo, hi, scale, n = spec
         pts = np.geomspace(lo, hi, n) if scale == "log" else np.linspace(lo, hi, n)
-        return [int(round(p)) if _kind(name) == "int" else float(p) for p in pts]
+        return [int(round(p)) if name and _kind(name) == "int" else float(p) for p in pts]
     return list(spec)
 
 
@@ -90,7 +90,7 @@ def _sample(spec, rng, name):
     if isinstance(spec, tuple):
         _, lo, hi, scale, _ = spec
         v = math.exp(rng.uniform(math.log(lo), math.log(hi))) if scale == "log" else rng.uniform(lo, hi)
-        return int(round(v)) if _kind(name) == "int" else float(v)
+        return int(round(v)) if name and _kind(name) == "int" else float(v)
     return spec[rng.integers(len(spec))]
 
 

@@ -1,7 +1,10 @@
 """Shared test fixtures.
 
 The real SVHN slice lives outside the repository, in ../shared/data relative
-to the project root; it is read-only there and never copied into the repo.
+to the project root; it is read-only there and never copied into the repo. A
+user's clone has no ../shared: every test that needs the slice gets it through
+the fixtures below, which skip when it is missing (tests/test_fresh_clone.py
+checks that no test names its path any other way).
 """
 
 from pathlib import Path
@@ -9,13 +12,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-SVHN_8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "svhn_test_8k.npz"
+_SVHN_8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "svhn_test_8k.npz"
 
 
 @pytest.fixture(scope="session")
-def svhn_8k():
+def svhn_8k_path() -> Path:
+    """Path of the real 8k slice (8,000 SVHN test digits, an .npz with X and y)."""
+    if not _SVHN_8K.exists():
+        pytest.skip(f"real SVHN slice not found at {_SVHN_8K}")
+    return _SVHN_8K
+
+
+@pytest.fixture(scope="session")
+def svhn_8k(svhn_8k_path):
     """(X uint8 (8000, 32, 32, 3), y int64 (8000,)) of real SVHN test digits."""
-    if not SVHN_8K.exists():
-        pytest.skip(f"real SVHN slice not found at {SVHN_8K}")
-    with np.load(SVHN_8K) as d:
+    with np.load(svhn_8k_path) as d:
         return d["X"], d["y"]

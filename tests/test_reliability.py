@@ -2,7 +2,6 @@
 message with a documented exit code for every kind of bad input."""
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,21 +12,35 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from svhn_jax import checkpoint, cli, runs
+from svhn_jax import checkpoint, cli, config, data, runs
 from svhn_jax.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
-
-from conftest import SVHN_8K
 
 RUN = ["--hidden", "32", "--batch", "128", "--shift", "2", "--schedule", "cosine", "--seed", "3"]
 
 
+def _synthetic_npz(folder: Path, n: int) -> Path:
+    """Learnable SVHN-shaped digits (data.synthetic): these tests need no real data,
+    so they run in a user's clone too."""
+    X, y = data.synthetic(n, seed=0)
+    np.savez(folder / f"synthetic{n}.npz", X=X, y=y)
+    return folder / f"synthetic{n}.npz"
+
+
 @pytest.fixture(scope="module")
-def tiny_npz(tmp_path_factory, svhn_8k):
-    """600 real digits: enough to train for an epoch in well under a second."""
-    X, y = svhn_8k
-    path = tmp_path_factory.mktemp("data") / "tiny.npz"
-    np.savez(path, X=X[:600], y=y[:600])
-    return path
+def tiny_npz(tmp_path_factory):
+    """600 images: enough to train for an epoch in well under a second."""
+    return _synthetic_npz(tmp_path_factory.mktemp("data"), 600)
+
+
+@pytest.fixture(scope="module")
+def mid_npz(tmp_path_factory):
+    """8000 images: epochs long enough (50 steps) to be killed in the middle of one."""
+    return _synthetic_npz(tmp_path_factory.mktemp("data"), 8000)
+
+
+def _history(run: Path) -> list[str]:
+    """history.csv without its wall-clock columns (seconds, images_per_s)."""
+    return [line.rsplit(",", 2)[0] for line in (run / "history.csv").read_text().splitlines()]
 
 
 def _cli(args):
@@ -42,7 +55,7 @@ def _wait_for_mid_epoch_checkpoint(out: Path, proc, timeout=120):
         try:
             with np.load(out / "checkpoint.npz") as z:
                 meta = json.loads(bytes(z["__meta__"]).decode())
-            if meta["progress"]["epoch_sums"]["steps"] > 0:
+            if meta["progress"]["sums"]["steps"] > 0:
                 return
         except (OSError, KeyError, ValueError, EOFError):
             pass
@@ -51,18 +64,18 @@ def _wait_for_mid_epoch_checkpoint(out: Path, proc, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, mid_npz):
     """The uninterrupted run that every interrupted-and-resumed run must match."""
     out = tmp_path_factory.mktemp("ref") / "run"
-    args = ["train", "--data", str(SVHN_8K), "--out", str(out), "--epochs", "6", *RUN]
+    args = ["train", "--data", str(mid_npz), "--out", str(out), "--epochs", "6", *RUN]
     assert cli.main(args) == 0
     return json.loads((out / "metrics.json").read_text())
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_interrupt_then_resume_is_bit_identical(tmp_path, reference, sig):
+def test_interrupt_then_resume_is_bit_identical(tmp_path, reference, mid_npz, sig):
     out = tmp_path / "run"
-    proc = _cli(["train", "--data", str(SVHN_8K), "--out", str(out), "--epochs", "6",
+    proc = _cli(["train", "--data", str(mid_npz), "--out", str(out), "--epochs", "6",
                  "--checkpoint-every", "3", *RUN])
     _wait_for_mid_epoch_checkpoint(out, proc)
     proc.send_signal(sig)
@@ -86,10 +99,9 @@ def test_interrupt_then_resume_is_bit_identical(tmp_path, reference, sig):
 def test_same_seed_same_run_and_other_seed_differs(tmp_path, tiny_npz):
     def run(name, seed):
         out = tmp_path / name
-        cfg = runs.make_config(None, data=str(tiny_npz), hidden=[16], epochs=2, batch=32, shift=1, seed=seed)
+        cfg = config.make(data=str(tiny_npz), hidden=[16], epochs=2, batch=32, shift=1, seed=seed)
         m = runs.train_run(cfg, out, quiet=True)
-        history = [line.rsplit(",", 1)[0] for line in (out / "history.csv").read_text().splitlines()]
-        return m["params_sha256"], history   # (the last column is wall-clock seconds)
+        return m["params_sha256"], _history(out)
 
     a, b, c = run("a", 1), run("b", 1), run("c", 2)
     assert a == b
@@ -98,13 +110,13 @@ def test_same_seed_same_run_and_other_seed_differs(tmp_path, tiny_npz):
 
 def test_damaged_checkpoint_falls_back_to_previous(tmp_path, tiny_npz, capsys):
     out = tmp_path / "run"
-    cfg = runs.make_config(None, data=str(tiny_npz), hidden=[16], epochs=3, batch=32)
+    cfg = config.make(data=str(tiny_npz), hidden=[16], epochs=3, batch=32)
     with pytest.raises(runs.Interrupted):
-        runs.train_run(dict(cfg, checkpoint_every=4), out, quiet=True, stop_after_steps=10)
+        runs.train_run(cfg.replace(checkpoint_every=4), out, quiet=True, stop_after_steps=10)
     blob = bytearray((out / "checkpoint.npz").read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     (out / "checkpoint.npz").write_bytes(bytes(blob))
-    m = runs.train_run(json.loads((out / "config.json").read_text()), out, resume=True, quiet=True)
+    m = runs.resume_run(out, quiet=True)
     assert m["status"] == "completed"
     assert "using the previous checkpoint" in capsys.readouterr().err
     ref = runs.train_run(cfg, tmp_path / "ref", quiet=True)
@@ -172,12 +184,21 @@ def test_bad_data_is_a_clear_error(tmp_path, capsys, case):
 
 BAD_ARGS = {
     "batch larger than training part": (["--batch", "100000"], "larger than the training part"),
-    "zero learning rate": (["--lr", "0"], "learning rate must be a positive"),
-    "negative learning rate": (["--lr", "-1"], "learning rate must be a positive"),
+    "zero learning rate": (["--lr", "0"], "--lr must be > 0"),
+    "negative learning rate": (["--lr", "-1"], "--lr must be > 0"),
+    "learning rate -0": (["--lr", "-0"], "--lr must be > 0"),
+    "learning rate 1e999": (["--lr", "1e999"], "--lr must be a finite number"),
+    "learning rate nan": (["--lr", "nan"], "--lr must be a finite number"),
     "unknown optimizer": (["--optimizer", "adagrad"], "unknown optimizer"),
-    "val fraction 0": (["--val-fraction", "0"], "between 0 and 1"),
-    "val fraction 1.5": (["--val-fraction", "1.5"], "between 0 and 1"),
+    "val fraction 0": (["--val-fraction", "0"], "--val-fraction must be > 0 and < 1"),
+    "val fraction 1.5": (["--val-fraction", "1.5"], "--val-fraction must be > 0 and < 1"),
     "unknown schedule": (["--schedule", "sometimes"], "unknown schedule"),
+    "seed beyond 64 bits": (["--seed", "18446744073709551616"], "--seed must be >= 0 and <= 2147483647"),
+    "negative split seed": (["--split-seed", "-1"], "--split-seed must be >= 0"),
+    "batch beyond int32": (["--batch", str(2**40)], "--batch must be >= 1 and <= 2147483647"),
+    "shift as large as the image": (["--shift", "32"], "--shift must be >= 0 and <= 31"),
+    "warm-up without a warm-up schedule": (["--warmup-epochs", "2"], "has no effect with --schedule constant"),
+    "strict checks without checks": (["--gradcheck-strict"], "--gradcheck-strict needs checks"),
 }
 
 
@@ -209,7 +230,7 @@ def test_out_that_is_a_file_or_unwritable(tmp_path, capsys, tiny_npz):
     assert f.read_text() == "x"
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from([
     ["--hidden", "8"], ["--hidden", "0"], ["--hidden", "8,4"], ["--hidden", "-3"], ["--hidden", "abc"],
     ["--batchnorm", "on"], ["--batchnorm", "after"], ["--batchnorm", "sideways"],
@@ -223,6 +244,12 @@ def test_out_that_is_a_file_or_unwritable(tmp_path, capsys, tiny_npz):
     ["--epochs", "0"], ["--grad", "autodiff"], ["--preset", "mission"], ["--seed", "-5"],
     ["--gradcheck-every", "3"], ["--gradcheck-every", "-1"], ["--checkpoint-every", "2"],
     ["--patience", "1"], ["--warmup-epochs", "-1"], ["--bogus-flag"],
+    ["--seed", "18446744073709551616"], ["--seed", "-0"], ["--seed", "1e3"],
+    ["--epochs", str(2**63)], ["--batch", str(-2**70)], ["--split-seed", str(10**30)],
+    ["--gradcheck-every", str(2**64)], ["--synthetic-n", "0"], ["--lr", "1e999"], ["--lr", "-0"],
+    ["--lr", "inf"], ["--reg", "nan"], ["--reg", "-0"], ["--reg", "1e999"],
+    ["--warmup-epochs", "1e999"], ["--warmup-epochs", "nan"], ["--val-fraction", "nan"],
+    ["--test-fraction", "-0"], ["--hidden", str(2**40)], ["--gradcheck-strict"],
 ]), max_size=5))
 def test_random_cli_arguments_never_traceback(tmp_path_factory, tiny_npz, capsys, flags):
     out = tmp_path_factory.mktemp("fuzz") / "o"
@@ -243,7 +270,8 @@ def test_random_cli_arguments_never_traceback(tmp_path_factory, tiny_npz, capsys
 
 def test_sweep_bad_input(tmp_path, capsys, tiny_npz):
     cases = [(["--data", str(tmp_path / "none.npz"), "--lr", "1e-3"], EXIT_DATA, "does not exist"),
-             (["--data", str(tiny_npz), "--lr", "1e-3,0"], EXIT_USAGE, "learning rate must be a positive"),
+             (["--data", str(tiny_npz), "--lr", "1e-3,0"], EXIT_USAGE, "--lr must be > 0"),
+             (["--data", str(tiny_npz), "--seed", "0,18446744073709551616"], EXIT_USAGE, "--seed must be"),
              (["--data", str(tiny_npz), "--optimizer", "adam,lion"], EXIT_USAGE, "unknown optimizer"),
              (["--data", str(tiny_npz), "--lr", "1e-3:1:cubic:3"], EXIT_USAGE, "range")]
     for i, (extra, code, words) in enumerate(cases):
@@ -254,32 +282,33 @@ def test_sweep_bad_input(tmp_path, capsys, tiny_npz):
 def test_stop_at_an_epoch_boundary_keeps_that_epoch(tmp_path, tiny_npz):
     """An interrupt that lands exactly at the end of an epoch still evaluates and
     records the epoch; the resumed run's history equals the uninterrupted one."""
-    cfg = runs.make_config(None, data=str(tiny_npz), hidden=[16], epochs=2, batch=32, seed=4)
+    cfg = config.make(data=str(tiny_npz), hidden=[16], epochs=2, batch=32, seed=4)
     ref = runs.train_run(cfg, tmp_path / "ref", quiet=True)
     spe = -(-ref["n_train"] // 32)
     with pytest.raises(runs.Interrupted):
         runs.train_run(cfg, tmp_path / "cut", quiet=True, stop_after_steps=spe)
-    m = runs.train_run(runs.read_config(tmp_path / "cut"), tmp_path / "cut", resume=True, quiet=True)
-    strip = lambda p: [line.rsplit(",", 1)[0] for line in (p / "history.csv").read_text().splitlines()]
-    assert strip(tmp_path / "cut") == strip(tmp_path / "ref") and len(strip(tmp_path / "ref")) == 3
+    m = runs.resume_run(tmp_path / "cut", quiet=True)
+    assert _history(tmp_path / "cut") == _history(tmp_path / "ref") and len(_history(tmp_path / "ref")) == 3
     assert (m["params_sha256"], m["best_epoch"], m["test_acc"]) == \
         (ref["params_sha256"], ref["best_epoch"], ref["test_acc"])
 
 
 def test_overwrite_removes_the_previous_runs_files(tmp_path, tiny_npz):
     out = tmp_path / "run"
-    cfg = runs.make_config(None, data=str(tiny_npz), hidden=[16], epochs=1, batch=32)
+    cfg = config.make(data=str(tiny_npz), hidden=[16], epochs=1, batch=32)
     runs.train_run(cfg, out, quiet=True)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(runs.Diverged):
-        runs.train_run(dict(cfg, optimizer="sgd", lr=1e6), out, overwrite=True, quiet=True)
+        runs.train_run(cfg.replace(optimizer="sgd", lr=1e6), out, overwrite=True, quiet=True)
     assert not (out / "best.npz").exists() and not (out / "checkpoint.prev.npz").exists()
     assert (out / "notes.txt").read_text() == "mine"    # only the run's own files go
 
 
 @pytest.mark.parametrize("args,code,words", [
-    (["train", "--warmup-epochs", "inf"], EXIT_USAGE, "warmup epochs must be a number"),
-    (["train", "--warmup-epochs", "nan"], EXIT_USAGE, "warmup epochs must be a number"),
+    (["train", "--warmup-epochs", "inf", "--schedule", "warmup-cosine"], EXIT_USAGE,
+     "--warmup-epochs must be a finite number"),
+    (["train", "--warmup-epochs", "nan", "--schedule", "warmup-cosine"], EXIT_USAGE,
+     "--warmup-epochs must be a finite number"),
     (["gradcheck", "--in-dim", "0"], EXIT_USAGE, "--in-dim must be at least 1"),
     (["gradcheck", "--fd-samples", "-3"], EXIT_USAGE, "--fd-samples at least 0"),
 ])
@@ -295,7 +324,7 @@ def test_resume_problems_are_clear(tmp_path, tiny_npz, capsys):
     assert cli.main(["train", "--data", str(tiny_npz), "--out", str(run), "--hidden", "8", "--epochs", "1"]) == 0
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(run), "--epochs", "5"]) == EXIT_USAGE
-    assert "drop epochs" in capsys.readouterr().err
+    assert "drop --epochs" in capsys.readouterr().err
     (run / "config.json").write_text("{not json")
     for args in (["train", "--resume", str(run)], ["evaluate", "--run", str(run)]):
         assert cli.main(args) == EXIT_DATA

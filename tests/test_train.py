@@ -10,21 +10,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import cli, runs, train
+from svhn_jax import cli, config, runs, train
 from svhn_jax.nn import model
 from svhn_jax.errors import EXIT_DIVERGED, SvhnJaxError
-
-from conftest import SVHN_8K
 
 FAST = dict(hidden=[32], epochs=2, batch=128, seed=0)
 
 
-def run_config(**kw):
-    return runs.make_config(None, data=str(SVHN_8K), **{**FAST, **kw})
+@pytest.fixture(scope="module")
+def run_config(svhn_8k_path):
+    return lambda **kw: config.make(data=str(svhn_8k_path), **{**FAST, **kw})
 
 
 @pytest.fixture(scope="module")
-def short_run(tmp_path_factory, svhn_8k):
+def short_run(tmp_path_factory, run_config):
     """A short real run with per-step gradient checks, shared by several tests."""
     out = tmp_path_factory.mktemp("runs") / "short"
     metrics = runs.train_run(run_config(epochs=3, hidden=[64], gradcheck_every=20), out, quiet=True)
@@ -44,14 +43,15 @@ def test_short_run_learns_and_writes_every_output(short_run):
     rows = list(csv.DictReader((out / "history.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
-    cfg = json.loads((out / "config.json").read_text())
-    assert cfg["preprocessing"]["mode"] == "image" and cfg["n_train"] + cfg["n_val"] + cfg["n_test"] == 8000
+    derived = json.loads((out / "config.json").read_text())["derived"]
+    assert derived["preprocessing"]["mode"] == "image"
+    assert derived["n_train"] + derived["n_val"] + derived["n_test"] == 8000
 
 
 def test_per_step_gradient_checks_are_recorded_and_tight(short_run):
     out, m = short_run
     rows = list(csv.DictReader((out / "gradchecks.csv").open()))
-    steps_per_epoch = train.steps_per_epoch(json.loads((out / "config.json").read_text())["n_train"], 128)
+    steps_per_epoch = train.steps_per_epoch(m["n_train"], 128)
     # a check at the start of each epoch and every 20 steps within it
     assert len(rows) == 3 * len(range(0, steps_per_epoch, 20)) == m["gradchecks"]
     assert max(float(r["manual_vs_autodiff"]) for r in rows) <= 1e-10
@@ -60,18 +60,43 @@ def test_per_step_gradient_checks_are_recorded_and_tight(short_run):
     assert max(smooth) <= 1e-6
 
 
-def test_evaluate_json_schema(short_run, capsys):
+def test_evaluate_scores_the_held_out_part_by_default(short_run, capsys):
     out, m = short_run
-    assert cli.main(["evaluate", "--run", str(out), "--split", "test", "--json"]) == 0
+    assert cli.main(["evaluate", "--run", str(out), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert set(r) >= {"accuracy", "loss", "n", "per_class_accuracy", "confusion"}
-    assert r["n"] == m["n_test"] and r["accuracy"] == pytest.approx(m["test_acc"], abs=1e-6)
+    assert set(r) >= {"accuracy", "loss", "n", "split", "overlap_with_training", "per_class_accuracy",
+                      "confusion"}
+    assert (r["split"], r["n"], r["overlap_with_training"]) == ("test", m["n_test"], 0)
+    assert r["accuracy"] == pytest.approx(m["test_acc"], abs=1e-6)
     assert len(r["per_class_accuracy"]) == 10 and np.array(r["confusion"]).sum() == m["n_test"]
-    assert cli.main(["evaluate", "--run", str(out), "--json"]) == 0   # whole .npz by default
-    assert json.loads(capsys.readouterr().out)["n"] == 8000
 
 
-def test_gradient_modes_train_alike(tmp_path):
+def test_evaluate_all_says_it_scored_training_images(short_run, capsys):
+    out, m = short_run
+    assert cli.main(["evaluate", "--run", str(out), "--split", "all", "--json"]) == 0
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert (r["split"], r["n"], r["overlap_with_training"]) == ("all", 8000, m["n_train"])
+    assert f"warning: {m['n_train']} of the 8000 scored images" in captured.err
+    assert cli.main(["evaluate", "--run", str(out), "--split", "train"]) == 0
+    assert f"{m['n_train']} seen in training" in capsys.readouterr().out
+
+
+def test_evaluate_on_other_data_reports_overlap(short_run, svhn_8k, tmp_path, capsys):
+    """The slice is official test images 0..7999: a run trained on it and scored on
+    'other' data holding some of them must say so."""
+    out, m = short_run
+    X, y = svhn_8k
+    other = tmp_path / "other.npz"
+    np.savez(other, X=X[::4], y=y[::4])      # 2000 images, about 70% of them trained on
+    assert cli.main(["evaluate", "--run", str(out), "--data", str(other), "--json"]) == 0
+    captured = capsys.readouterr()
+    r = json.loads(captured.out)
+    assert r["split"] == "all" and r["n"] == 2000
+    assert 0.6 * 2000 < r["overlap_with_training"] < 0.8 * 2000 and "warning:" in captured.err
+
+
+def test_gradient_modes_train_alike(tmp_path, run_config):
     a = runs.train_run(run_config(grad="manual", epochs=1), tmp_path / "a", quiet=True)
     b = runs.train_run(run_config(grad="autodiff", epochs=1), tmp_path / "b", quiet=True)
     # The two modes differ by float32 rounding (~1e-7 relative per step, see
@@ -96,9 +121,9 @@ def test_epoch_has_fixed_batch_shape_and_compiles_once():
     assert int(state.step) == 12 and np.all(np.isfinite(ce))
 
 
-def test_divergence_is_recorded_not_a_crash(tmp_path, capsys):
+def test_divergence_is_recorded_not_a_crash(tmp_path, capsys, svhn_8k_path):
     out = tmp_path / "div"
-    code = cli.main(["train", "--data", str(SVHN_8K), "--out", str(out), "--optimizer", "sgd",
+    code = cli.main(["train", "--data", str(svhn_8k_path), "--out", str(out), "--optimizer", "sgd",
                      "--lr", "1e4", "--hidden", "32", "--epochs", "2", "--batch", "128"])
     assert code == EXIT_DIVERGED
     assert "diverged at step" in capsys.readouterr().err
@@ -106,7 +131,7 @@ def test_divergence_is_recorded_not_a_crash(tmp_path, capsys):
     assert m["status"] == "diverged" and m["diverged_at_step"] >= 1
 
 
-def test_existing_out_is_refused_unless_overwrite(tmp_path):
+def test_existing_out_is_refused_unless_overwrite(tmp_path, run_config):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
@@ -117,9 +142,9 @@ def test_existing_out_is_refused_unless_overwrite(tmp_path):
     assert (out / "metrics.json").exists()
 
 
-def test_console_script_trains(tmp_path):
+def test_console_script_trains(tmp_path, svhn_8k_path):
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "svhn_jax.cli", "train", "--data", str(SVHN_8K), "--out",
+    r = subprocess.run([sys.executable, "-m", "svhn_jax.cli", "train", "--data", str(svhn_8k_path), "--out",
                         str(out), "--hidden", "16", "--epochs", "1", "--batch", "256", "--json"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -134,7 +159,7 @@ def _broken_bn_backward(params, cache, dy):
     return grads, cache["inv_std"] * (dxhat - cache["xhat"] * (dxhat * cache["xhat"]).mean(0))
 
 
-def test_per_step_check_warns_or_stops_on_a_wrong_backward(tmp_path, monkeypatch, capsys):
+def test_per_step_check_warns_or_stops_on_a_wrong_backward(tmp_path, monkeypatch, capsys, run_config):
     from svhn_jax.nn import layers
 
     init, fwd, _ = layers.LAYERS["batchnorm"]
@@ -145,5 +170,5 @@ def test_per_step_check_warns_or_stops_on_a_wrong_backward(tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert "warning: gradient check at step 0" in err and m["gradcheck_max_manual_vs_autodiff"] > 1e-3
     with pytest.raises(SvhnJaxError, match=r"stopping \(--gradcheck-strict\)"):
-        runs.train_run(dict(cfg, gradcheck_strict=True), tmp_path / "strict", quiet=True)
+        runs.train_run(cfg.replace(gradcheck_strict=True), tmp_path / "strict", quiet=True)
     jax.clear_caches()
