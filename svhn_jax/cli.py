@@ -15,17 +15,7 @@ import sys
 from pathlib import Path
 
 from . import errors
-
-
-def int_list(text: str) -> tuple[int, ...]:
-    """'128' or '512,256' -> (128,) or (512, 256)."""
-    try:
-        values = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 512,256, got {text!r}")
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"sizes must be positive integers, got {text!r}")
-    return values
+from .flags import add_settings, given_settings, int_list, make_config, number
 
 
 # ------------------------------------------------------------------ gradcheck
@@ -94,67 +84,6 @@ def add_gradcheck(sub):
 # ---------------------------------------------------------------- train / evaluate
 
 
-def _number(kind):
-    def parse(text: str):
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                             f"got {text!r}")
-    parse.__name__ = kind.__name__
-    return parse
-
-
-_PARSERS = {"int": _number(int), "float": _number(float), "tuple": int_list, "str": str}
-
-
-def add_settings(p, command: str, *, lists: bool = False) -> None:
-    """One flag per RunConfig field that `command` takes; every default is None,
-    meaning "from --config, the preset, or the field's default". With `lists`, the
-    sweepable fields take comma-separated lists or LO:HI:log|lin:N ranges."""
-    from . import config
-
-    g = p.add_argument_group("settings (override --config and --preset)")
-    for name, f in config.FIELDS.items():
-        m = f.metadata
-        if command not in m["commands"]:
-            continue
-        kind = f.type.split(" ")[0]
-        extra = [f"one of {', '.join(m['choices'])}"] if m["choices"] else []
-        if f.default is not None:
-            extra.append(f"default {','.join(map(str, f.default)) if kind == 'tuple' else f.default}")
-        help = m["help"] + (f" ({'; '.join(extra)})" if extra else "")
-        flag = "--" + name.replace("_", "-")
-        if kind == "bool":
-            g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
-        elif lists and m["sweep"]:
-            g.add_argument(flag, dest=name, metavar="LIST", help=help + "; a list like 1e-3,1e-2 "
-                           "or a range like 1e-4:1e-1:log:8" * (kind in ("int", "float")))
-        else:
-            g.add_argument(flag, dest=name, type=_PARSERS[kind], metavar=m["metavar"], help=help)
-    p.add_argument("--preset", choices=tuple(config.PRESETS), help="a tuned set of settings")
-
-
-def _given(args, command: str) -> dict:
-    from . import config
-
-    return {n: getattr(args, n) for n, f in config.FIELDS.items()
-            if command in f.metadata["commands"] and getattr(args, n, None) is not None}
-
-
-def make_config(args, command: str):
-    """The RunConfig of a command line: --config FILE or --preset, then the flags."""
-    from . import config
-
-    base = None
-    if getattr(args, "config", None):
-        if args.preset:
-            raise errors.SvhnJaxError("pass --config or --preset, not both: the file already "
-                                      "holds every setting")
-        base = config.read_file(args.config)
-    return config.make(args.preset, base=base, **_given(args, command))
-
-
 def _summary_line(metrics: dict) -> str:
     line = f"best validation accuracy {metrics['best_val_acc']:.2%} (epoch {metrics['best_epoch']})"
     if metrics.get("test_acc") is not None:
@@ -166,7 +95,7 @@ def cmd_train(args) -> int:
     from . import atomic, data
 
     if args.resume:
-        given = sorted(_given(args, "train")) + [f for f in ("out", "preset", "config")
+        given = sorted(given_settings(args, "train")) + [f for f in ("out", "preset", "config")
                                                   if getattr(args, f)]
         if given:
             raise errors.SvhnJaxError(
@@ -299,7 +228,7 @@ def cmd_sweep(args) -> int:
             if getattr(args, a, None) is not None}
     fixed = {a: v[0] for a, v in axes.items() if isinstance(v, list) and len(v) == 1}
     axes = {a: v for a, v in axes.items() if a not in fixed}
-    single = {k: v for k, v in _given(args, "sweep").items() if k not in config.SWEEPABLE}
+    single = {k: v for k, v in given_settings(args, "sweep").items() if k not in config.SWEEPABLE}
     base = config.make(args.preset, **single, **fixed)
     axes = axes or {"lr": [base.lr]}
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
@@ -331,8 +260,8 @@ def add_sweep(sub):
     p.add_argument("--overwrite", action="store_true")
     add_settings(p, "sweep", lists=True)
     p.add_argument("--search", choices=("grid", "random"), default="grid")
-    p.add_argument("--trials", type=_number(int), default=10, help="configurations drawn by random search")
-    p.add_argument("--search-seed", type=_number(int), default=0)
+    p.add_argument("--trials", type=number(int), default=10, help="configurations drawn by random search")
+    p.add_argument("--search-seed", type=number(int), default=0)
     p.add_argument("--final-on", choices=("train", "train+val"), default="train",
                    help="retrain the chosen configuration on train, or on train+val")
     p.add_argument("--no-final", action="store_true", help="skip the final retraining and test evaluation")
@@ -360,9 +289,9 @@ def add_lr_find(sub):
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true")
     add_settings(p, "lr-find")
-    p.add_argument("--lr-min", type=_number(float), default=1e-7)
-    p.add_argument("--lr-max", type=_number(float), default=10.0)
-    p.add_argument("--steps", type=_number(int), default=300)
+    p.add_argument("--lr-min", type=number(float), default=1e-7)
+    p.add_argument("--lr-max", type=number(float), default=10.0)
+    p.add_argument("--steps", type=number(int), default=300)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_lr_find)
 

@@ -1,0 +1,144 @@
+"""Run folders as a user meets them: the partition, strict JSON, resuming, what a run
+prints while it trains, and files a live run keeps up to date. Synthetic data only,
+so these run in a user's clone too."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svhn_jax import atomic, cli, config, data, rundata, runfolder, runs
+from svhn_jax.errors import SvhnJaxError
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory) -> Path:
+    X, y = data.synthetic(1000, seed=0)
+    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def small(npz, **kw):
+    return config.make(**{**dict(data=str(npz), hidden=[8], epochs=2, batch=50), **kw})
+
+
+def _strict(path: Path):
+    def reject(name):
+        raise ValueError(f"{path}: {name} is not JSON")
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
+def test_the_partition_depends_on_split_seed_only(npz):
+    parts = {seed: rundata.load_split(small(npz, seed=seed)) for seed in (0, 1)}
+    fps = {s: {k: set(rundata.fingerprints(p[k][0]).tolist()) for k in ("train", "val", "test")}
+           for s, p in parts.items()}
+    assert fps[0] == fps[1]
+    other = rundata.load_split(small(npz, split_seed=1))
+    assert set(rundata.fingerprints(other["test"][0]).tolist()) != fps[0]["test"]
+
+
+def test_fingerprints_find_equal_images_only():
+    X, _ = data.synthetic(20, seed=3)
+    a, b = rundata.fingerprints(X), rundata.fingerprints(X[::-1])
+    assert a.dtype == np.uint64 and len(set(a.tolist())) == 20
+    assert rundata.overlap(a, b) == 20 and rundata.overlap(a[:5], b[:10]) == 0
+    Y = X.copy()
+    Y[0, 0, 0, 0] ^= 1                       # one bit of one pixel
+    assert rundata.overlap(rundata.fingerprints(Y[:1]), a) == 0
+
+
+def test_the_run_records_its_partition_and_overlaps(tmp_path, npz):
+    m = runs.train_run(small(npz, seed=5), tmp_path / "r", quiet=True)
+    c, derived = runfolder.read_run(tmp_path / "r")
+    assert (c.seed, c.split_seed) == (5, 0)
+    assert derived["overlap_train_val"] == derived["overlap_train_test"] == 0 == m["overlap_train_test"]
+    fps = np.load(tmp_path / "r" / "train_fingerprints.npy")
+    assert fps.shape == (derived["n_train"],)
+
+
+def test_every_json_file_is_strict(tmp_path, npz, capsys):
+    """NaN and infinities become null (undefined numbers), everywhere."""
+    assert json.loads(atomic.strict_json({"a": float("nan"), "b": [float("inf"), 1.5],
+                                          "c": np.float32(2.0)})) == {"a": None, "b": [None, 1.5], "c": 2.0}
+    runs.train_run(small(npz, gradcheck_every=7), tmp_path / "run", quiet=True)
+    assert cli.main(["sweep", "--data", str(npz), "--out", str(tmp_path / "sweep"), "--hidden", "8",
+                     "--epochs", "1", "--batch", "50", "--optimizer", "sgd", "--lr", "1e-2,1e6",
+                     "--json"]) == 0
+    assert cli.main(["lr-find", "--data", str(npz), "--out", str(tmp_path / "lr"), "--hidden", "8",
+                     "--batch", "50", "--steps", "20", "--json"]) == 0
+    stdout = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    files = sorted(tmp_path.rglob("*.json"))
+    assert {f.name for f in files} >= {"config.json", "metrics.json", "results.json", "lr_find.json"}
+    for f in files:
+        _strict(f)
+    for line in stdout:
+        json.loads(line, parse_constant=lambda name: pytest.fail(f"{name} on stdout"))
+    diverged = [r for r in _strict(tmp_path / "sweep" / "results.json")["results"]
+                if r["status"] == "diverged"]
+    assert diverged and diverged[0]["final_val_loss"] is None
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path, npz, capsys):
+    out = tmp_path / "r"
+    runs.train_run(small(npz), out, quiet=True)
+    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    assert cli.main(["train", "--resume", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "already completed" in captured.err and "best validation accuracy" in captured.out
+    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+
+
+def test_a_run_stopped_before_its_first_checkpoint_says_the_command_that_works(tmp_path, npz, capsys):
+    out = tmp_path / "r"
+    runs.train_run(small(npz), out, quiet=True)
+    for f in out.glob("checkpoint*.npz"):
+        f.unlink()
+    (out / "metrics.json").unlink()             # as if killed during the first epoch
+    assert cli.main(["train", "--resume", str(out)]) == 2
+    err = capsys.readouterr().err
+    command = err.split("start it again with: ")[1].strip().split()
+    assert command[:2] == ["svhn-jax", "train"]
+    assert cli.main(command[1:] + ["--quiet"]) == 0
+    assert _strict(out / "metrics.json")["status"] == "completed"
+
+
+def _train_cli(npz, out, *extra):
+    return subprocess.run([sys.executable, "-m", "svhn_jax.cli", "train", "--data", str(npz),
+                           "--out", str(out), "--hidden", "8", "--epochs", "3", "--batch", "50",
+                           *extra], capture_output=True, text=True, timeout=300)
+
+
+def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, npz):
+    r = _train_cli(npz, tmp_path / "a")
+    assert r.returncode == 0, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.startswith("epoch")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert all("img/s" in line and "elapsed" in line and "ETA" in line and "[" not in line
+               for line in lines)
+    quiet = _train_cli(npz, tmp_path / "b", "--quiet", "--json")
+    assert quiet.returncode == 0 and "epoch" not in quiet.stderr
+    assert json.loads(quiet.stdout)["status"] == "completed"
+
+
+def test_history_is_written_at_every_epoch_end(tmp_path, npz, monkeypatch):
+    """A live run's history.csv already holds every finished epoch (tail -f, pandas)."""
+    seen = []
+    real = runs._say_epoch
+
+    def spy(c, progress, *a, **k):
+        seen.append(len(list(csv.DictReader((tmp_path / "r" / "history.csv").open()))))
+        return real(c, progress, *a, **k)
+
+    monkeypatch.setattr(runs, "_say_epoch", spy)
+    runs.train_run(small(npz, epochs=3), tmp_path / "r", quiet=True)
+    assert seen == [1, 2, 3]
+
+
+def test_batch_larger_than_the_training_part(tmp_path, npz):
+    with pytest.raises(SvhnJaxError, match="larger than the training part"):
+        runs.train_run(small(npz, batch=5000), tmp_path / "r", quiet=True)
