@@ -48,22 +48,23 @@ def profile_steps(step: Callable[[Any, int], Any], carry, logdir, *, steps: int 
     except OSError as e:
         raise SvhnJaxError(f"cannot write a profile to {logdir} ({e.strerror}); "
                            f"choose a writable --profile folder") from None
-    before = set(_sessions(logdir))
+    before = _traces(logdir)
     for i in range(warmup):
         carry = jax.block_until_ready(step(carry, i))
     with jax.profiler.trace(str(logdir), create_perfetto_trace=True):
         for i in range(warmup, warmup + steps):
             with jax.profiler.StepTraceAnnotation(name, step_num=i):
                 carry = jax.block_until_ready(step(carry, i))
-    new = sorted(set(_sessions(logdir)) - before)
+    new = sorted(set(_traces(logdir).items()) - set(before.items()), key=lambda kv: kv[1])
     if not new:
         raise SvhnJaxError(f"jax.profiler wrote no trace under {logdir / PROFILE_SUBDIR}")
-    return carry, new[-1]
+    return carry, new[-1][0].parent
 
 
-def _sessions(logdir: Path) -> list[Path]:
-    folder = logdir / PROFILE_SUBDIR
-    return [p for p in folder.iterdir() if p.is_dir()] if folder.is_dir() else []
+def _traces(logdir: Path) -> dict:
+    """{xplane file: modification time}. Folders are named to the second, so a second
+    profile within the same second rewrites the first one's folder."""
+    return {p: p.stat().st_mtime_ns for p in (logdir / PROFILE_SUBDIR).glob("*/*.xplane.pb")}
 
 
 def trace_json(session: Path) -> Path:

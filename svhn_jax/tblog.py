@@ -41,6 +41,7 @@ from .nn.gradcheck import leaf_names
 
 TB_DIR = "tb"          # events of a run or sweep go to OUT/tb
 FLUSH_SECS = 10        # how stale a live TensorBoard may be; flushing runs in a thread
+MAX_QUEUE = 1000       # events queued for the writer thread before a call waits for it
 HIST_BINS = 64         # TensorBoard re-buckets to 30 for display; 64 keeps the shape
 
 # history-row key -> tag; keys absent from a row are skipped (a sweep has no images_per_s)
@@ -95,7 +96,7 @@ def open_writer(logdir, *, start_step: int = 0, history=(), enabled: bool = True
         raise SvhnJaxError(f"cannot write TensorBoard events to {logdir} ({e.strerror}); "
                            f"choose a writable --out or pass --no-tensorboard") from None
     writer = _tensorboardx().SummaryWriter(
-        str(logdir), purge_step=int(start_step), flush_secs=FLUSH_SECS,
+        str(logdir), purge_step=int(start_step), flush_secs=FLUSH_SECS, max_queue=MAX_QUEUE,
         filename_suffix=f".{int(start_step):010d}.{os.getpid()}")
     for row in history:
         if row["step"] >= start_step:
@@ -143,8 +144,7 @@ def log_layers(writer, step: int, spec, params, grads=None) -> None:
         return
     total = 0.0
     for name, leaf in zip(leaf_names(spec, grads), _leaves(grads)):
-        g = _histogram(writer, f"gradients/{name}", leaf, step)
-        sq = float(np.dot(g, g))
+        sq = _histogram(writer, f"gradients/{name}", leaf, step)
         total += sq
         writer.add_scalar(f"grad_norm/{name}", math.sqrt(sq), step)
     writer.add_scalar("grad_norm/total", math.sqrt(total), step)
@@ -154,17 +154,24 @@ def _leaves(tree):
     return [d[k] for d in tree for k in sorted(d)]
 
 
-def _histogram(writer, tag: str, values, step: int) -> np.ndarray:
-    """Write a histogram of the finite entries of `values`; returns them, float64, flat."""
-    v = np.asarray(values, np.float64).ravel()
-    v = v[np.isfinite(v)]
-    if v.size:
-        lo, hi = float(v.min()), float(v.max())
-        # A constant leaf (a zero-initialised bias) still needs a bucket of some width.
-        counts, edges = np.histogram(v, HIST_BINS, range=(lo, hi) if hi > lo else (lo - 0.5, lo + 0.5))
-        writer.add_histogram_raw(tag, lo, hi, v.size, float(v.sum()), float(np.dot(v, v)),
-                                 edges[1:].tolist(), counts.tolist(), global_step=step)
-    return v
+def _histogram(writer, tag: str, values, step: int) -> float:
+    """Write a histogram of the finite entries of `values`; returns their sum of squares.
+
+    No float64 copy of a large leaf: it costs more than the histogram itself. The
+    sums accumulate in float64 all the same (einsum's dtype, sum's dtype).
+    """
+    v = np.asarray(values).ravel()
+    if v.size and not (np.isfinite(v.min()) and np.isfinite(v.max())):
+        v = v[np.isfinite(v)]     # a NaN or inf anywhere shows in min or max
+    if not v.size:
+        return 0.0
+    lo, hi = float(v.min()), float(v.max())
+    # A constant leaf (a zero-initialised bias) still needs a bucket of some width.
+    counts, edges = np.histogram(v, HIST_BINS, range=(lo, hi) if hi > lo else (lo - 0.5, lo + 0.5))
+    sq = float(np.einsum("i,i->", v, v, dtype=np.float64))
+    writer.add_histogram_raw(tag, lo, hi, v.size, float(v.sum(dtype=np.float64)), sq,
+                             edges[1:].tolist(), counts.tolist(), global_step=step)
+    return sq
 
 
 def log_image(writer, tag: str, image, step: int) -> None:
