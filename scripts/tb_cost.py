@@ -8,19 +8,22 @@ the training part of the 8k slice) with `train.run_steps`, the compiled epoch of
     scalars   one history row (tblog.log_epoch)                      every epoch
     layers    weight and gradient histograms, gradient norms         every --hist-every
               (tblog.log_layers)                                     epochs
-    drain     closing the writer: the background thread writes what is still queued
+    closing   the writer's thread writes out what is still queued
 
-and, apart, what producing the gradients for those histograms costs:
+and once at the end: the two figures (PNG files passed through) and the settings.
+The epochs' events are kept and written after the last epoch, all at once, then
+the writer is closed: that times their whole cost, the writer thread's share
+included (in a run that share overlaps with training), per epoch, against the
+median epoch. Apart, what producing the gradients for the histograms costs:
 
     grads     a jitted loss_and_grads on one batch (one extra compilation per run)
     carried   the alternative: the epoch's scan carries its last step's gradients
               out (no extra compilation); its epoch time against the plain one
 
-and once at the end: the two figures (PNG files passed through) and the settings.
-Epochs and writes alternate; medians are reported with the CPU load of other
-processes. The ratio is the number to compare (absolute times drift here).
+Plain and carrying epochs alternate; medians are reported with the CPU load of
+other processes. The ratio is the number to compare (absolute times drift here).
 
-    python scripts/tb_cost.py [--n 5600] [--epochs 20] [--hist-every 5] [--json]
+    python scripts/tb_cost.py [--n 5600] [--epochs 40] [--hist-every 5] [--json]
 """
 
 from __future__ import annotations
@@ -85,8 +88,8 @@ def measure(n: int, epochs: int, hist_every: int) -> dict:
     compile_s, _ = timed(lambda: grads_of(plain))
 
     tmp = Path(tempfile.mkdtemp(prefix="tb_cost_"))
-    writer = tblog.open_writer(tmp / "tb")
-    t = {k: [] for k in ("epoch", "epoch_carrying", "scalars", "layers", "grads")}
+    t = {k: [] for k in ("epoch", "epoch_carrying", "grads")}
+    rows, layers = [], []
     token = bench_refs.load_start()
     for e in range(1, epochs + 1):
         dt, (plain, (ce, _)) = timed(lambda: train.run_steps(plain, hp, X, y, order(plain, e), 0, cfg, spe))
@@ -94,16 +97,18 @@ def measure(n: int, epochs: int, hist_every: int) -> dict:
         dt, ((carrying, last_grads), _) = timed(
             lambda: run_carrying(carrying, hp, X, y, order(carrying, e), 0, cfg, spe))
         t["epoch_carrying"].append(dt)
-        row = {"epoch": e, "step": int(plain.step), "train_loss": float(np.mean(ce)), "train_acc": 0.5,
-               "val_loss": 1.0, "val_acc": 0.5, "lr": 1e-3, "seconds": t["epoch"][-1],
-               "images_per_s": n / t["epoch"][-1]}
-        dt, _ = timed(lambda: tblog.log_epoch(writer, row))
-        t["scalars"].append(dt)
+        rows.append({"epoch": e, "step": int(plain.step), "train_loss": float(np.mean(ce)),
+                     "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "lr": 1e-3,
+                     "seconds": dt, "images_per_s": n / dt})
         if e % hist_every == 0:
             dt, grads = timed(lambda: grads_of(plain))
             t["grads"].append(dt)
-            dt, _ = timed(lambda: tblog.log_layers(writer, int(plain.step), cfg.spec, plain.params, grads))
-            t["layers"].append(dt)
+            layers.append((int(plain.step), jax.device_get(plain.params), jax.device_get(grads)))
+    # Every epoch's events, written as a run writes them, then the writer closed, which
+    # waits for its thread to write out the queue: the whole cost, none of it overlapped.
+    writer = tblog.open_writer(tmp / "tb")
+    scalars_s, _ = timed(lambda: [tblog.log_epoch(writer, row) for row in rows])
+    layers_s, _ = timed(lambda: [tblog.log_layers(writer, s, cfg.spec, p, g) for s, p, g in layers])
     drain_s, _ = timed(lambda: tblog.close(writer))
     load = bench_refs.load_stop(token)
 
@@ -121,10 +126,10 @@ def measure(n: int, epochs: int, hist_every: int) -> dict:
     final_s, _ = timed(final)
 
     med = {k: float(np.median(v)) for k, v in t.items()}
-    per_epoch = med["scalars"] + med["layers"] / hist_every + drain_s / epochs
+    per_epoch = (scalars_s + layers_s + drain_s) / epochs
     return {"n": n, "steps_per_epoch": spe, "epochs": epochs, "hist_every": hist_every,
-            "epoch_s": med["epoch"], "scalars_ms": 1e3 * med["scalars"],
-            "layers_ms": 1e3 * med["layers"], "drain_ms": 1e3 * drain_s,
+            "epoch_s": med["epoch"], "scalars_ms": 1e3 * scalars_s / epochs,
+            "layers_ms": 1e3 * layers_s / len(layers), "drain_ms": 1e3 * drain_s,
             "events_per_epoch_ms": 1e3 * per_epoch, "events_fraction": per_epoch / med["epoch"],
             "grads_call_ms": 1e3 * med["grads"], "grads_compile_s": compile_s,
             "grads_fraction": (med["grads"] / hist_every) / med["epoch"],
@@ -137,7 +142,7 @@ def measure(n: int, epochs: int, hist_every: int) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=5600, help="training images per epoch")
-    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--hist-every", type=int, default=5)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
@@ -148,7 +153,7 @@ def main(argv=None) -> None:
     print(f"mission epoch ({r['n']} images, {r['steps_per_epoch']} steps): median {r['epoch_s'] * 1e3:.1f} ms "
           f"over {r['epochs']} epochs; other processes kept {r['other_busy_cores']:.2f} of {r['cores']} cores busy")
     print(f"events: scalars {r['scalars_ms']:.2f} ms/epoch, histograms {r['layers_ms']:.2f} ms "
-          f"every {r['hist_every']} epochs, drain {r['drain_ms']:.1f} ms once -> "
+          f"every {r['hist_every']} epochs, closing {r['drain_ms']:.1f} ms once -> "
           f"{r['events_per_epoch_ms']:.2f} ms/epoch = {r['events_fraction']:.2%} of an epoch")
     print(f"gradients for the histograms, jitted on one batch: {r['grads_call_ms']:.2f} ms a call "
           f"({r['grads_fraction']:.2%} of an epoch) + {r['grads_compile_s']:.2f} s compilation once")

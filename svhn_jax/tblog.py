@@ -238,7 +238,7 @@ def log_sweep(logdir, results: list[dict], *, hparams=None) -> list[Path]:
     """One folder per configuration under `logdir`, each an HParams session: its
     hyperparameters, its curves (history rows, which need 'step'), the metrics
     metrics/best_val_acc, final_val_acc, final_val_loss and diverged (0/1) at its
-    last step, and status success, or failure when it diverged.
+    last step (a NaN one is left out), and status success, or failure when it diverged.
 
     results: tune's result dicts (config, history, best_val_acc, final_val_acc,
     final_val_loss, status). hparams: the names to record; by default
@@ -302,7 +302,8 @@ def _write_session(writer, result: dict, values: dict) -> None:
             start.hparams[k].number_value = v
         else:
             start.hparams[k].string_value = v
-    _plugin_summary(writer, "_hparams_/session_start_info", hp.HParamsPluginData(session_start_info=start, version=0), 0)
+    _plugin_summary(writer, "_hparams_/session_start_info",
+                    hp.HParamsPluginData(session_start_info=start, version=0), 0)
     for row in result["history"]:
         log_epoch(writer, row)
     last = int(result["history"][-1]["step"]) if result["history"] else 0
@@ -310,10 +311,14 @@ def _write_session(writer, result: dict, values: dict) -> None:
     metrics = {"best_val_acc": result["best_val_acc"], "final_val_acc": result["final_val_acc"],
                "final_val_loss": result["final_val_loss"], "diverged": float(diverged)}
     for k in SWEEP_METRICS:
-        writer.add_scalar(f"metrics/{k}", float(metrics[k]), last)
+        # A configuration that diverged in its first epoch has no final loss (NaN): the
+        # HParams table leaves the cell empty rather than showing NaN.
+        if math.isfinite(metrics[k]):
+            writer.add_scalar(f"metrics/{k}", float(metrics[k]), last)
     end = hp.SessionEndInfo(status=api.STATUS_FAILURE if diverged else api.STATUS_SUCCESS,
                             end_time_secs=time.time())
-    _plugin_summary(writer, "_hparams_/session_end_info", hp.HParamsPluginData(session_end_info=end, version=0), last)
+    _plugin_summary(writer, "_hparams_/session_end_info",
+                    hp.HParamsPluginData(session_end_info=end, version=0), last)
 
 
 def _plugin_summary(writer, tag: str, content, step: int) -> None:
