@@ -10,7 +10,8 @@ the training part of the 8k slice) with `train.run_steps`, the compiled epoch of
               (tblog.log_layers)                                     epochs
     closing   the writer's thread writes out what is still queued
 
-and once at the end: the two figures (PNG files passed through) and the settings.
+and once: the first use in a process (imports, first calls), and at the end the two
+figures (PNG files passed through) and the settings.
 The epochs' events are kept and written after the last epoch, all at once, then
 the writer is closed: that times their whole cost, the writer thread's share
 included (in a run that share overlaps with training), per epoch, against the
@@ -106,6 +107,12 @@ def measure(n: int, epochs: int, hist_every: int) -> dict:
             layers.append((int(plain.step), jax.device_get(plain.params), jax.device_get(grads)))
     # Every epoch's events, written as a run writes them, then the writer closed, which
     # waits for its thread to write out the queue: the whole cost, none of it overlapped.
+    def first_use():   # imports and first calls, once per process
+        w = tblog.open_writer(tmp / "first")
+        tblog.log_epoch(w, rows[0])
+        tblog.log_layers(w, *layers[0][:1], cfg.spec, *layers[0][1:])
+        tblog.close(w)
+    first_s, _ = timed(first_use)
     writer = tblog.open_writer(tmp / "tb")
     scalars_s, _ = timed(lambda: [tblog.log_epoch(writer, row) for row in rows])
     layers_s, _ = timed(lambda: [tblog.log_layers(writer, s, cfg.spec, p, g) for s, p, g in layers])
@@ -127,6 +134,7 @@ def measure(n: int, epochs: int, hist_every: int) -> dict:
 
     med = {k: float(np.median(v)) for k, v in t.items()}
     per_epoch = (scalars_s + layers_s + drain_s) / epochs
+    once = first_s + final_s
     return {"n": n, "steps_per_epoch": spe, "epochs": epochs, "hist_every": hist_every,
             "epoch_s": med["epoch"], "scalars_ms": 1e3 * scalars_s / epochs,
             "layers_ms": 1e3 * layers_s / len(layers), "drain_ms": 1e3 * drain_s,
@@ -135,7 +143,8 @@ def measure(n: int, epochs: int, hist_every: int) -> dict:
             "grads_fraction": (med["grads"] / hist_every) / med["epoch"],
             "epoch_carrying_s": med["epoch_carrying"],
             "carrying_ratio": med["epoch_carrying"] / med["epoch"],
-            "final_images_settings_ms": 1e3 * final_s,
+            "final_images_settings_ms": 1e3 * final_s, "first_use_ms": 1e3 * first_s,
+            "run_fraction": (per_epoch * epochs + once) / (med["epoch"] * epochs),
             "other_busy_cores": load["other_busy_cores"], "cores": load["cores"]}
 
 
@@ -159,7 +168,9 @@ def main(argv=None) -> None:
           f"({r['grads_fraction']:.2%} of an epoch) + {r['grads_compile_s']:.2f} s compilation once")
     print(f"  or carried out of the epoch's scan: epoch {r['epoch_carrying_s'] * 1e3:.1f} ms, "
           f"{r['carrying_ratio']:.3f}x the plain epoch")
-    print(f"at the end, once: 2 images + settings {r['final_images_settings_ms']:.1f} ms")
+    print(f"once: first use {r['first_use_ms']:.1f} ms, 2 images + settings at the end "
+          f"{r['final_images_settings_ms']:.1f} ms; all events of a {r['epochs']}-epoch run: "
+          f"{r['run_fraction']:.2%} of its training time")
 
 
 if __name__ == "__main__":
