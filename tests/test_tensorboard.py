@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 pytest.importorskip("tensorboardX")
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -158,9 +159,9 @@ def test_images_from_png_figure_and_array(tmp_path):
     tblog.log_image(w, "images/confusion", png, 30)
     tblog.log_image(w, "images/figure", fig, 30)
     tblog.log_image(w, "images/rgb", rgb, 30)
+    gif = tmp_path / "x.png"
+    gif.write_bytes(b"GIF89a" + bytes(30))
     with pytest.raises(SvhnJaxError, match="not a PNG"):
-        gif = tmp_path / "x.png"
-        gif.write_bytes(b"GIF89a" + bytes(30))
         tblog.log_image(w, "images/bad", gif, 30)
     with pytest.raises(SvhnJaxError, match="uint8"):
         tblog.log_image(w, "images/bad", rgb.astype(np.float32), 30)
@@ -170,7 +171,6 @@ def test_images_from_png_figure_and_array(tmp_path):
     assert stored.step == 30 and stored.encoded_image_string == png.read_bytes()
     assert (stored.width, stored.height) == (100, 50)
     assert (ea.Images("images/figure")[0].width, ea.Images("images/figure")[0].height) == (100, 50)
-    from PIL import Image
     back = np.asarray(Image.open(io.BytesIO(ea.Images("images/rgb")[0].encoded_image_string)))
     assert np.array_equal(back, rgb)
 
