@@ -104,6 +104,11 @@ class RunConfig:
     gradcheck_strict: bool = setting(False, "stop when a gradient check fails", commands=(TRAIN,))
     checkpoint_every: int = setting(0, "also checkpoint every N steps (always at each epoch's end)",
                                     low=0, high=INT_MAX, commands=(TRAIN,))
+    tensorboard: bool = setting(True, "write TensorBoard event files into RUN/tb (--no-tensorboard: off)",
+                                commands=(TRAIN, SWEEP))
+    histogram_every: int | None = setting(None, "TensorBoard histograms of every layer's weights and "
+                                          "gradients every N epochs (0: never; default 5)", low=0,
+                                          high=INT_MAX, commands=(TRAIN,))
     train_on_val: bool = setting(False, "also train on the validation images (a final fit after "
                                  "choosing on validation; the last epoch is kept)", commands=())
 
@@ -120,6 +125,9 @@ class RunConfig:
                                f" or drop --warmup-epochs")
         if self.batchnorm != "none" and self.batch < 2:
             raise SvhnJaxError("BatchNorm needs a batch of at least 2; use --batch 2 or more")
+        if self.histogram_every is not None and not self.tensorboard:
+            raise SvhnJaxError("--histogram-every writes TensorBoard histograms: drop it, or drop "
+                               "--no-tensorboard")
         if self.gradcheck_strict and not self.gradcheck_every:
             raise SvhnJaxError("--gradcheck-strict needs checks to act on: add --gradcheck-every N")
 
@@ -127,6 +135,11 @@ class RunConfig:
     def warmup(self) -> float:
         """The warm-up length in epochs that a warmup-* schedule uses."""
         return 1.0 if self.warmup_epochs is None else self.warmup_epochs
+
+    @property
+    def histograms(self) -> int:
+        """Epochs between TensorBoard histograms (0: none)."""
+        return 5 if self.histogram_every is None else self.histogram_every
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)

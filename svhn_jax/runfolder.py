@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -37,6 +38,7 @@ def ensure_run_dir(out: Path, *, overwrite: bool) -> None:
         for name in RUN_FILES:
             for f in out.glob(name):
                 f.unlink()
+        shutil.rmtree(out / "tb", ignore_errors=True)   # tblog.TB_DIR
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"
