@@ -30,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import checkpoint, data, preprocess, train
+from . import checkpoint, data, train
+from .data import preprocess
 from .nn import model, optim, stepcheck
 from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DataError, SvhnJaxError
 

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import preprocess, runs, train
+from . import runs, train
+from .data import preprocess
 from .nn import model, optim
 from .errors import SvhnJaxError
 
