@@ -219,7 +219,65 @@ def test_decode_rejects_records_without_their_official_ids(prepared, monkeypatch
 
     monkeypatch.setattr(tfds, "data_source", lambda *a, **k: Repeats())
     with pytest.raises(DataError, match=r"id 'test_000000'.*each once.*prepare again"):
-        prepared_mod._decode_split(prepared, "test", 20)
+        prepared_mod._decode_split(prepared, "test", np.empty((20, 32, 32, 3), np.uint8),
+                                   np.empty(20, np.int32))
+
+
+@pytest.fixture(scope="session")
+def with_extra(fake_mats, tmp_path_factory):
+    """(data_dir, expected): train, test and a 15-image extra, prepared through tfds."""
+    mat_dir = tmp_path_factory.mktemp("mats_extra")
+    for name in ("train_32x32.mat", "test_32x32.mat"):
+        (mat_dir / name).write_bytes((fake_mats[0] / name).read_bytes())
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, 256, size=(15, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(1, 11, size=15)
+    _write_mat(mat_dir / "extra_32x32.mat", X, labels)
+    train = fake_mats[1]["train"]
+    expected = {"train": (np.concatenate([train[0], X]),
+                          np.concatenate([train[1], labels % 10]).astype(np.int32)),
+                "test": fake_mats[1]["test"]}
+    data_dir = tmp_path_factory.mktemp("tfds_extra")
+    data.prepare(mat_dir, data_dir, splits=("train", "test", "extra"), verify=False)
+    return data_dir, expected
+
+
+def test_load_extra_appends_it_to_train_then_reads_the_cache(with_extra, monkeypatch):
+    data_dir, expected = with_extra
+    _assert_same(data.load("svhn", data_dir=data_dir, extra=True), expected)
+    cache_dir = data_dir / "svhn_cropped" / "3.1.0" / data.CACHE_DIRNAME
+    assert len(list(cache_dir.glob("extra.*.npy"))) == 2
+
+    def no_decoding(*a, **k):
+        raise AssertionError("decoded the PNGs instead of reading the cache")
+
+    monkeypatch.setattr(prepared_mod, "_decode_split", no_decoding)
+    _assert_same(data.load("svhn", data_dir=data_dir, extra=True), expected)
+    without = data.load("svhn", data_dir=data_dir)  # extra stays out unless asked for
+    np.testing.assert_array_equal(without["train"][0], expected["train"][0][:30])
+    assert data.ensure_available("svhn", data_dir, download=False, extra=True) == data_dir
+
+
+def test_extra_where_it_cannot_take_effect(prepared, tmp_path, monkeypatch):
+    def no_download(*a, **k):
+        raise AssertionError("downloaded although the dataset cannot be extended")
+
+    monkeypatch.setattr(prepared_mod, "download_files", no_download)
+    for call in (lambda: data.load("svhn", data_dir=prepared, extra=True),
+                 lambda: data.ensure_available("svhn", prepared, download=True, extra=True)):
+        with pytest.raises(DataError, match=r"without \['extra'\].*delete .*--extra"):
+            call()
+    with pytest.raises(SvhnJaxError, match="needs --data svhn"):
+        data.load("synthetic", synthetic_n=5, extra=True)
+
+
+def test_cache_of_another_size_is_not_read(prepared, fake_mats):
+    """A cache file whose shape does not match the split is decoded again, not trusted."""
+    data.load("svhn", data_dir=prepared)
+    [px] = (prepared / "svhn_cropped" / "3.1.0" / data.CACHE_DIRNAME).glob("test.*.X.npy")
+    np.save(px, np.zeros((19, 32, 32, 3), np.uint8))
+    _assert_same(data.load("svhn", data_dir=prepared), fake_mats[1])
+    assert np.load(px).shape == (20, 32, 32, 3)
 
 
 def test_load_mat_folder(fake_mats):

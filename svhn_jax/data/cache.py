@@ -1,7 +1,7 @@
 """A cache of decoded arrays: `.npy` files keyed by a digest of what they were decoded from.
 
     write_cache(folder, "train", key, X, y)   # best effort: skipped if not writable
-    read_cache(folder, "train", key, n)       # (X, y), or None when absent/stale/corrupt
+    read_cache(folder, "train", key, X, y)    # fills X, y in place; False: decode again
 
 Decoding SVHN's PNGs takes many times longer than reading `.npy` files, so
 the prepared dataset's decoded arrays are kept beside it. A cache is only
@@ -43,14 +43,34 @@ def write_cache(folder: Path, split: str, key: str, X: np.ndarray, y: np.ndarray
         pass
 
 
-def read_cache(folder: Path, split: str, key: str, n: int):
-    """(X uint8 (n, 32, 32, 3), y int32 (n,)) from the cache, or None to decode again."""
+def _read_npy_into(path: Path, out: np.ndarray) -> bool:
+    """Read a `.npy` file straight into `out` (no second copy); False if it does not fit."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):  # np.save writes 1.0 for these arrays
+            return False
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran_order, dtype = read_header(f)
+        if shape != out.shape or fortran_order or dtype != out.dtype:
+            return False
+        return f.readinto(memoryview(out).cast("B")) == out.nbytes
+
+
+def read_cache(folder: Path, split: str, key: str, X: np.ndarray, y: np.ndarray) -> bool:
+    """Fill X uint8 (n, 32, 32, 3) and y int32 (n,), C-contiguous, from the cache.
+
+    Reads into the caller's arrays (say, rows of a larger one) with no
+    temporary copy. Returns False (X, y partly written) when the cache is
+    absent, stale, of another size or invalid: decode again then.
+    """
     try:
         px, py = cache_paths(folder, split, key)
         if not (px.is_file() and py.is_file()):
-            return None
-        X, y = np.load(px, allow_pickle=False), np.load(py, allow_pickle=False)
-        X, y = validate_arrays(X, y, str(px))
-        return (X, y) if X.shape[0] == n else None
+            return False
+        if not (_read_npy_into(py, y) and _read_npy_into(px, X)):
+            return False
+        validate_arrays(X, y, str(px))
+        return True
     except (OSError, ValueError):  # unreadable or invalid cache (DataError is a ValueError)
-        return None
+        return False

@@ -3,6 +3,7 @@
     prepare(mat_dir, data_dir)               # .mat files -> svhn_cropped 3.1.0, array_record
     ensure_available("svhn", data_dir, download=True)   # download + prepare when missing
     load_prepared(data_dir)                  # {"train": (X, y), "test": (X, y)}
+    load_prepared(data_dir, extra=True)      # "train" = train then extra, one array
 
 The dataset is the stock `svhn_cropped` 3.1.0 (same name, version and
 features), prepared without TensorFlow by `tfds_builder.SvhnCroppedNoTF` and
@@ -79,6 +80,15 @@ def _not_prepared_message(data_dir: Path) -> str:
         f"{offline_options()}")
 
 
+def _already_prepared(data_dir: Path, have, missing, mat_dir) -> DataError:
+    """A prepared dataset is never extended: the fix is to prepare it again, whole."""
+    extra = " --extra" if "extra" in list(have) + list(missing) else ""
+    return DataError(
+        f"{dataset_dir(data_dir)} is already prepared with splits {sorted(have)}, "
+        f"without {missing}. Fix: delete {dataset_dir(data_dir)} and run svhn-jax "
+        f"prepare --mat-dir {mat_dir or 'D'} --data-dir {data_dir}{extra} (svhn-jax "
+        f"download --dir D{extra} fetches the .mat files).")
+
 
 def prepare(mat_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
             splits: Sequence[str] = ("train", "test"), verify: bool = True) -> Path:
@@ -103,11 +113,7 @@ def prepare(mat_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
         missing = [s for s in splits if s not in have]
         if not missing:
             return data_dir
-        raise DataError(
-            f"{dataset_dir(data_dir)} is already prepared with splits {sorted(have)}, "
-            f"without {missing}. Fix: delete {dataset_dir(data_dir)} and run svhn-jax "
-            f"prepare --mat-dir {mat_dir} --data-dir {data_dir} again with all the "
-            f"splits you want.")
+        raise _already_prepared(data_dir, have, missing, mat_dir)
     if not mat_dir.is_dir():
         raise DataError(
             f"{mat_dir} is not a folder. Fix: svhn-jax download --dir {mat_dir} && "
@@ -144,15 +150,16 @@ def prepare(mat_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
 
 
 def ensure_available(spec: str, data_dir: str | os.PathLike | None, *, download: bool,
-                     mat_dir: str | os.PathLike | None = None,
-                     verify: bool = True) -> Path | None:
-    """Make sure `load(spec, data_dir=...)` will find its data.
+                     mat_dir: str | os.PathLike | None = None, verify: bool = True,
+                     extra: bool = False) -> Path | None:
+    """Make sure `load(spec, data_dir=..., extra=extra)` will find its data.
 
-    Only acts for spec == "svhn" when the dataset is not prepared in `data_dir`:
-    if `mat_dir` already holds train/test `.mat` files they are prepared (no
-    network); else, with `download`, the files are downloaded into `mat_dir`
-    (default `<data_dir>/downloads/svhn_mat`) and prepared; else DataError with
-    the exact fix. Never touches the network unless `download` is True.
+    Only acts for spec == "svhn" when the dataset is not prepared in `data_dir`
+    with train, test (and, with `extra`, extra): if `mat_dir` already holds
+    their `.mat` files they are prepared (no network); else, with `download`,
+    the files are downloaded into `mat_dir` (default
+    `<data_dir>/downloads/svhn_mat`) and prepared; else DataError with the
+    exact fix. Never touches the network unless `download` is True.
     `verify=False` skips the checksum of local `.mat` files (custom files);
     downloaded files are always verified.
 
@@ -161,10 +168,13 @@ def ensure_available(spec: str, data_dir: str | os.PathLike | None, *, download:
     if spec != "svhn":
         return None
     data_dir = default_data_dir(data_dir)
+    splits = ("train", "test", "extra") if extra else ("train", "test")
     have = prepared_splits(data_dir)
-    if "train" in have and "test" in have:
+    missing = [s for s in splits if s not in have]
+    if not missing:
         return data_dir
-    splits = ("train", "test")
+    if have:  # a prepared dataset is never extended: say so before any download
+        raise _already_prepared(data_dir, have, missing, mat_dir)
     if mat_dir is not None:
         mat_dir = Path(mat_dir).expanduser()
         if all((mat_dir / OFFICIAL[s][0]).is_file() for s in splits) and not download:
@@ -176,21 +186,22 @@ def ensure_available(spec: str, data_dir: str | os.PathLike | None, *, download:
     return prepare(mat_dir, data_dir, splits=splits)
 
 
-
 def _cache_key(data_dir: Path) -> str:
     """Digest of dataset_info.json: a new preparation invalidates the cache."""
     return hashlib.sha256(_info_path(data_dir).read_bytes()).hexdigest()[:12]
 
 
-def _decode_split(data_dir: Path, split: str, n: int, chunk: int = 8192):
-    """Decode one prepared split through `tfds.data_source`, in the official order.
+def _decode_split(data_dir: Path, split: str, X: np.ndarray, y: np.ndarray,
+                  chunk: int = 8192) -> None:
+    """Decode one prepared split through `tfds.data_source` into X (n, 32, 32, 3), y (n,).
 
     tfds shuffles records when it writes them; each record's id
-    ("train_000123") says where it belongs, so it is decoded straight into its
-    row: no reordering copy of X, which matters for `extra` (1.9 GB of pixels).
+    ("train_000123") says which row it is, so it is decoded straight into
+    that row: no reordering copy, which matters for `extra` (1.9 GB of pixels).
     """
     import tensorflow_datasets as tfds
 
+    n = len(y)
     fix = (f"Fix: delete {dataset_dir(data_dir)} and prepare again: svhn-jax prepare "
            f"--mat-dir D --data-dir {data_dir}")
     try:
@@ -199,8 +210,6 @@ def _decode_split(data_dir: Path, split: str, n: int, chunk: int = 8192):
         if len(ds) != n:
             raise DataError(f"{dataset_dir(data_dir)}: split {split} holds {len(ds)} "
                             f"records, dataset_info.json says {n}. {fix}")
-        X = np.empty((n,) + IMAGE_SHAPE, np.uint8)
-        y = np.empty(n, np.int32)
         seen = np.zeros(n, bool)
         for start in range(0, n, chunk):
             keys = list(range(start, min(start + chunk, n)))
@@ -222,16 +231,16 @@ def _decode_split(data_dir: Path, split: str, n: int, chunk: int = 8192):
     except Exception as e:  # corrupt array_record files, bad features, ...
         raise DataError(f"Cannot read split {split} of {dataset_dir(data_dir)} "
                         f"({type(e).__name__}: {e}). {fix}") from None
-    return validate_arrays(X, y, f"{dataset_dir(data_dir)} ({split})")
+    validate_arrays(X, y, f"{dataset_dir(data_dir)} ({split})")
 
 
-def load_prepared(data_dir: str | os.PathLike | None = None,
-                  splits: Sequence[str] = ("train", "test")):
-    """{split: (X uint8 (N, 32, 32, 3), y int32 (N,))} of the prepared dataset.
+def load_prepared(data_dir: str | os.PathLike | None = None, *, extra: bool = False):
+    """{"train": (X, y), "test": (X, y)} of the prepared dataset, X uint8 (N, 32, 32, 3).
 
-    The first load decodes the PNGs and caches `.npy` files in
-    `<data_dir>/svhn_cropped/3.1.0/svhn_jax_cache/` (skipped where that is not
-    writable); later loads read the cache.
+    With `extra`, "train" holds the train images followed by the extra ones,
+    written into one array as they are read: no concatenation copy. The first load decodes the PNGs and caches `.npy`
+    files per split in `<data_dir>/svhn_cropped/3.1.0/svhn_jax_cache/`
+    (skipped where that is not writable); later loads read the cache.
 
     Raises: DataError (not prepared, split missing, corrupt), with the fix.
     """
@@ -239,18 +248,21 @@ def load_prepared(data_dir: str | os.PathLike | None = None,
     if not _info_path(data_dir).is_file():  # before importing tfds: fast and clear
         raise DataError(_not_prepared_message(data_dir))
     sizes = prepared_splits(data_dir)
-    missing = [s for s in splits if s not in sizes]
+    parts = {"train": ("train", "extra") if extra else ("train",), "test": ("test",)}
+    missing = [s for p in parts.values() for s in p if s not in sizes]
     if missing:
-        raise DataError(
-            f"{dataset_dir(data_dir)} is prepared without split(s) {missing} (it has "
-            f"{sorted(sizes)}). Fix: delete {dataset_dir(data_dir)} and run svhn-jax "
-            f"prepare --mat-dir D --data-dir {data_dir}")
+        raise _already_prepared(data_dir, sizes, missing, None)
     folder, key = dataset_dir(data_dir) / CACHE_DIRNAME, _cache_key(data_dir)
     out = {}
-    for s in splits:
-        arrays = read_cache(folder, s, key, sizes[s])
-        if arrays is None:
-            arrays = _decode_split(data_dir, s, sizes[s])
-            write_cache(folder, s, key, *arrays)
-        out[s] = arrays
+    for name, splits in parts.items():
+        n = sum(sizes[s] for s in splits)
+        X, y = np.empty((n,) + IMAGE_SHAPE, np.uint8), np.empty(n, np.int32)
+        start = 0
+        for s in splits:
+            rows = slice(start, start + sizes[s])
+            if not read_cache(folder, s, key, X[rows], y[rows]):
+                _decode_split(data_dir, s, X[rows], y[rows])
+                write_cache(folder, s, key, X[rows], y[rows])
+            start = rows.stop
+        out[name] = (X, y)
     return out

@@ -32,12 +32,14 @@ __all__ = ["load", "synthetic"]
 
 
 def load(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
-         synthetic_n: int = 10_000, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+         synthetic_n: int = 10_000, seed: int = 0,
+         extra: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Load a dataset: {split: (X uint8 (N, 32, 32, 3), y int32 (N,) in 0..9)}.
 
     spec:
       "svhn"       prepared tfds `svhn_cropped` in `data_dir` (argument, else
-                   $TFDS_DATA_DIR, else ~/tensorflow_datasets) -> "train", "test".
+                   $TFDS_DATA_DIR, else ~/tensorflow_datasets) -> "train", "test";
+                   with `extra`, "train" is train followed by extra, in one array.
                    The first load decodes PNGs and caches .npy files in
                    `<data_dir>/svhn_cropped/3.1.0/svhn_jax_cache/` (skipped if
                    not writable); later loads read the cache.
@@ -46,10 +48,16 @@ def load(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
       "synthetic"  `synthetic(synthetic_n, seed)` -> "all".
     Keywords win over paths: use "./svhn" for a folder named svhn.
 
-    Raises: DataError (missing/corrupt/invalid data, each with the fix).
+    Raises: DataError (missing/corrupt/invalid data, each with the fix);
+      SvhnJaxError for `extra` with any spec but "svhn".
     """
     if isinstance(spec, str) and spec == "svhn":
-        return load_prepared(data_dir)
+        return load_prepared(data_dir, extra=extra)
+    if extra:
+        raise SvhnJaxError(
+            f"extra (SVHN's 531,131 extra training images) needs --data svhn, not "
+            f"{str(spec)!r}. Fix: svhn-jax download --extra --dir D && svhn-jax prepare "
+            f"--extra --mat-dir D, then --data svhn --extra; or drop --extra.")
     if isinstance(spec, str) and spec == "synthetic":
         return {"all": synthetic(synthetic_n, seed)}
     path = Path(spec).expanduser()
@@ -107,9 +115,9 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     trivially. The noise of an image is the XOR of three rows drawn from three
     banks of 1024 random images (10^9 combinations), much faster than drawing
     3072 fresh random bytes per image. Memory: X itself (3072 bytes per image)
-    plus a few MB, since everything is uint8 and built in chunks of 1024
-    images; no float or second full-size copy is ever made. Deterministic per
-    seed.
+    plus a few MB, since everything is uint8 and built in place, chunk by
+    chunk; no float or second full-size copy is ever made. Deterministic per
+    seed (the chunk size does not change the result).
     """
     n = int(n)
     if n < 1:
@@ -122,7 +130,7 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     banks = np.frombuffer(rng.bytes(3 * bank * d), np.uint8).reshape(3, bank, d)
     pick = rng.integers(0, bank, size=(3, n))
     X = np.empty((n, d), np.uint8)
-    chunk = 1024
+    chunk = 128  # 384 KiB of rows: the chunk and its scratch stay in the CPU cache
     tmp = np.empty((chunk, d), np.uint8)
     for s in range(0, n, chunk):
         e = min(s + chunk, n)
