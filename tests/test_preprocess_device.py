@@ -112,7 +112,8 @@ def test_device_prep_is_static_and_survives_json(images):
     np.zeros((2, 3072), np.int32),
     np.zeros((2, 1024), np.uint8),
     np.zeros((2, 32, 32), np.uint8),
-], ids=["float32", "int32", "gray-width", "no-channel-axis"])
+    np.zeros((2, 3, 32, 32), np.uint8),
+], ids=["float32", "int32", "gray-width", "no-channel-axis", "channels-first"])
 def test_apply_device_rejects_what_is_not_uint8_images(bad, images):
     cfg = pp.fit(images[0], mode="scale")
     with pytest.raises(SvhnJaxError, match=r"uint8 images \(B, 32, 32, 3\) or \(B, 3072\)"):

@@ -107,7 +107,7 @@ def prepare(mat_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
     for split in splits:
         official(split)
     if not splits:
-        raise SvhnJaxError("prepare needs at least one split. Fix: --splits train,test")
+        raise SvhnJaxError("prepare needs at least one split. Fix: splits=('train', 'test')")
     have = prepared_splits(data_dir)
     if have:
         missing = [s for s in splits if s not in have]
@@ -120,9 +120,11 @@ def prepare(mat_dir: str | os.PathLike, data_dir: str | os.PathLike | None, *,
             f"svhn-jax prepare --mat-dir {mat_dir} --data-dir {data_dir}")
     absent = [OFFICIAL[s][0] for s in splits if not (mat_dir / OFFICIAL[s][0]).is_file()]
     if absent:
+        extra = " --extra" if "extra" in splits else ""
         raise DataError(
             f"{mat_dir} lacks {', '.join(absent)}. Fix: svhn-jax download --dir "
-            f"{mat_dir} && svhn-jax prepare --mat-dir {mat_dir} --data-dir {data_dir}")
+            f"{mat_dir}{extra} && svhn-jax prepare --mat-dir {mat_dir} --data-dir "
+            f"{data_dir}{extra}")
     if verify:
         for s in splits:
             verify_file(mat_dir / OFFICIAL[s][0], s)

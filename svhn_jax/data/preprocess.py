@@ -230,15 +230,15 @@ def apply_device(x, prep):
       luminance, the image mode's sums over D values).
 
     Luminance is three multiply-adds, not a matrix product: GPUs multiply
-    float32 matrices at reduced precision by default. The image mode sums
-    `x - x[:, :1]`, not `x`: a constant image then gives exactly 0, as `apply`
-    does, instead of float32 round-off divided by 255 * eps.
+    float32 matrices at reduced precision by default. The image mode's mean
+    is `x[:, :1] + mean(x - x[:, :1])`: a constant image then gives exactly 0,
+    as `apply` does, instead of float32 round-off divided by 255 * eps.
     """
     import jax.numpy as jnp
 
     if isinstance(prep, dict):
         prep = device_prep(prep)
-    if x.dtype != jnp.uint8 or x.ndim not in (2, 4) or x.size != x.shape[0] * 3072:
+    if x.dtype != jnp.uint8 or x.shape[1:] not in ((32, 32, 3), (3072,)):
         raise SvhnJaxError(
             f"apply_device expects uint8 images (B, 32, 32, 3) or (B, 3072), got "
             f"{x.dtype} {x.shape}. Fix: keep the images as svhn_jax.data.load returns "
