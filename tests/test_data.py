@@ -258,7 +258,7 @@ def test_load_extra_appends_it_to_train_then_reads_the_cache(with_extra, monkeyp
     assert data.ensure_available("svhn", data_dir, download=False, extra=True) == data_dir
 
 
-def test_extra_where_it_cannot_take_effect(prepared, tmp_path, monkeypatch):
+def test_extra_where_it_cannot_take_effect(prepared, monkeypatch):
     def no_download(*a, **k):
         raise AssertionError("downloaded although the dataset cannot be extended")
 
