@@ -202,7 +202,8 @@ def compare(args) -> int:
     import jax.numpy as jnp
     import numpy as np
 
-    from svhn_jax import checkpoint, plots, preprocess, runs, train
+    from svhn_jax import checkpoint, plots, runs, train
+    from svhn_jax.data import preprocess
     from svhn_jax.nn import gradcheck, stepcheck
 
     bn = "none" if args.batchnorm == "off" else args.batchnorm

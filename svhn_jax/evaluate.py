@@ -10,7 +10,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import checkpoint, preprocess, rundata, runfolder, train
+from . import checkpoint, data, rundata, runfolder, train
+from .data import preprocess
 from .errors import SvhnJaxError
 from .nn import model
 
@@ -40,13 +41,13 @@ def choose_images(c, loaded: dict, *, own: bool, split: str | None) -> tuple[str
     return split, rundata.split(c, loaded)[split]
 
 
-def evaluate_run(run, data: str | None = None, *, split: str | None = None, data_dir=None) -> dict:
+def evaluate_run(run, spec: str | None = None, *, split: str | None = None, data_dir=None) -> dict:
     """Accuracy, loss, per-class accuracy and confusion of the run's best parameters,
     plus `split`, `n` and `overlap_with_training` (scored images the run trained on)."""
     run = Path(run)
     c, derived = runfolder.read_run(run)
-    own = data is None or _same_data(str(data), c.data)
-    loaded = rundata.load(c, spec=data, data_dir=data_dir)
+    own = spec is None or _same_data(str(spec), c.data)
+    loaded = rundata.load(c, spec=spec, data_dir=data_dir)
     split, (X, y) = choose_images(c, loaded, own=own, split=split)
     prep = derived["preprocessing"]
     spec = model.make_spec(c.hidden, batchnorm=c.batchnorm)
@@ -57,9 +58,9 @@ def evaluate_run(run, data: str | None = None, *, split: str | None = None, data
     loss, acc, pred = train.evaluate(best["params"], best["bn_state"], es, spec)
     conf = train.confusion_matrix(y, pred)
     trained = run / "train_fingerprints.npy"
-    overlap = (rundata.overlap(rundata.fingerprints(X), np.load(trained, allow_pickle=False))
+    overlap = (data.count_overlap(data.image_fingerprints(X), np.load(trained, allow_pickle=False))
                if trained.exists() else None)
     return {"accuracy": acc, "loss": loss, "n": int(len(y)), "split": split,
-            "data": str(data or c.data), "overlap_with_training": overlap,
+            "data": str(spec or c.data), "overlap_with_training": overlap,
             "per_class_accuracy": (np.diag(conf) / np.maximum(conf.sum(axis=1), 1)).tolist(),
             "confusion": conf.tolist()}

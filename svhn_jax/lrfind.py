@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, preprocess, rundata, runfolder, runs, train
+from . import atomic, rundata, runfolder, runs, train
+from .data import preprocess
 from .config import RunConfig
 from .errors import SvhnJaxError
 from .nn import model, optim

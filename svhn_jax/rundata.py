@@ -1,13 +1,12 @@
-"""A run's data: load what the configuration names, split it, and fingerprint images so
-that a score on images the run trained on cannot pass unnoticed.
+"""A run's data: load what the configuration names, split it, and count images shared
+between its parts (data.image_fingerprints), so that a score on images the run trained
+on cannot pass unnoticed.
 
 The partition depends only on the data and `split_seed`, never on the model `seed`:
 every seed of a seed study is scored on the same held-out images. No JAX here.
 """
 
 from __future__ import annotations
-
-import hashlib
 
 import numpy as np
 
@@ -51,22 +50,9 @@ def load_split(c: RunConfig, *, download: bool = False) -> dict:
     return split(c, load(c, download=download))
 
 
-def fingerprints(X) -> np.ndarray:
-    """(N,) uint64: the first 8 bytes of each image's blake2b digest. Equal images have
-    equal fingerprints; a collision between different images has probability ~N^2/2^64."""
-    X = np.ascontiguousarray(X)
-    rows = X.reshape(len(X), -1)
-    return np.array([int.from_bytes(hashlib.blake2b(r.tobytes(), digest_size=8).digest(), "little")
-                     for r in rows], np.uint64)
-
-
-def overlap(a: np.ndarray, b: np.ndarray) -> int:
-    """How many entries of fingerprint array `a` also occur in `b`."""
-    return int(np.isin(a, b).sum())
-
-
 def split_overlaps(parts: dict, train_fingerprints: np.ndarray) -> dict:
     """Images of the validation and test parts that also occur in the training part
     (duplicates in the data itself): {"overlap_train_val": k, "overlap_train_test": k}."""
-    return {f"overlap_train_{k}": overlap(fingerprints(parts[k][0]), train_fingerprints)
+    return {f"overlap_train_{k}": data.count_overlap(data.image_fingerprints(parts[k][0]),
+                                                     train_fingerprints)
             for k in ("val", "test") if k in parts}

@@ -30,8 +30,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, checkpoint, preprocess, rundata, runfolder, train
+from . import atomic, checkpoint, data, rundata, runfolder, train
 from .config import RunConfig
+from .data import preprocess
 from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DataError, SvhnJaxError
 from .nn import model, optim, stepcheck
 from .runfolder import say
@@ -127,7 +128,7 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
     parts = rundata.load_split(c, download=download)
     X_tr = parts["train"][0]
     check_batch(c, len(X_tr))
-    fps = rundata.fingerprints(X_tr)
+    fps = data.image_fingerprints(X_tr)
     derived = {"preprocessing": preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale),
                "n_train": len(X_tr), "n_val": len(parts["val"][1]),
                "n_test": len(parts["test"][1]) if "test" in parts else 0,

@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, config, preprocess, rundata, runfolder, runs, train
+from . import atomic, config, data, rundata, runfolder, runs, train
 from .config import VMAPPED, RunConfig
+from .data import preprocess
 from .errors import SvhnJaxError
 
 
@@ -204,7 +205,7 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
     runfolder.ensure_run_dir(out, overwrite=overwrite)
     parts = rundata.load_split(base, download=download)
     parts.pop("test", None)   # selection sees train and validation only
-    overlap = rundata.split_overlaps(parts, rundata.fingerprints(parts["train"][0]))
+    overlap = rundata.split_overlaps(parts, data.image_fingerprints(parts["train"][0]))
     if overlap["overlap_train_val"]:
         runfolder.say(f"warning: {overlap['overlap_train_val']} validation images also occur in the "
                       f"training part (duplicates in the data)", quiet=quiet)

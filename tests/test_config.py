@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from svhn_jax import cli, config, runfolder, runs
-from svhn_jax import preprocess
+from svhn_jax.data import preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model, optim, schedules
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import preprocess
+from svhn_jax.data import preprocess
 from svhn_jax.nn import model, optim
 from svhn_jax.errors import SvhnJaxError
 

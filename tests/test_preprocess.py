@@ -1,4 +1,7 @@
-"""Tests for svhn_jax.preprocess: statistics from the training part only, shapes, modes."""
+"""Tests for svhn_jax.data.preprocess, NumPy side: statistics from the training part only.
+
+The JAX side (`apply_device`) is tested in test_preprocess_device.py.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from svhn_jax import preprocess as pp
+from svhn_jax.data import preprocess as pp
 from svhn_jax.errors import SvhnJaxError
 
 

@@ -35,21 +35,11 @@ def _strict(path: Path):
 
 def test_the_partition_depends_on_split_seed_only(npz):
     parts = {seed: rundata.load_split(small(npz, seed=seed)) for seed in (0, 1)}
-    fps = {s: {k: set(rundata.fingerprints(p[k][0]).tolist()) for k in ("train", "val", "test")}
+    fps = {s: {k: set(data.image_fingerprints(p[k][0]).tolist()) for k in ("train", "val", "test")}
            for s, p in parts.items()}
     assert fps[0] == fps[1]
     other = rundata.load_split(small(npz, split_seed=1))
-    assert set(rundata.fingerprints(other["test"][0]).tolist()) != fps[0]["test"]
-
-
-def test_fingerprints_find_equal_images_only():
-    X, _ = data.synthetic(20, seed=3)
-    a, b = rundata.fingerprints(X), rundata.fingerprints(X[::-1])
-    assert a.dtype == np.uint64 and len(set(a.tolist())) == 20
-    assert rundata.overlap(a, b) == 20 and rundata.overlap(a[:5], b[:10]) == 0
-    Y = X.copy()
-    Y[0, 0, 0, 0] ^= 1                       # one bit of one pixel
-    assert rundata.overlap(rundata.fingerprints(Y[:1]), a) == 0
+    assert set(data.image_fingerprints(other["test"][0]).tolist()) != fps[0]["test"]
 
 
 def test_the_run_records_its_partition_and_overlaps(tmp_path, npz):

@@ -4,6 +4,9 @@
     Z_train = apply(X_train, config)                          # float32 (N, input_dim(config))
     Z_test = apply(X_test, config)                            # uses the *training* statistics
 
+    prep = device_prep(config)                     # hashable: a static field of a jitted step
+    zb = apply_device(xb_uint8, prep)              # the same numbers, per batch, in JAX
+
 Inputs are uint8 images (N, 32, 32, 3). With `grayscale`, each image first
 becomes its luminance 0.299 R + 0.587 G + 0.114 B (one channel). Then `mode`:
 
@@ -15,22 +18,32 @@ becomes its luminance 0.299 R + 0.587 G + 0.114 B (one channel). Then `mode`:
                needs no statistics
 
 The output is flattened to (N, D), D = 32 * 32 * C with C = 1 (grayscale) or 3,
-in (height, width, channel) order. Everything is NumPy, computed in chunks of
-images so 73,257 images never need a float64 copy, and deterministic.
+in (height, width, channel) order. `fit` and `apply` are NumPy, computed in
+chunks of images so a whole dataset never needs a float64 copy, and
+deterministic.
+
+`apply_device` is the same formula in `jax.numpy`, for use inside a compiled
+step: the dataset stays on the device as uint8 rows (N, 3072), a free view
+`X.reshape(N, -1)` of what `svhn_jax.data.load` returns, 4x smaller than
+float32, and each batch is normalised as it is used. Grayscale is computed
+per batch too: rounding luminance to uint8 would change the numbers. JAX is
+imported inside `apply_device` only, so importing this module stays fast.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from svhn_jax.errors import SvhnJaxError
+from ..errors import SvhnJaxError
 
 MODES = ("scale", "channel", "image")
 LUMA = (0.299, 0.587, 0.114)
 EPS = {"channel": 1e-6, "image": 1e-6}
 CHUNK = 4096  # images per chunk: 4096 * 3072 * 4 bytes = 48 MiB of float32
 
-__all__ = ["MODES", "fit", "apply", "input_dim"]
+__all__ = ["MODES", "fit", "apply", "input_dim", "DevicePrep", "device_prep", "apply_device"]
 
 
 def _check_images(X, what: str) -> np.ndarray:
@@ -45,13 +58,13 @@ def _check_images(X, what: str) -> np.ndarray:
 def _check_config(config) -> dict:
     if not isinstance(config, dict) or "mode" not in config:
         raise SvhnJaxError(f"not a preprocessing config: {config!r}. Fix: make one with "
-                           f"svhn_jax.preprocess.fit(X_train, mode=..., grayscale=...).")
+                           f"svhn_jax.data.preprocess.fit(X_train, mode=..., grayscale=...).")
     if config["mode"] not in MODES:
         raise SvhnJaxError(f"unknown preprocessing mode {config['mode']!r}. Fix: use one "
                            f"of {', '.join(MODES)}.")
     if config["mode"] == "channel" and not ("mean" in config and "std" in config):
         raise SvhnJaxError("a 'channel' config needs its 'mean' and 'std'. Fix: make it "
-                           "with svhn_jax.preprocess.fit(X_train, mode='channel').")
+                           "with svhn_jax.data.preprocess.fit(X_train, mode='channel').")
     return config
 
 
@@ -171,3 +184,78 @@ def apply(X, config: dict) -> np.ndarray:
             sd = np.sqrt(np.einsum("ij,ij->i", x, x) / np.float64(d))
             x *= (1.0 / (sd + 255.0 * eps)).astype(np.float32)[:, None]
     return out
+
+
+class DevicePrep(NamedTuple):
+    """A fitted config as plain, hashable constants for a compiled step.
+
+    mode: "scale", "channel" or "image"; grayscale: luminance first.
+    mean, inv_std: per channel (C floats, pixel units), used by "channel": the
+      float32 values `apply` uses, 1 / max(std, eps) included; () otherwise.
+    eps: the "image" mode's floor (0.0 otherwise).
+    """
+
+    mode: str
+    grayscale: bool
+    mean: tuple[float, ...] = ()
+    inv_std: tuple[float, ...] = ()
+    eps: float = 0.0
+
+
+def device_prep(config: dict) -> DevicePrep:
+    """Freeze a config from `fit` (or its JSON round trip) into a `DevicePrep`."""
+    config = _check_config(config)
+    mode, gray = config["mode"], bool(config.get("grayscale"))
+    if mode == "channel":
+        mean = np.asarray(config["mean"], np.float32)
+        inv = 1.0 / np.maximum(np.asarray(config["std"], np.float32),
+                               np.float32(config.get("eps", EPS["channel"])))
+        return DevicePrep(mode, gray, tuple(map(float, mean)), tuple(map(float, inv)))
+    if mode == "image":
+        return DevicePrep(mode, gray, eps=float(config.get("eps", EPS["image"])))
+    return DevicePrep(mode, gray)
+
+
+def apply_device(x, prep):
+    """`apply` in jax.numpy, for uint8 batches inside `jit`.
+
+    Args:
+      x: uint8 (B, 32, 32, 3) or (B, 3072) (the same rows flattened).
+      prep: a `DevicePrep`, or a config dict from `fit` (then converted here;
+        pass a `DevicePrep` to keep it a static, hashable argument).
+
+    Returns:
+      float32 (B, D), D = input_dim: equal to `apply` up to float32 rounding,
+      since only the order of float32 operations differs (the three-term
+      luminance, the image mode's sums over D values).
+
+    Luminance is three multiply-adds, not a matrix product: GPUs multiply
+    float32 matrices at reduced precision by default. The image mode's mean
+    is `x[:, :1] + mean(x - x[:, :1])`: a constant image then gives exactly 0,
+    as `apply` does, instead of float32 round-off divided by 255 * eps.
+    """
+    import jax.numpy as jnp
+
+    if isinstance(prep, dict):
+        prep = device_prep(prep)
+    if x.dtype != jnp.uint8 or x.shape[1:] not in ((32, 32, 3), (3072,)):
+        raise SvhnJaxError(
+            f"apply_device expects uint8 images (B, 32, 32, 3) or (B, 3072), got "
+            f"{x.dtype} {x.shape}. Fix: keep the images as svhn_jax.data.load returns "
+            f"them, X.reshape(N, -1) at most.")
+    px = jnp.asarray(x).reshape(x.shape[0], 32 * 32, 3).astype(jnp.float32)
+    if prep.grayscale:
+        r, g, b = (np.float32(v) for v in LUMA)
+        px = (px[..., 0] * r + px[..., 1] * g + px[..., 2] * b)[..., None]
+    if prep.mode == "scale":
+        z = px / np.float32(127.5) - np.float32(1.0)
+    elif prep.mode == "channel":
+        z = (px - np.asarray(prep.mean, np.float32)) * np.asarray(prep.inv_std, np.float32)
+    else:
+        flat = px.reshape(px.shape[0], -1)
+        d = np.float32(flat.shape[1])
+        first = flat[:, :1]
+        centred = flat - (first + jnp.sum(flat - first, axis=1, keepdims=True) / d)
+        sd = jnp.sqrt(jnp.sum(centred * centred, axis=1, keepdims=True) / d)
+        z = centred * (np.float32(1.0) / (sd + np.float32(255.0 * prep.eps)))
+    return z.reshape(x.shape[0], -1)

@@ -13,8 +13,9 @@ writer needs TensorFlow. `SvhnCroppedNoTF` is a subclass with the same name
   TensorFlow, and read back with the stock `tfds.data_source`;
 - prepares only the splits asked for: `extra` (1.3 GB) is optional.
 
-Importing this module imports tensorflow_datasets (a few seconds): import it
-lazily, as `svhn_jax.data.prepare` does.
+Importing this module imports tensorflow_datasets (slow): import it lazily,
+as `prepared.prepare` does. It reads the `.mat` files with `arrays.read_mat`
+and takes their names from `fetch.OFFICIAL`; nothing imports it back.
 
 Example::
 
@@ -38,13 +39,8 @@ from tensorflow_datasets.datasets.svhn_cropped import (
     svhn_cropped_dataset_builder as _stock,
 )
 
-from svhn_jax.data import read_mat
-
-SPLIT_FILES = {
-    "train": "train_32x32.mat",
-    "test": "test_32x32.mat",
-    "extra": "extra_32x32.mat",
-}
+from .arrays import read_mat
+from .fetch import OFFICIAL
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -72,10 +68,10 @@ class SvhnCroppedNoTF(_stock.Builder, skip_registration=True):
         "from http://ufldl.stanford.edu/housenumbers/ in the manual dir.")
 
     def __init__(self, *, splits: Sequence[str] = ("train", "test"), **kwargs):
-        unknown = [s for s in splits if s not in SPLIT_FILES]
+        unknown = [s for s in splits if s not in OFFICIAL]
         if unknown or not splits:
             raise ValueError(
-                f"splits must be a non-empty subset of {list(SPLIT_FILES)}, "
+                f"splits must be a non-empty subset of {list(OFFICIAL)}, "
                 f"got {list(splits)}")
         self._svhn_splits = tuple(splits)
         super().__init__(**kwargs)
@@ -86,7 +82,7 @@ class SvhnCroppedNoTF(_stock.Builder, skip_registration=True):
             tfds.core.SplitGenerator(
                 name=split,
                 gen_kwargs=dict(split_prefix=f"{split}_",
-                                filepath=os.path.join(mat_dir, SPLIT_FILES[split])),
+                                filepath=os.path.join(mat_dir, OFFICIAL[split][0])),
             )
             for split in self._svhn_splits
         ]
