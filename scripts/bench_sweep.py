@@ -19,16 +19,20 @@ compare.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
-from svhn_jax import bench_refs, data, errors, runs, tune
+from svhn_jax import atomic, bench_refs, config, data, errors, tune
+
+GRID = {"batchnorm": ["none", "before"], "optimizer": ["adam", "momentum"], "lr": [1e-3, 1e-2]}
 
 
-def grid(base: dict) -> list[dict]:
-    return [dict(base, batchnorm=bn, optimizer=opt, lr=lr)
-            for bn in ("none", "before") for opt in ("adam", "momentum") for lr in (1e-3, 1e-2)]
+def vmapped_groups(base: config.RunConfig) -> list[list[config.RunConfig]]:
+    """The grid on top of `base`, in the groups a sweep trains at once: those that
+    differ only in learning rate (one group per BatchNorm x optimizer)."""
+    configs = [config.make(base=base, **p) for p in tune.expand(GRID)]
+    keys = dict.fromkeys((c.batchnorm, c.optimizer) for c in configs)
+    return [[c for c in configs if (c.batchnorm, c.optimizer) == k] for k in keys]
 
 
 def timed(groups, parts) -> tuple[float, list[dict], dict]:
@@ -50,20 +54,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         prep = {"preprocess": "scale", "grayscale": False} if args.rgb else {}
-        base = runs.make_config(None, data="synthetic", synthetic_n=args.n, hidden=[128], batch=64,
-                                epochs=args.epochs, **prep)
-        configs = grid(base)
+        base = config.make(data="synthetic", synthetic_n=args.n, hidden=(128,), batch=64,
+                           epochs=args.epochs, **prep)
+        vmapped = vmapped_groups(base)
+        configs = [c for group in vmapped for c in group]
         # Exactly n training images an epoch (a split would train on 70% of them),
         # plus a separate synthetic validation set.
         parts = {"train": data.synthetic(args.n, 0), "val": data.synthetic(max(args.n // 10, 100), 1)}
-        vmapped = [[c for c in configs if (c["batchnorm"], c["optimizer"]) == key]
-                   for key in dict.fromkeys((c["batchnorm"], c["optimizer"]) for c in configs)]
         t_vmap, r_vmap, load_vmap = timed(vmapped, parts)
         t_seq, r_seq, load_seq = timed([[c] for c in configs], parts)
     except errors.SvhnJaxError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    key = lambda r: (r["config"]["batchnorm"], r["config"]["optimizer"], r["config"]["lr"])
+    key = lambda r: (r["config"].batchnorm, r["config"].optimizer, r["config"].lr)
     same = {key(a): abs(a["best_val_acc"] - b["best_val_acc"])
             for a, b in zip(sorted(r_vmap, key=key), sorted(r_seq, key=key))}
     report = {"n_train": len(parts["train"][1]), "epochs": args.epochs,
@@ -72,7 +75,7 @@ def main(argv=None) -> int:
               "max_val_acc_difference": max(same.values()),
               "other_busy_cores": [load_vmap["other_busy_cores"], load_seq["other_busy_cores"]]}
     if args.json:
-        print(json.dumps(report))
+        print(atomic.strict_json(report, indent=None))
     else:
         print(f"seed grid, {len(configs)} configurations x {args.epochs} epochs on "
               f"{report['n_train']} synthetic training images ({report['features']} features):")

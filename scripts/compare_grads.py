@@ -3,24 +3,30 @@
     python scripts/compare_grads.py --data ../shared/data/svhn_test_8k.npz --out /tmp/compare_grads
 
 Trains the MLP one step at a time with the package's own jitted step
-(`train.run_steps(..., count=1)`, hand-written VJPs, float32) and, before each
-step, on exactly the batch that step trains on (`train.get_batch`), compares
+(`train.run_steps(..., count=1)`, float32) and, before each step, on exactly the
+batch that step trains on (`train.get_batch`), compares
 
   float32 (the training precision): the gradients of
       model.loss_and_grads_manual (hand VJPs) and model.loss_and_grads_autodiff
       (jax.grad): max |hand - jax.grad| over all entries, and the relative
       difference max_i |a_i - b_i| / max(1e-8, max_i(|a_i| + |b_i|)) per
       parameter leaf, maximised over the leaves. These differences are float32
-      rounding (the two compute the same derivative in a different order):
-      expect ~1e-6 relative, and no upward drift as training proceeds;
-  float64: stepcheck.step_check on the same parameters and batch, cast up:
-      hand vs jax.grad (tolerance 1e-10) and a directional central finite
-      difference along a random unit vector (tolerance 1e-5, counted where the
-      loss is smooth along it; see svhn_jax.runs.TOL_STEP_DIRECTIONAL), with
-      step_check's step (1e-5, what `svhn-jax train --gradcheck-every` uses) or
-      --fd-eps. A smaller step lets rounding (~1e-16 L / eps) dominate: at 1e-6,
-      3 of 300 BatchNorm steps on the 8k slice gave 1.5e-6 to 2.4e-6 while hand
-      and jax.grad agreed to 4e-16.
+      rounding (the two compute the same derivative in a different order), so
+      they should stay near float32's resolution and not drift upward as
+      training proceeds;
+  float64: stepcheck.step_check on the same parameters and batch, cast up, with
+      the checks and tolerances of `svhn-jax train --gradcheck-every`
+      (svhn_jax.runs.TOL_STEP_AUTODIFF and TOL_STEP_DIRECTIONAL explain them):
+      hand vs jax.grad, and a directional central finite difference along a
+      random unit vector, counted where the loss is smooth along it, with
+      step_check's step or --fd-eps. A much smaller step lets rounding
+      (~1e-16 L / eps) dominate the finite difference.
+
+The training settings are `svhn-jax train`'s flags (built from svhn_jax.config,
+--preset included) and mean the same: the steps compared are the first --steps
+steps of `svhn-jax train` with those settings (same initialisation, batches,
+augmentation and schedule; the schedule is stretched only when --steps runs past
+its epochs).
 
 Outputs in DIR:
 
@@ -39,17 +45,14 @@ tolerance (all outputs still written), 2 bad argument, 3 data missing or invalid
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from svhn_jax import errors
-from svhn_jax.cli import int_list
-from svhn_jax.runs import TOL_STEP_AUTODIFF, TOL_STEP_DIRECTIONAL
+import numpy as np
 
-TOL_F64_AUTODIFF = TOL_STEP_AUTODIFF          # float64 hand vs jax.grad
-TOL_F64_DIRECTIONAL = TOL_STEP_DIRECTIONAL    # float64 directional finite difference
+from svhn_jax import cli, config, errors, rundata, runfolder
+
 F32_EXPECTED_REL = 1e-5      # float32 hand vs jax.grad: rounding, ~1e-6; a reference line, not a test
 
 
@@ -62,50 +65,15 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Tolerances: float64 hand vs jax.grad <= 1e-10, float64 directional finite "
                "difference <= 1e-5 (exit 1 if either is exceeded). float32 differences are "
                "rounding; expect about 1e-6 relative.")
-    p.add_argument("--data", required=True,
-                   help="an .npz with X (N,32,32,3) uint8 and y, a folder of SVHN .mat files, "
-                        "'svhn' (prepared tensorflow-datasets) or 'synthetic'")
-    p.add_argument("--data-dir", help="tensorflow-datasets folder for --data svhn")
     p.add_argument("--out", required=True, help="folder for the outputs (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    p.add_argument("--hidden", type=int_list, default=[128],
-                   help="hidden layer widths, e.g. 128 or 512,256 (default 128)")
-    p.add_argument("--batchnorm", default="off", choices=("off", "before", "after"),
-                   help="BatchNorm before or after each ReLU, or off (default off)")
-    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate (default 1e-3)")
-    p.add_argument("--optimizer", default="adam",
-                   choices=("sgd", "momentum", "nesterov", "rmsprop", "adam"),
-                   help="optimizer (default adam)")
-    p.add_argument("--reg", type=float, default=0.0, help="L2 strength (default 0)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="seed of the data split, initialisation and batch order (default 0)")
+    p.add_argument("--lr", type=float, help="(peak) learning rate (default 1e-3, or the preset's)")
     p.add_argument("--fd-eps", type=float, default=None,
                    help="step of the float64 directional finite difference (default: "
                         "stepcheck.step_check's, 1e-5, the one training uses)")
-    p.add_argument("--preprocess", default=None, choices=("scale", "channel", "image"),
-                   help="input normalisation (default: the package's, per-image standardisation)")
-    p.add_argument("--grayscale", action=argparse.BooleanOptionalAction, default=None,
-                   help="luminance instead of RGB (default: the package's, grayscale)")
+    cli.add_settings(p, "lr-find")   # the training settings, as `svhn-jax train` spells them
     return p
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse a file, or a non-empty folder without --overwrite (changes nothing)."""
-    if out.exists() and not out.is_dir():
-        raise errors.SvhnJaxError(f"--out {out} is a file, not a folder; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise errors.SvhnJaxError(f"--out {out} already exists and is not empty; pass --overwrite "
-                                  f"to replace its files, or choose another path")
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    _check_out(out, overwrite)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise errors.SvhnJaxError(f"cannot create --out {out} ({e.strerror}); choose a writable folder")
 
 
 def _float32_diffs_fn(spec, reg):
@@ -130,31 +98,22 @@ def _float32_diffs_fn(spec, reg):
     return diffs
 
 
-def _default_eps() -> float:
-    import inspect
-
-    from svhn_jax.nn import stepcheck
-
-    return inspect.signature(stepcheck.step_check).parameters["eps"].default
-
-
-def summarize(rows: list[dict]) -> dict:
-    def mx(key):
-        return max((r[key] for r in rows), default=0.0)
+def summarize(rows: list[dict], tol_autodiff: float, tol_fd: float) -> dict:
+    """The maxima over the steps, the tolerances and whether they are met."""
+    def mx(key, where=lambda r: True):
+        return float(np.max([r[key] for r in rows if where(r)], initial=0.0))  # NaN wins
 
     s = {"steps": len(rows),
          "max_f32_abs_diff": mx("f32_max_abs_diff"),
          "max_f32_rel_diff": mx("f32_max_rel_diff"),
          "max_f64_manual_vs_autodiff": mx("f64_manual_vs_autodiff"),
          # only where the loss is smooth along v (stepcheck.step_check explains)
-         "max_f64_directional_fd": max((r["f64_directional_fd"] for r in rows if r["f64_smooth"]),
-                                       default=0.0),
+         "max_f64_directional_fd": mx("f64_directional_fd", lambda r: r["f64_smooth"]),
          "f64_nonsmooth_steps": sum(not r["f64_smooth"] for r in rows),
-         "tolerances": {"f64_manual_vs_autodiff": TOL_F64_AUTODIFF,
-                        "f64_directional_fd": TOL_F64_DIRECTIONAL,
+         "tolerances": {"f64_manual_vs_autodiff": tol_autodiff, "f64_directional_fd": tol_fd,
                         "f32_rel_expected_below": F32_EXPECTED_REL}}
-    s["f64_manual_vs_autodiff_ok"] = s["max_f64_manual_vs_autodiff"] <= TOL_F64_AUTODIFF
-    s["f64_directional_fd_ok"] = s["max_f64_directional_fd"] <= TOL_F64_DIRECTIONAL
+    s["f64_manual_vs_autodiff_ok"] = s["max_f64_manual_vs_autodiff"] <= tol_autodiff
+    s["f64_directional_fd_ok"] = s["max_f64_directional_fd"] <= tol_fd
     s["f32_rel_within_rounding"] = s["max_f32_rel_diff"] <= F32_EXPECTED_REL
     s["ok"] = s["f64_manual_vs_autodiff_ok"] and s["f64_directional_fd_ok"]
     if rows:
@@ -166,12 +125,13 @@ def summarize(rows: list[dict]) -> dict:
 
 def format_summary(s: dict) -> str:
     ok = lambda b: "ok" if b else "EXCEEDED"
+    tol = s["tolerances"]
     lines = [f"over {s['steps']} steps (max over steps):",
              f"  float64 hand vs jax.grad        {s['max_f64_manual_vs_autodiff']:.2e}  "
-             f"(tolerance {TOL_F64_AUTODIFF:.0e}: {ok(s['f64_manual_vs_autodiff_ok'])})",
+             f"(tolerance {tol['f64_manual_vs_autodiff']:.0e}: {ok(s['f64_manual_vs_autodiff_ok'])})",
              f"  float64 directional finite diff {s['max_f64_directional_fd']:.2e}  "
-             f"(tolerance {TOL_F64_DIRECTIONAL:.0e}: {ok(s['f64_directional_fd_ok'])}; "
-             f"step {s.get('fd_eps', 0):.0e}; {s['f64_nonsmooth_steps']} non-smooth steps skipped)",
+             f"(tolerance {tol['f64_directional_fd']:.0e}: {ok(s['f64_directional_fd_ok'])}; "
+             f"step {s['fd_eps']:.0e}; {s['f64_nonsmooth_steps']} non-smooth steps skipped)",
              f"  float32 hand vs jax.grad, rel   {s['max_f32_rel_diff']:.2e}  "
              f"(rounding; expected ~1e-6, "
              f"{'below' if s['f32_rel_within_rounding'] else 'ABOVE'} {F32_EXPECTED_REL:.0e})",
@@ -184,70 +144,60 @@ def format_summary(s: dict) -> str:
 
 
 def compare(args) -> int:
-    from svhn_jax import data
-
     if args.steps < 1:
         raise errors.SvhnJaxError(f"--steps must be a positive integer, got {args.steps}")
     if args.fd_eps is not None and not 0 < args.fd_eps < 1:
         raise errors.SvhnJaxError(f"--fd-eps must lie between 0 and 1, got {args.fd_eps}; e.g. 1e-5")
-    eps = {} if args.fd_eps is None else {"eps": args.fd_eps}
+    c = cli.make_config(args, "lr-find")
+    if args.lr is not None:
+        c = c.replace(lr=args.lr)
     out = Path(args.out)
-    # --out and data first, before JAX is imported: a mistake is reported at once.
-    _check_out(out, args.overwrite)
-    data.ensure_available(args.data, args.data_dir, download=False)
-    if args.data not in ("svhn", "synthetic") and not Path(args.data).expanduser().exists():
-        data.load(args.data)  # raises DataError, naming the accepted kinds of data
+    # The data first, before JAX is imported: bad data is reported at once, and --out
+    # is created only once the data are known to be good.
+    X_tr, y_tr = rundata.load_split(c)["train"]
 
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
-    from svhn_jax import checkpoint, plots, runs, train
+    from svhn_jax import atomic, plots, runs, train
     from svhn_jax.data import preprocess
     from svhn_jax.nn import gradcheck, stepcheck
 
-    bn = "none" if args.batchnorm == "off" else args.batchnorm
-    c = runs.make_config(None, data=args.data, data_dir=args.data_dir, hidden=args.hidden,
-                         batchnorm=bn, batch=args.batch, lr=args.lr, optimizer=args.optimizer,
-                         reg=args.reg, seed=args.seed, preprocess=args.preprocess,
-                         grayscale=args.grayscale, schedule="constant")
-    parts = runs.split_data(c)
-    X_tr, y_tr = parts["train"]
     n = len(y_tr)
-    if c["batch"] > n:
-        raise errors.SvhnJaxError(f"batch size {c['batch']} is larger than the training part "
-                                  f"({n} images); use a smaller --batch or more data")
-    if bn != "none" and c["batch"] < 2:
-        raise errors.SvhnJaxError("BatchNorm needs a batch of at least 2; use --batch 2 or more")
-    _prepare_out(out, args.overwrite)
+    runs.check_batch(c, n)
+    runfolder.ensure_run_dir(out, overwrite=args.overwrite)
 
-    prep = preprocess.fit(X_tr, mode=c["preprocess"], grayscale=c["grayscale"])
+    prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
     X = jnp.asarray(preprocess.apply(X_tr, prep))
     y = jnp.asarray(y_tr, jnp.int32)
-    spe = train.steps_per_epoch(n, c["batch"])
-    c["epochs"] = -(-args.steps // spe)
+    spe = train.steps_per_epoch(n, c.batch)
+    # The steps follow `svhn-jax train` with the same settings (same initialisation,
+    # batches and schedule); the schedule is stretched only if --steps outruns it.
+    c = c.replace(epochs=max(c.epochs, -(-args.steps // spe)))
     cfg = runs.step_config(c, spe)
-    hp = train.Hyper(jnp.float32(c["lr"]), jnp.float32(c["reg"]))
-    state = train.init_state(c["seed"], cfg, X.shape[1], hp)
+    hp = train.Hyper(jnp.float32(c.lr), jnp.float32(c.reg))
+    state = train.init_state(c.seed, cfg, X.shape[1], hp)
     leaf_names = gradcheck.leaf_names(cfg.spec, state.params)
-    diffs = _float32_diffs_fn(cfg.spec, jnp.float32(c["reg"]))
+    diffs = _float32_diffs_fn(cfg.spec, jnp.float32(c.reg))
     batch_of = jax.jit(train.get_batch, static_argnames=("cfg",))
+    eps = args.fd_eps or stepcheck.FD_STEP
 
     print(f"compare_grads: {args.steps} steps, spec {' -> '.join(f'{k}{w}' for k, w in cfg.spec)}, "
-          f"{n} training images, {c['optimizer']} lr {c['lr']:g}, batch {c['batch']}", flush=True)
+          f"{n} training images, {c.optimizer} lr {c.lr:g}, batch {c.batch}", flush=True)
     rows, order, order_epoch = [], None, -1
     t0 = time.perf_counter()
     diverged = None
     for s in range(args.steps):
         epoch, pos = divmod(s, spe)
         if epoch != order_epoch:
-            order, order_epoch = train.epoch_order(state.key, epoch, n, c["batch"]), epoch
+            order, order_epoch = train.epoch_order(state.key, epoch, n, c.batch), epoch
         xb, yb = batch_of(X, y, order, pos, state.key, state.step, cfg)
         loss, max_abs, rel = diffs(state.params, state.bn_state, xb, yb)
         rel = np.asarray(rel)
+        # the key runs._step_gradcheck uses at this step
         key = jax.random.fold_in(jax.random.fold_in(state.key, 3), s)
-        f64 = stepcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c["reg"], key,
-                                   **eps)
+        f64 = stepcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c.reg, key,
+                                   eps=eps)
         rows.append({"step": s, "epoch": epoch + 1, "loss": float(loss),
                      "f32_max_abs_diff": float(max_abs), "f32_max_rel_diff": float(rel.max()),
                      "f32_worst_leaf": leaf_names[int(rel.argmax())],
@@ -256,35 +206,31 @@ def compare(args) -> int:
         state, (ce, _) = train.run_steps(state, hp, X, y, order, pos, cfg, 1)
         if not np.all(np.isfinite(np.asarray(ce))) or not np.isfinite(float(loss)):
             diverged = runs.Diverged(f"diverged at step {s + 1} (loss {float(np.asarray(ce)[0])}); "
-                                     f"lower --lr (now {c['lr']:g}); the steps so far are in {out}")
+                                     f"lower --lr (now {c.lr:g}); the steps so far are in {out}")
             break
         if (s + 1) % 100 == 0:
-            print(f"  step {s + 1}/{args.steps}  loss {float(loss):.4f}  "
-                  f"{time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+            runfolder.say(f"  step {s + 1}/{args.steps}  loss {float(loss):.4f}  "
+                          f"{time.perf_counter() - t0:.1f}s")
     seconds = time.perf_counter() - t0
 
-    summary = summarize(rows)
-    summary.update(seconds=round(seconds, 2), fd_eps=args.fd_eps or _default_eps(), settings={
-        k: c[k] for k in ("data", "hidden", "batchnorm", "optimizer", "lr", "reg", "batch", "seed",
-                          "preprocess", "grayscale")})
-    csv_path = out / "grad_diffs.csv"
-    runs.write_csv(csv_path, rows)
-    checkpoint.atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    p1 = plots.step_diffs([{"step": r["step"], "manual_vs_autodiff": r["f32_max_rel_diff"],
-                            "max_abs_diff": r["f32_max_abs_diff"]} for r in rows],
-                          out / "step_diffs.png", tol=F32_EXPECTED_REL)
-    p2 = plots.gradcheck([{"step": r["step"], "manual_vs_autodiff": r["f64_manual_vs_autodiff"],
-                           "directional_fd": r["f64_directional_fd"]} for r in rows],
-                         out / "gradcheck.png", tol_fd=TOL_F64_DIRECTIONAL,
-                         tol_autodiff=TOL_F64_AUTODIFF)
+    summary = summarize(rows, runs.TOL_STEP_AUTODIFF, runs.TOL_STEP_DIRECTIONAL)
+    summary.update(seconds=seconds, fd_eps=eps, settings=config.to_json(c))
+    runfolder.write_csv(out / "grad_diffs.csv", rows)
+    atomic.write_json(out / "summary.json", summary)
+    plots.step_diffs([{"step": r["step"], "manual_vs_autodiff": r["f32_max_rel_diff"],
+                       "max_abs_diff": r["f32_max_abs_diff"]} for r in rows],
+                     out / "step_diffs.png", tol=F32_EXPECTED_REL)
+    plots.gradcheck([{"step": r["step"], "manual_vs_autodiff": r["f64_manual_vs_autodiff"],
+                      "directional_fd": r["f64_directional_fd"]} for r in rows],
+                    out / "gradcheck.png", tol_fd=runs.TOL_STEP_DIRECTIONAL,
+                    tol_autodiff=runs.TOL_STEP_AUTODIFF)
     if diverged is not None:
         raise diverged
 
     print(format_summary(summary))
     print(f"{len(rows)} steps in {seconds:.1f}s ({seconds / max(len(rows), 1) * 1e3:.1f} ms/step "
           f"with both checks)")
-    for p in (csv_path, out / "summary.json", p1, p2):
-        print(f"wrote {p}")
+    print(f"wrote {out}/grad_diffs.csv, summary.json, step_diffs.png, gradcheck.png")
     if not summary["ok"]:
         print("error: a float64 gradient check exceeded its tolerance (see above)", file=sys.stderr)
         return errors.EXIT_CHECK_FAILED

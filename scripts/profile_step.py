@@ -21,7 +21,7 @@ from collections import Counter
 import jax.numpy as jnp
 import numpy as np
 
-from svhn_jax import profiling, runs, train
+from svhn_jax import config, profiling, runs, train
 
 
 def main(argv=None) -> None:
@@ -31,15 +31,15 @@ def main(argv=None) -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    c = runs.make_config("mission", data="synthetic", synthetic_n=a.n)
-    spe = train.steps_per_epoch(a.n, c["batch"])
+    c = config.make("mission", data="synthetic", synthetic_n=a.n)
+    spe = train.steps_per_epoch(a.n, c.batch)
     cfg = runs.step_config(c, spe)
-    hp = train.Hyper(jnp.float32(c["lr"]), jnp.float32(c["reg"]))
+    hp = train.Hyper(jnp.float32(c.lr), jnp.float32(c.reg))
     rng = np.random.default_rng(0)
     X = jnp.asarray(rng.standard_normal((a.n, 1024)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, a.n), jnp.int32)
-    state = train.init_state(c["seed"], cfg, 1024, hp)
-    order = train.epoch_order(state.key, 0, a.n, c["batch"])
+    state = train.init_state(c.seed, cfg, 1024, hp)
+    order = train.epoch_order(state.key, 0, a.n, c.batch)
     step = lambda s, i: train.run_steps(s, hp, X, y, order, i % spe, cfg, 1)[0]
     state, session = profiling.profile_steps(step, state, a.out, steps=a.steps, warmup=2)
 

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from svhn_jax import bench_refs, plots, runs, tblog, train
+from svhn_jax import bench_refs, config, plots, runs, tblog, train
 from svhn_jax.nn import losses, model
 
 
@@ -69,19 +69,19 @@ def timed(f):
 
 
 def measure(n: int, epochs: int, hist_every: int) -> dict:
-    c = runs.make_config("mission", data="synthetic", synthetic_n=n)
-    spe = train.steps_per_epoch(n, c["batch"])
+    c = config.make("mission", data="synthetic", synthetic_n=n)
+    spe = train.steps_per_epoch(n, c.batch)
     cfg = runs.step_config(c, spe)
-    hp = train.Hyper(jnp.float32(c["lr"]), jnp.float32(c["reg"]))
+    hp = train.Hyper(jnp.float32(c.lr), jnp.float32(c.reg))
     rng = np.random.default_rng(0)
     X = jnp.asarray(rng.standard_normal((n, 1024)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, n), jnp.int32)
-    plain = train.init_state(c["seed"], cfg, 1024, hp)
-    carrying = train.init_state(c["seed"], cfg, 1024, hp)
+    plain = train.init_state(c.seed, cfg, 1024, hp)
+    carrying = train.init_state(c.seed, cfg, 1024, hp)
     grad_fn = jax.jit(model.GRAD_MODES[cfg.grad_mode], static_argnames=("spec", "train"))
-    grads_of = lambda st: grad_fn(st.params, st.bn_state, X[:c["batch"]], y[:c["batch"]], cfg.spec,
+    grads_of = lambda st: grad_fn(st.params, st.bn_state, X[:c.batch], y[:c.batch], cfg.spec,
                                   hp.reg, train=True)[1]
-    order = lambda st, e: train.epoch_order(st.key, e, n, c["batch"])
+    order = lambda st, e: train.epoch_order(st.key, e, n, c.batch)
 
     # compile everything once, untimed except the extra gradient function
     plain, _ = jax.block_until_ready(train.run_steps(plain, hp, X, y, order(plain, 0), 0, cfg, spe))

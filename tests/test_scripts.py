@@ -1,13 +1,16 @@
-"""The run scripts in scripts/, run as subprocesses on 400 real SVHN digits.
+"""The run scripts in scripts/, on 400 synthetic SVHN-shaped images written to a
+temporary .npz (no learning quality is asserted, so the tests run in any clone).
 
-Both scripts start together (they are independent), so the module costs about
-as long as the slower of the two (the grid: 8 tiny runs, most of it plotting).
-compare_grads runs with BatchNorm and step_check's default finite-difference step.
+The two full runs start together as subprocesses (they are independent), so the
+module costs about as long as the slower of the two. The error paths run
+in-process through each script's main().
 """
 
 from __future__ import annotations
 
 import csv
+import importlib.util
+import itertools
 import json
 import subprocess
 import sys
@@ -16,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SVHN_8K
+from svhn_jax import config, data
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
 TIMEOUT = 240
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def _start(script: str, *args) -> subprocess.Popen:
@@ -37,18 +41,27 @@ def _finish(proc: subprocess.Popen) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _rows(path: Path) -> list[dict]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
 
 
+def _strict_json(path: Path):
+    def reject(name):
+        raise AssertionError(f"{path} holds {name}")
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
-    """The first 400 images of the real 8k slice, in a temporary .npz."""
-    if not SVHN_8K.exists():
-        pytest.skip(f"real SVHN slice not found at {SVHN_8K}")
-    with np.load(SVHN_8K) as d:
-        X, y = d["X"][:400], d["y"][:400]
+    X, y = data.synthetic(400, 0)
     path = tmp_path_factory.mktemp("data") / "tiny400.npz"
     np.savez(path, X=X, y=y)
     return path
@@ -60,46 +73,57 @@ def outputs(tiny_npz, tmp_path_factory):
     grid_out, grads_out = base / "grid", base / "grads"
     procs = {
         "grid": _start("seed_grid.py", "--data", tiny_npz, "--out", grid_out, "--epochs", 1,
-                       "--hidden", 8, "--quiet"),
+                       "--hidden", 8, "--quiet", "--final"),
         "grads": _start("compare_grads.py", "--data", tiny_npz, "--out", grads_out, "--steps", 5,
                         "--hidden", 8, "--batchnorm", "before"),
     }
-    results = {k: _finish(p) for k, p in procs.items()}
-    return {"grid": (results["grid"], grid_out), "grads": (results["grads"], grads_out)}
+    return {k: (_finish(p), {"grid": grid_out, "grads": grads_out}[k]) for k, p in procs.items()}
 
 
 def test_seed_grid(outputs):
     r, out = outputs["grid"]
     assert r.returncode == 0, r.stderr
     rows = _rows(out / "results.csv")
-    assert len(rows) == 8
-    assert list(rows[0]) == ["rank", "name", "bn", "lr", "optimizer", "best_val_acc", "best_epoch",
-                             "final_train_loss", "final_val_loss", "test_acc", "seconds", "status",
-                             "selected"]
-    # the full grid, each configuration once
-    assert sorted((r["bn"], float(r["lr"]), r["optimizer"]) for r in rows) == sorted(
-        (bn, lr, opt) for bn in ("off", "on-before") for lr in (1e-3, 1e-2)
-        for opt in ("adam", "momentum"))
-    assert {r["status"] for r in rows} <= {"completed", "diverged"}
-    # sorted by best validation accuracy, the top row marked
-    accs = [float(r["best_val_acc"]) for r in rows if r["best_val_acc"]]
-    assert accs == sorted(accs, reverse=True)
-    assert [r["selected"] for r in rows].count("True") == 1 and rows[0]["selected"] == "True"
-    for row in rows:
-        run = out / row["name"]
-        for f in ("config.json", "history.csv", "metrics.json", "best.npz", "checkpoint.npz"):
-            assert (run / f).exists(), run / f
-        if row["status"] == "completed":
-            assert 0.0 <= float(row["test_acc"]) <= 1.0
-    doc = json.loads((out / "results.json").read_text())
-    assert len(doc["results"]) == 8 and doc["selected_by_val"] == rows[0]["name"]
-    assert doc["settings"]["preprocess"] == "scale" and doc["settings"]["grayscale"] is False
-    for f in ("loss_curves.png", "accuracy_curves.png", "val_overlay.png"):
-        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
-    assert "val" in r.stdout and "results.csv" in r.stdout and "*" in r.stdout
+    # the notebook's full grid, each configuration once; lr vmapped: 4 groups of 2
+    assert sorted((x["batchnorm"], float(x["lr"]), x["optimizer"]) for x in rows) == sorted(
+        itertools.product(("none", "before"), (1e-3, 1e-2), ("adam", "momentum")))
+    assert [int(x["rank"]) for x in rows] == list(range(1, 9))
+    assert {x["group_size"] for x in rows} == {"2"}
+    assert {x["status"] for x in rows} <= {"completed", "diverged"}
+    done = [x for x in rows if x["status"] == "completed"]
+    assert done == rows[:len(done)]   # diverged ones last
+    accs = [float(x["best_val_acc"]) for x in done]
+    assert accs == sorted(accs, reverse=True) and all(0 <= a <= 1 for a in accs)
+
+    doc = _strict_json(out / "results.json")
+    assert len(doc["results"]) == 8 and doc["groups"] == 4
+    top = rows[0]
+    assert (doc["best"]["batchnorm"], doc["best"]["lr"], doc["best"]["optimizer"]) == (
+        top["batchnorm"], float(top["lr"]), top["optimizer"])
+    shared = {k: doc["settings"][k] for k in ("preprocess", "grayscale", "epochs", "hidden",
+                                               "schedule", "reg", "batch")}
+    assert shared == {"preprocess": "scale", "grayscale": False, "epochs": 1, "hidden": [8],
+                      "schedule": "constant", "reg": 0.0, "batch": 64}
+    config.from_json(doc["settings"])   # a complete, valid configuration
+    for f in ("curves.png", "lr_sweep.png"):
+        assert (out / f).read_bytes()[:8] == PNG, f
+
+    # --final: the chosen configuration retrained alone and scored once on test
+    final = _strict_json(out / "final" / "config.json")["settings"]
+    assert (final["batchnorm"], final["lr"], final["optimizer"]) == (
+        top["batchnorm"], float(top["lr"]), top["optimizer"])
+    assert {k: final[k] for k in shared} == shared
+    metrics = _strict_json(out / "final" / "metrics.json")
+    assert metrics["status"] == "completed" and 0 <= metrics["test_acc"] <= 1
+    assert doc["final"]["test_acc"] == metrics["test_acc"]
+    assert "chosen on validation" in r.stdout and "best_val_acc" in r.stdout
+    assert f"test accuracy {metrics['test_acc']:.2%}" in r.stdout
 
 
 def test_compare_grads(outputs):
+    from svhn_jax import runs
+    from svhn_jax.nn import gradcheck
+
     r, out = outputs["grads"]
     assert r.returncode == 0, r.stderr
     rows = _rows(out / "grad_diffs.csv")
@@ -107,68 +131,75 @@ def test_compare_grads(outputs):
     assert list(rows[0]) == ["step", "epoch", "loss", "f32_max_abs_diff", "f32_max_rel_diff",
                              "f32_worst_leaf", "f64_manual_vs_autodiff", "f64_directional_fd",
                              "f64_smooth"]
+    # Dense(8) without bias (BatchNorm follows) - BatchNorm - ReLU - Dense(10)
+    leaves = {"0.dense.W", "1.batchnorm.gamma", "1.batchnorm.beta", "3.dense.W", "3.dense.b"}
     for x in rows:
-        assert float(x["f64_manual_vs_autodiff"]) <= 1e-10
-        assert float(x["f64_directional_fd"]) <= 1e-6
-        assert 0.0 <= float(x["f32_max_rel_diff"]) < 1e-3  # rounding, ~1e-6
-        assert np.isfinite(float(x["loss"]))
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["ok"] and summary["steps"] == 5 and summary["fd_eps"] == 1e-5  # step_check's default
+        assert float(x["f64_manual_vs_autodiff"]) <= runs.TOL_STEP_AUTODIFF
+        assert float(x["f64_directional_fd"]) <= runs.TOL_STEP_DIRECTIONAL
+        assert 0.0 <= float(x["f32_max_rel_diff"]) < 1e-3  # float32 rounding
+        assert np.isfinite(float(x["loss"])) and x["f32_worst_leaf"] in leaves
+    summary = _strict_json(out / "summary.json")
+    assert summary["ok"] and summary["steps"] == 5 and summary["fd_eps"] == gradcheck.FD_STEP
+    assert summary["settings"]["batchnorm"] == "before" and summary["settings"]["hidden"] == [8]
+    assert summary["max_f64_manual_vs_autodiff"] == max(float(x["f64_manual_vs_autodiff"])
+                                                        for x in rows)
     for f in ("step_diffs.png", "gradcheck.png"):
-        assert (out / f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", f
+        assert (out / f).read_bytes()[:8] == PNG, f
     assert "float64 hand vs jax.grad" in r.stdout and "grad_diffs.csv" in r.stdout
 
 
-@pytest.mark.parametrize("script", ["seed_grid.py", "compare_grads.py"])
-def test_bad_data_is_one_line_exit_3(script, tmp_path):
+def test_bench_sweep_groups():
+    """The benchmark's vmapped groups are what a sweep may train at once: within a group
+    only vmapped settings differ; together they are the whole grid. (The benchmark
+    itself compiles 12 programs, too slow for the suite.)"""
+    bench = _script("bench_sweep")
+    groups = bench.vmapped_groups(config.make(hidden=(8,), epochs=1))
+    assert [len(g) for g in groups] == [2, 2, 2, 2]
+    shared = lambda c: {k: v for k, v in config.to_json(c).items() if k not in config.VMAPPED}
+    for g in groups:
+        assert all(shared(c) == shared(g[0]) for c in g)
+    assert len({json.dumps(shared(g[0]), sort_keys=True) for g in groups}) == 4
+    assert sorted((c.batchnorm, c.optimizer, c.lr) for g in groups for c in g) == sorted(
+        itertools.product(("none", "before"), ("adam", "momentum"), (1e-3, 1e-2)))
+    assert {c.hidden for g in groups for c in g} == {(8,)}
+
+
+def test_compare_grads_summary_fails_on_nan():
+    """A NaN gradient error anywhere fails the summary, wherever it falls among the steps."""
+    grads = _script("compare_grads")
+    row = lambda step, err: {"step": step, "loss": 1.0, "f32_max_abs_diff": 0.0,
+                             "f32_max_rel_diff": 0.0, "f32_worst_leaf": "0.dense.W",
+                             "f64_manual_vs_autodiff": err, "f64_directional_fd": 0.0,
+                             "f64_smooth": True}
+    for errs in ([float("nan"), 1e-16], [1e-16, float("nan")]):
+        s = grads.summarize([row(i, e) for i, e in enumerate(errs)], 1e-10, 1e-5)
+        assert not s["f64_manual_vs_autodiff_ok"] and not s["ok"]
+    assert grads.summarize([row(0, 1e-16)], 1e-10, 1e-5)["ok"]
+    assert not grads.summarize([row(0, 2e-10)], 1e-10, 1e-5)["ok"]
+
+
+@pytest.mark.parametrize("script", ["seed_grid", "compare_grads"])
+def test_bad_data_is_one_line_exit_3(script, tmp_path, capsys):
     out = tmp_path / "out"
-    r = _finish(_start(script, "--data", tmp_path / "nonexistent.npz", "--out", out))
-    assert r.returncode == 3, r.stderr
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    assert "Traceback" not in r.stderr
+    code = _script(script).main(["--data", str(tmp_path / "nonexistent.npz"), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 3, err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "nonexistent.npz" in err
     assert not out.exists()  # nothing created for a run that cannot start
 
 
-def test_grid_refuses_non_empty_out(tiny_npz, tmp_path):
+def test_grid_refuses_non_empty_out(tiny_npz, tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
-    r = _finish(_start("seed_grid.py", "--data", tiny_npz, "--out", tmp_path))
-    assert r.returncode == 2 and "--overwrite" in r.stderr and "Traceback" not in r.stderr
+    code = _script("seed_grid").main(["--data", str(tiny_npz), "--out", str(tmp_path)])
+    assert code == 2 and "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
-def _load_script(name: str):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"_script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_grid_table_with_diverged_config(tmp_path):
-    """A diverged configuration: listed after the completed ones, never selected, drawn."""
-    grid = _load_script("seed_grid")
-    hist = [{"epoch": 1.0, "train_loss": 2.0, "val_loss": 1.9, "train_acc": 0.2, "val_acc": 0.3},
-            {"epoch": 2.0, "train_loss": 1.5, "val_loss": 1.6, "train_acc": 0.4, "val_acc": 0.5}]
-    g = lambda name, bn: {"name": name, "bn": bn, "lr": 1e-2, "optimizer": "momentum"}
-    done = grid.result_row(g("a", "off"), {"best_val_acc": 0.5, "best_epoch": 2, "test_acc": 0.45},
-                           hist, 3.0, "completed")
-    # diverged in epoch 3 with a higher validation accuracy before it than run "a"
-    div = grid.result_row(g("b", "on-before"), {"best_val_acc": 0.6, "best_epoch": 1,
-                                                "diverged_at_step": 30},
-                          [dict(hist[0], val_acc=0.6, train_loss=3e38)], 1.0, "diverged")
-    rows = grid.sort_rows([div, done])
-    assert [r["name"] for r in rows] == ["a", "b"] and rows[0]["selected"] and not rows[1]["selected"]
-    assert rows[1]["test_acc"] is None
-    table = grid.format_table(rows)
-    assert "diverged" in table and "3.000e+38" in table and table.splitlines()[2].startswith("*")
-    grid.write_results(tmp_path, rows, {"epochs": 2}, 4.0)
-    csv_rows = _rows(tmp_path / "results.csv")
-    assert [r["status"] for r in csv_rows] == ["completed", "diverged"] and csv_rows[1]["test_acc"] == ""
-    assert json.loads((tmp_path / "results.json").read_text())["selected_by_val"] == "a"
-    runs = [{"label": "a", "history": hist, "status": "completed"},
-            {"label": "b", "history": [], "status": "diverged"}]
-    for kind in ("loss", "acc"):
-        path = grid.curves_grid(runs, tmp_path / f"{kind}.png", kind)
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+def test_grid_unknown_optimizer_names_the_known_ones(tiny_npz, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = _script("seed_grid").main(["--data", str(tiny_npz), "--out", str(out),
+                                      "--optimizers", "adam,lion"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'lion'" in err and all(o in err for o in config.OPTIMIZERS), err
+    assert not out.exists()
