@@ -60,7 +60,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from svhn_jax import atomic, config, errors, rundata
+from svhn_jax import config, errors
 from svhn_jax.cli import int_list
 
 GRID = {"lr": "1e-3,1e-2", "optimizer": "adam,momentum"}   # the notebook's axes
@@ -112,11 +112,6 @@ def run_grid(args) -> int:
                        batch=args.batch, epochs=args.epochs, seed=args.seed,
                        grayscale=args.grayscale, preprocess=args.preprocess,
                        schedule="constant", reg=0.0)
-    # tune.sweep creates --out before it loads the data; loading it here first leaves
-    # nothing behind when the data are bad (an .npz loads in a blink).
-    if base.data != "synthetic":
-        rundata.load(base)
-
     from svhn_jax import tune
 
     axes = {"batchnorm": ["none", args.bn_placement],
@@ -124,9 +119,6 @@ def run_grid(args) -> int:
             "optimizer": tune.parse_values("optimizer", args.optimizers)}
     summary = tune.sweep(base, axes, out, final=args.final, overwrite=args.overwrite,
                          quiet=args.quiet)
-    # The sweep records what varies; the shared settings make the grid reproducible.
-    summary["settings"] = config.to_json(base)
-    atomic.write_json(out / "results.json", summary)
 
     print(tune.format_table(summary["results"]))
     print(f"\n{summary['configurations']} configurations in {summary['groups']} compiled groups, "

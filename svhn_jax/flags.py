@@ -38,7 +38,8 @@ def add_settings(p, command: str, *, lists: bool = False) -> None:
     """One flag per RunConfig field that `command` takes; every default is None,
     meaning "from --config, the preset, or the field's default". With `lists`, the
     sweepable fields take comma-separated lists or LO:HI:log|lin:N ranges."""
-    g = p.add_argument_group("settings (override --config and --preset)")
+    g = p.add_argument_group("settings (override --config and --preset)" if command == config.TRAIN
+                             else "settings (override --preset)")
     for name, f in config.FIELDS.items():
         m = f.metadata
         if command not in m["commands"]:

@@ -30,8 +30,9 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     out = Path(out)
     if not (0 < lr_min < lr_max < math.inf) or steps < 10:
         raise SvhnJaxError("lr-find needs 0 < --lr-min < --lr-max and --steps >= 10")
-    runfolder.ensure_run_dir(out, overwrite=overwrite)
+    runfolder.check_run_dir(out, overwrite=overwrite)
     parts = rundata.load_split(c, download=download)
+    runfolder.ensure_run_dir(out, overwrite=overwrite)
     X_tr, y_tr = parts["train"]
     n = len(y_tr)
     runs.check_batch(c, n)

@@ -24,15 +24,22 @@ RUN_FILES = ("config.json", "history.csv", "gradchecks.csv", "metrics.json", "ch
              "lr_find.csv", "lr_find.json")
 
 
-def ensure_run_dir(out: Path, *, overwrite: bool) -> None:
-    """Create `out` (or empty it of a previous run's files with overwrite), and check
-    that it is writable, before any work is done."""
+def check_run_dir(out: Path, *, overwrite: bool) -> None:
+    """The errors ensure_run_dir would raise about `out`, without touching it: call it
+    before loading data, and ensure_run_dir after, so bad data leave no empty folder."""
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SvhnJaxError(f"--out {out} is a file, not a folder; choose another path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise SvhnJaxError(f"--out {out} already exists and is not empty; pass --overwrite "
                            f"to replace it, --resume {out} to continue it, or choose another path")
+
+
+def ensure_run_dir(out: Path, *, overwrite: bool) -> None:
+    """Create `out` (or empty it of a previous run's files with overwrite), and check
+    that it is writable."""
+    out = Path(out)
+    check_run_dir(out, overwrite=overwrite)
     if overwrite and out.is_dir():
         # A stale checkpoint or best.npz must never be resumed or reported as this run's.
         for name in RUN_FILES:

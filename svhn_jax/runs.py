@@ -124,8 +124,9 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
     Raises Diverged or Interrupted after writing metrics and a checkpoint.
     """
     out = Path(out)
-    runfolder.ensure_run_dir(out, overwrite=overwrite)
+    runfolder.check_run_dir(out, overwrite=overwrite)
     parts = rundata.load_split(c, download=download)
+    runfolder.ensure_run_dir(out, overwrite=overwrite)
     X_tr = parts["train"][0]
     check_batch(c, len(X_tr))
     fps = data.image_fingerprints(X_tr)

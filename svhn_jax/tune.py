@@ -202,8 +202,9 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
         raise SvhnJaxError(f"--final-on must be train or train+val, got {final_on!r}")
     points = expand(axes, search=search, trials=trials, seed=search_seed)
     configs = [config.make(base=base, **p) for p in points]
-    runfolder.ensure_run_dir(out, overwrite=overwrite)
+    runfolder.check_run_dir(out, overwrite=overwrite)
     parts = rundata.load_split(base, download=download)
+    runfolder.ensure_run_dir(out, overwrite=overwrite)
     parts.pop("test", None)   # selection sees train and validation only
     overlap = rundata.split_overlaps(parts, data.image_fingerprints(parts["train"][0]))
     if overlap["overlap_train_val"]:
@@ -236,6 +237,7 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
     summary = {"swept": swept, "search": search, "configurations": len(results), "groups": len(groups),
                "sweep_seconds": seconds, "vmapped_axes": list(VMAPPED), "results": rows,
                "best": {k: getattr(ranked[0]["config"], k) for k in sorted(set(axes) | set(VMAPPED))},
+               "settings": config.to_json(base),
                **overlap}
     _write_outputs(out, rows, ranked, swept, axes)
     if final:
