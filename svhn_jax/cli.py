@@ -95,8 +95,8 @@ def cmd_train(args) -> int:
     from . import atomic, data
 
     if args.resume:
-        given = sorted(given_settings(args, "train")) + [f for f in ("out", "preset", "config")
-                                                  if getattr(args, f)]
+        given = sorted(given_settings(args, "train")) + [f for f in ("out", "preset", "config", "profile")
+                                                         if getattr(args, f)]
         if given:
             raise errors.SvhnJaxError(
                 f"--resume continues a run with its own settings; drop "
@@ -120,7 +120,7 @@ def cmd_train(args) -> int:
                 metrics = runs.resume_run(out, quiet=args.quiet)
             else:
                 metrics = runs.train_run(c, out, overwrite=args.overwrite, download=args.download,
-                                         quiet=args.quiet)
+                                         quiet=args.quiet, profile=args.profile)
     except (runs.Diverged, runs.Interrupted):
         if args.json and (out / "metrics.json").exists():
             print((out / "metrics.json").read_text().strip())
@@ -143,6 +143,8 @@ def add_train(sub):
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print metrics as one JSON object")
+    p.add_argument("--profile", metavar="DIR", help="trace 5 steps after compilation with "
+                   "jax.profiler into DIR (TensorBoard's profile tab, or Perfetto)")
     add_settings(p, "train")
     p.set_defaults(func=cmd_train)
 

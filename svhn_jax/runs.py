@@ -20,21 +20,21 @@ uninterrupted one bit for bit.
 
 from __future__ import annotations
 
-import signal
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, checkpoint, data, rundata, runfolder, train
+from . import atomic, checkpoint, config, data, progress, rundata, runfolder, tblog, train
 from .config import RunConfig
 from .data import preprocess
 from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DataError, SvhnJaxError
 from .nn import model, optim, stepcheck
+from .progress import Progress
 from .runfolder import say
 
 # Per-step checks, float64. The directional derivative <g, v> along a random unit
@@ -53,38 +53,6 @@ class Diverged(SvhnJaxError):
 
 class Interrupted(SvhnJaxError):
     exit_code = EXIT_INTERRUPTED
-
-
-class EpochSums(NamedTuple):
-    """Running sums of the current epoch's training metrics."""
-
-    loss: float = 0.0
-    correct: int = 0
-    steps: int = 0
-    seen: int = 0
-    seconds: float = 0.0
-
-
-class Progress(NamedTuple):
-    """Where a run stands between compiled segments; every checkpoint holds it."""
-
-    history: tuple = ()        # one dict per finished epoch: the rows of history.csv
-    gradchecks: tuple = ()     # one dict per per-step check: the rows of gradchecks.csv
-    best_val_acc: float = -1.0
-    best_epoch: int = 0
-    bad_epochs: int = 0        # epochs since the best one, for early stopping
-    sums: EpochSums = EpochSums()
-    seconds: float = 0.0       # training time so far, over every session of the run
-
-
-def _progress_json(p: Progress) -> dict:
-    return dict(p._asdict(), history=list(p.history), gradchecks=list(p.gradchecks),
-                sums=p.sums._asdict())
-
-
-def _progress_from_json(d: dict) -> Progress:
-    return Progress(**dict(d, history=tuple(d["history"]), gradchecks=tuple(d["gradchecks"]),
-                           sums=EpochSums(**d["sums"])))
 
 
 def step_config(c: RunConfig, steps_per_epoch: int) -> train.StepConfig:
@@ -117,9 +85,11 @@ def lr_at(cfg: train.StepConfig, lr, step: int) -> float:
 
 
 def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False,
-              stop_after_steps: int | None = None) -> dict:
+              profile=None, stop_after_steps: int | None = None) -> dict:
     """Train as `c` says into the new run folder `out`; returns the metrics.
 
+    profile: a folder for a jax.profiler trace of a few steps after compilation
+    (on a copy of the state: the run itself is unchanged).
     stop_after_steps (for tests) simulates a Ctrl-C after that many steps.
     Raises Diverged or Interrupted after writing metrics and a checkpoint.
     """
@@ -137,7 +107,7 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
                "jax_version": jax.__version__, "backend": jax.default_backend()}
     runfolder.write_config(out, c, derived)
     atomic.write_with(out / "train_fingerprints.npy", lambda f: np.save(f, fps))
-    return _train(c, derived, parts, out, resume=False, quiet=quiet,
+    return _train(c, derived, parts, out, resume=False, quiet=quiet, profile=profile,
                   stop_after_steps=stop_after_steps)
 
 
@@ -161,15 +131,31 @@ def resume_run(out, *, quiet=False, stop_after_steps: int | None = None) -> dict
         raise DataError(f"the data now give {len(parts['train'][1])} training images, the run "
                         f"was started with {derived['n_train']}: resume with the same data, or "
                         f"start a new run")
-    return _train(c, derived, parts, out, resume=True, quiet=quiet,
+    return _train(c, derived, parts, out, resume=True, quiet=quiet, profile=None,
                   stop_after_steps=stop_after_steps)
 
 
 # -------------------------------------------------------------------- the loop
 
 
+class _Run(NamedTuple):
+    """What stays fixed while a run trains."""
+
+    c: RunConfig
+    derived: dict
+    out: Path
+    cfg: train.StepConfig
+    hp: train.Hyper
+    X: Any                 # (n_train, D) float32 on the device
+    y: Any                 # (n_train,) int32
+    val: train.EvalSet
+    spe: int               # steps per epoch
+    tb: Any                # TensorBoard writer, or None
+    quiet: bool
+
+
 def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: bool, quiet: bool,
-           stop_after_steps: int | None) -> dict:
+           profile, stop_after_steps: int | None) -> dict:
     n, prep = derived["n_train"], derived["preprocessing"]
     spe = train.steps_per_epoch(n, c.batch)
     cfg = step_config(c, spe)
@@ -177,64 +163,81 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: bool,
     X = jnp.asarray(preprocess.apply(parts["train"][0], prep))
     y = jnp.asarray(parts["train"][1], jnp.int32)
     val = train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1])
-
     template = jax.eval_shape(lambda: {"state": train.init_state(c.seed, cfg, X.shape[1], hp)})
     if resume:
         tree, meta = checkpoint.load(out / "checkpoint.npz", template,
                                      warn=lambda m: say(m, quiet=False))
-        state, progress = tree["state"], _progress_from_json(meta["progress"])
+        state, prog = tree["state"], progress.from_json(meta["progress"])
         say(f"resuming {out} at step {int(state.step)}", quiet=quiet)
     else:
-        state, progress = train.init_state(c.seed, cfg, X.shape[1], hp), Progress()
+        state, prog = train.init_state(c.seed, cfg, X.shape[1], hp), Progress()
+    if profile:
+        _profile(state, hp, X, y, cfg, n, profile, quiet)
+    tb = tblog.open_writer(out / tblog.TB_DIR, start_step=int(state.step),
+                           history=prog.history if resume else (), enabled=c.tensorboard)
+    if not resume:
+        tblog.log_settings(tb, config.to_json(c))
+    run = _Run(c, derived, out, cfg, hp, X, y, val, spe, tb, quiet)
+    try:
+        state, prog = _loop(run, state, prog, stop_after_steps)
+        return _finish(run, parts, template, state, prog)
+    finally:
+        tblog.close(tb)
 
-    def outputs(status: str, extra: dict | None = None) -> dict:
-        return _write_outputs(out, c, derived, state, progress, status, extra or {})
 
+def _loop(run: _Run, state, prog: Progress, stop_after_steps: int | None):
+    """Train until the last epoch (or early stopping); returns (state, progress).
+    Raises Diverged or Interrupted after writing the outputs."""
+    c, spe = run.c, run.spe
     start_step, wall0 = int(state.step), time.perf_counter()
-    with _SigintFlag() as sigint:
+    with progress.SigintFlag() as sigint:
         while True:
             epoch, pos = divmod(int(state.step), spe)
-            if epoch >= c.epochs or (c.patience and progress.bad_epochs >= c.patience):
-                break
-            order = train.epoch_order(state.key, epoch, n, c.batch)
+            if epoch >= c.epochs or (c.patience and prog.bad_epochs >= c.patience):
+                return state, prog
+            order = train.epoch_order(state.key, epoch, run.derived["n_train"], c.batch)
             stop = False
             while pos < spe:
                 t0 = time.perf_counter()
                 if c.gradcheck_every and pos % c.gradcheck_every == 0:
-                    progress = _step_gradcheck(state, hp, X, y, order, pos, cfg, c, progress, epoch)
+                    prog = _step_gradcheck(run, state, order, pos, prog, epoch)
                 count = _segment_length(pos, spe, c)
                 if stop_after_steps is not None:
                     count = min(count, start_step + stop_after_steps - int(state.step))
-                state, (ce, correct) = train.run_steps(state, hp, X, y, order, pos, cfg, count)
+                state, (ce, correct) = train.run_steps(state, run.hp, run.X, run.y, order, pos,
+                                                       run.cfg, count)
                 ce = np.asarray(ce)
                 if not np.all(np.isfinite(ce)):
-                    k = int(np.argmin(np.isfinite(ce)))
-                    step = int(state.step) - count + k + 1
-                    kept = (f"the best parameters so far are kept in {out}/best.npz"
-                            if progress.history else "no epoch had finished, so nothing was kept")
-                    outputs("diverged", {"diverged_at_step": step, "diverged_loss": str(ce[k])})
-                    raise Diverged(f"diverged at step {step} (loss={ce[k]}): lower the learning "
-                                   f"rate (now {c.lr:g}); {kept}")
-                dt, s = time.perf_counter() - t0, progress.sums
-                progress = progress._replace(seconds=progress.seconds + dt, sums=EpochSums(
-                    s.loss + float(ce.astype(np.float64).sum()), s.correct + int(np.sum(correct)),
-                    s.steps + count, s.seen + count * c.batch, s.seconds + dt))
+                    _diverged(run, state, prog, ce, count)
+                prog = progress.add_segment(prog, loss_sum=float(ce.astype(np.float64).sum()),
+                                            correct=int(np.sum(correct)), steps=count,
+                                            seen=count * c.batch, seconds=time.perf_counter() - t0)
                 pos += count
                 stop = sigint.set or (stop_after_steps is not None
                                       and int(state.step) - start_step >= stop_after_steps)
                 if stop or (c.checkpoint_every and pos < spe):
                     break
             if pos == spe:  # the epoch is complete: evaluate it before anything else
-                progress = _end_epoch(state, val, cfg, c, progress, epoch, out)
-                _say_epoch(c, progress, spe, int(state.step) - start_step,
-                           time.perf_counter() - wall0, quiet)
-            checkpoint.save(out / "checkpoint.npz", {"state": state},
-                            {"progress": _progress_json(progress)})
+                prog = _end_epoch(run, state, prog, epoch)
+                progress.say_epoch(prog, c.epochs, c.epochs * spe - int(state.step),
+                                   int(state.step) - start_step, time.perf_counter() - wall0,
+                                   run.quiet)
+            checkpoint.save(run.out / "checkpoint.npz", {"state": state},
+                            {"progress": progress.to_json(prog)})
             if stop:
-                outputs("interrupted")
+                _write_outputs(run, state, prog, "interrupted")
                 raise Interrupted(f"interrupted at step {int(state.step)}; a checkpoint was "
-                                  f"written. Resume with: svhn-jax train --resume {out}")
-    return _finish(c, derived, parts, out, cfg, template, outputs, progress)
+                                  f"written. Resume with: svhn-jax train --resume {run.out}")
+
+
+def _diverged(run: _Run, state, prog: Progress, ce: np.ndarray, count: int):
+    k = int(np.argmin(np.isfinite(ce)))
+    step = int(state.step) - count + k + 1
+    kept = (f"the best parameters so far are kept in {run.out}/best.npz"
+            if prog.history else "no epoch had finished, so nothing was kept")
+    _write_outputs(run, state, prog, "diverged", {"diverged_at_step": step, "diverged_loss": str(ce[k])})
+    raise Diverged(f"diverged at step {step} (loss={ce[k]}): lower the learning rate (now "
+                   f"{run.c.lr:g}); {kept}")
 
 
 def _segment_length(pos: int, spe: int, c: RunConfig) -> int:
@@ -251,13 +254,14 @@ def _segment_length(pos: int, spe: int, c: RunConfig) -> int:
     return count
 
 
-def _step_gradcheck(state, hp, X, y, order, pos, cfg, c: RunConfig, progress: Progress,
-                    epoch: int) -> Progress:
+def _step_gradcheck(run: _Run, state, order, pos: int, prog: Progress, epoch: int) -> Progress:
     """The per-step check on the batch the next step trains on."""
     step = int(state.step)
-    xb, yb = train.get_batch(X, y, order, pos, state.key, state.step, cfg)
-    r = stepcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c.reg,
+    xb, yb = train.get_batch(run.X, run.y, order, pos, state.key, state.step, run.cfg)
+    r = stepcheck.step_check(state.params, state.bn_state, xb, yb, run.cfg.spec, run.c.reg,
                              jax.random.fold_in(jax.random.fold_in(state.key, 3), step))
+    record = {"step": step, "epoch": epoch + 1, **r}
+    tblog.log_gradchecks(run.tb, [record])
     # `not (e <= tol)`: a NaN gradient makes the errors NaN, and that must fail too.
     bad = (r["smooth"] and not r["directional_fd"] <= TOL_STEP_DIRECTIONAL) \
         or not r["manual_vs_autodiff"] <= TOL_STEP_AUTODIFF
@@ -265,10 +269,10 @@ def _step_gradcheck(state, hp, X, y, order, pos, cfg, c: RunConfig, progress: Pr
         msg = (f"gradient check at step {step}: directional finite difference rel error "
                f"{r['directional_fd']:.1e} (tolerance {TOL_STEP_DIRECTIONAL:.0e}), hand vs "
                f"jax.grad {r['manual_vs_autodiff']:.1e} (tolerance {TOL_STEP_AUTODIFF:.0e})")
-        if c.gradcheck_strict:
+        if run.c.gradcheck_strict:
             raise SvhnJaxError(msg + "; stopping (--gradcheck-strict)")
         print("warning: " + msg, file=sys.stderr)
-    return progress._replace(gradchecks=progress.gradchecks + ({"step": step, "epoch": epoch + 1, **r},))
+    return prog._replace(gradchecks=prog.gradchecks + (record,))
 
 
 def _gradcheck_summary(records) -> dict:
@@ -282,64 +286,64 @@ def _gradcheck_summary(records) -> dict:
             "gradcheck_max_manual_vs_autodiff": max(r["manual_vs_autodiff"] for r in records)}
 
 
-def _end_epoch(state, val, cfg, c: RunConfig, progress: Progress, epoch: int, out: Path) -> Progress:
-    """Evaluate the finished epoch, keep the best parameters, rewrite history.csv."""
-    loss, acc, _ = train.evaluate(state.params, state.bn_state, val, cfg.spec)
-    s = progress.sums
-    row = {"epoch": epoch + 1, "step": int(state.step),
+def _end_epoch(run: _Run, state, prog: Progress, epoch: int) -> Progress:
+    """Evaluate the finished epoch, keep the best parameters, rewrite history.csv, log it."""
+    c, step = run.c, int(state.step)
+    loss, acc, _ = train.evaluate(state.params, state.bn_state, run.val, run.cfg.spec)
+    s = prog.sums
+    row = {"epoch": epoch + 1, "step": step,
            "train_loss": s.loss / max(s.steps, 1), "train_acc": s.correct / max(s.seen, 1),
-           "val_loss": loss, "val_acc": acc, "lr": lr_at(cfg, c.lr, int(state.step) - 1),
+           "val_loss": loss, "val_acc": acc, "lr": lr_at(run.cfg, c.lr, step - 1),
            "seconds": s.seconds, "images_per_s": s.seen / max(s.seconds, 1e-9)}
-    progress = progress._replace(history=progress.history + (row,), sums=EpochSums())
+    prog = prog._replace(history=prog.history + (row,), sums=progress.EpochSums())
     # After train_on_val the validation images were trained on: keep the last epoch.
-    if acc > progress.best_val_acc or c.train_on_val:
-        progress = progress._replace(best_val_acc=acc, best_epoch=epoch + 1, bad_epochs=0)
-        checkpoint.save(out / "best.npz", {"params": state.params, "bn_state": state.bn_state},
+    if acc > prog.best_val_acc or c.train_on_val:
+        prog = prog._replace(best_val_acc=acc, best_epoch=epoch + 1, bad_epochs=0)
+        checkpoint.save(run.out / "best.npz", {"params": state.params, "bn_state": state.bn_state},
                         {"epoch": epoch + 1, "val_acc": acc}, keep_previous=False)
     else:
-        progress = progress._replace(bad_epochs=progress.bad_epochs + 1)
-    runfolder.write_csv(out / "history.csv", list(progress.history))
-    return progress
+        prog = prog._replace(bad_epochs=prog.bad_epochs + 1)
+    runfolder.write_csv(run.out / "history.csv", list(prog.history))
+    tblog.log_epoch(run.tb, row)
+    if c.histograms and (epoch + 1) % c.histograms == 0:
+        tblog.log_layers(run.tb, step, run.cfg.spec, state.params)
+    return prog
 
 
-def _say_epoch(c: RunConfig, progress: Progress, spe: int, steps_here: int, wall: float,
-               quiet: bool) -> None:
-    """One line per epoch on stderr; a bar in front of it on a terminal."""
-    row = progress.history[-1]
-    left = (c.epochs - row["epoch"]) * spe
-    eta = left * wall / max(steps_here, 1)
-    bar = _bar(row["epoch"], c.epochs) + " " if sys.stderr.isatty() else ""
-    say(f"epoch {row['epoch']:>3}/{c.epochs} {bar}train loss {row['train_loss']:.4f} acc "
-        f"{row['train_acc']:.2%} | val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%} | "
-        f"{row['images_per_s']:,.0f} img/s, elapsed {progress.seconds:.1f} s, ETA {eta:.0f} s",
-        quiet=quiet)
-
-
-def _bar(done: int, total: int, width: int = 20) -> str:
-    k = int(width * done / max(total, 1))
-    return "[" + "#" * k + "." * (width - k) + "]"
-
-
-def _finish(c, derived, parts, out, cfg, template, outputs, progress) -> dict:
+def _finish(run: _Run, parts: dict, template, state, prog: Progress) -> dict:
     """Score the best-validation parameters once on test; final plots and metrics."""
     from . import plots
 
-    state_t = template["state"]
-    best, _ = checkpoint.load(out / "best.npz", {"params": state_t.params, "bn_state": state_t.bn_state})
+    out, t = run.out, template["state"]
+    best, _ = checkpoint.load(out / "best.npz", {"params": t.params, "bn_state": t.bn_state})
     extra = {"best_params_sha256": checkpoint.fingerprint(best["params"])}
-    plots.curves(list(progress.history), out / "loss.png", out / "accuracy.png")
-    if progress.gradchecks:
-        plots.gradcheck(list(progress.gradchecks), out / "gradchecks.png",
+    plots.curves(list(prog.history), out / "loss.png", out / "accuracy.png")
+    if prog.gradchecks:
+        plots.gradcheck(list(prog.gradchecks), out / "gradchecks.png",
                         tol_fd=TOL_STEP_DIRECTIONAL, tol_autodiff=TOL_STEP_AUTODIFF)
     if "test" in parts:
         X_te, y_te = parts["test"]
-        loss, acc, pred = evaluate_on_test(best, X_te, y_te, derived["preprocessing"], cfg.spec)
+        loss, acc, pred = evaluate_on_test(best, X_te, y_te, run.derived["preprocessing"],
+                                           run.cfg.spec)
         conf = train.confusion_matrix(y_te, pred)
         extra.update(test_loss=loss, test_acc=acc, test_confusion=conf.tolist())
         plots.confusion(conf, out / "confusion.png")
         wrong = np.flatnonzero(pred != y_te)
         plots.misclassified(X_te[wrong], y_te[wrong], pred[wrong], out / "misclassified.png")
-    return outputs("completed", extra)
+        for name in ("confusion", "misclassified"):
+            tblog.log_image(run.tb, f"images/{name}", out / f"{name}.png", int(state.step))
+    return _write_outputs(run, state, prog, "completed", extra)
+
+
+def _profile(state, hp, X, y, cfg, n: int, folder, quiet: bool) -> None:
+    """A jax.profiler trace of 5 single steps after one untraced (compiling) step."""
+    from . import profiling
+
+    order = train.epoch_order(state.key, 0, n, cfg.batch)
+    step = lambda s, i: train.run_steps(s, hp, X, y, order, i, cfg, 1)[0]
+    _, session = profiling.profile_steps(step, jax.tree.map(jnp.copy, state), folder, steps=5)
+    say(f"profile of 5 steps: {session} (tensorboard --logdir {folder}, or ui.perfetto.dev)",
+        quiet=quiet)
 
 
 def evaluate_on_test(best, X_te, y_te, prep, spec):
@@ -349,42 +353,17 @@ def evaluate_on_test(best, X_te, y_te, prep, spec):
     return train.evaluate(best["params"], best["bn_state"], test, spec)
 
 
-def _write_outputs(out: Path, c: RunConfig, derived: dict, state, progress: Progress,
-                   status: str, extra: dict) -> dict:
-    runfolder.write_csv(out / "history.csv", list(progress.history))
-    if progress.gradchecks:
-        runfolder.write_csv(out / "gradchecks.csv", list(progress.gradchecks))
-    epochs_run = len(progress.history)
-    metrics = {"status": status, "steps": int(state.step), "epochs_run": epochs_run,
-               "stopped_early": status == "completed" and epochs_run < c.epochs,
-               "best_epoch": progress.best_epoch, "best_val_acc": progress.best_val_acc,
-               **{k: derived[k] for k in derived if k.startswith(("n_", "overlap_"))},
-               "train_seconds": progress.seconds,
+def _write_outputs(run: _Run, state, prog: Progress, status: str, extra: dict | None = None) -> dict:
+    out, c = run.out, run.c
+    runfolder.write_csv(out / "history.csv", list(prog.history))
+    if prog.gradchecks:
+        runfolder.write_csv(out / "gradchecks.csv", list(prog.gradchecks))
+    metrics = {"status": status, "steps": int(state.step), "epochs_run": len(prog.history),
+               "stopped_early": status == "completed" and len(prog.history) < c.epochs,
+               "best_epoch": prog.best_epoch, "best_val_acc": prog.best_val_acc,
+               **{k: v for k, v in run.derived.items() if k.startswith(("n_", "overlap_"))},
+               "train_seconds": prog.seconds,
                "params_sha256": checkpoint.fingerprint(state.params),
-               **_gradcheck_summary(progress.gradchecks), **extra}
+               **_gradcheck_summary(prog.gradchecks), **(extra or {})}
     atomic.write_json(out / "metrics.json", metrics)
     return metrics
-
-
-class _SigintFlag:
-    """Turns the first Ctrl-C into a flag checked between compiled segments;
-    a second one interrupts at once."""
-
-    def __init__(self):
-        self.set = False
-
-    def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._old = None
-        return self
-
-    def _handle(self, signum, frame):
-        if self.set:
-            raise KeyboardInterrupt
-        self.set = True
-
-    def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, config, data, rundata, runfolder, runs, train
+from . import atomic, config, data, rundata, runfolder, runs, tblog, train
 from .config import VMAPPED, RunConfig
 from .data import preprocess
 from .errors import SvhnJaxError
@@ -175,7 +175,8 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
                 step = epoch * spe + (int(np.argmin(finite)) + 1 if not finite.all() else spe)
                 r.update(status="diverged", diverged_at_step=step)
                 continue
-            r["history"].append({"epoch": epoch + 1, "train_loss": float(ce[i].mean()),
+            r["history"].append({"epoch": epoch + 1, "step": (epoch + 1) * spe,
+                                 "train_loss": float(ce[i].mean()),
                                  "train_acc": float(correct[i].sum() / (spe * c0.batch)),
                                  "val_loss": float(val_loss[i]), "val_acc": float(val_acc[i]),
                                  "lr": lr_now[i], "seconds": seconds / k})
@@ -240,6 +241,8 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
                "settings": config.to_json(base),
                **overlap}
     _write_outputs(out, rows, ranked, swept, axes)
+    if base.tensorboard:
+        tblog.log_sweep(out / tblog.TB_DIR, [dict(r, config=config.to_json(r["config"])) for r in ranked])
     if final:
         best = ranked[0]["config"].replace(train_on_val=(final_on == "train+val"))
         runfolder.say(f"final: retraining the best configuration ({_label(best, swept)}) on "

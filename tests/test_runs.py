@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svhn_jax import atomic, cli, config, data, rundata, runfolder, runs
+from svhn_jax import atomic, cli, config, data, progress, rundata, runfolder, runs
 from svhn_jax.errors import SvhnJaxError
 
 
@@ -76,11 +76,12 @@ def test_every_json_file_is_strict(tmp_path, npz, capsys):
 def test_resuming_a_finished_run_changes_nothing(tmp_path, npz, capsys):
     out = tmp_path / "r"
     runs.train_run(small(npz), out, quiet=True)
-    before = {f.name: f.read_bytes() for f in out.iterdir()}
+    files = lambda: {f: f.read_bytes() for f in sorted(out.rglob("*")) if f.is_file()}
+    before = files()
     assert cli.main(["train", "--resume", str(out)]) == 0
     captured = capsys.readouterr()
     assert "already completed" in captured.err and "best validation accuracy" in captured.out
-    assert {f.name: f.read_bytes() for f in out.iterdir()} == before
+    assert files() == before and any(f.parent.name == "tb" for f in before)
 
 
 def test_a_run_stopped_before_its_first_checkpoint_says_the_command_that_works(tmp_path, npz, capsys):
@@ -118,13 +119,13 @@ def test_progress_lines_when_stderr_is_not_a_terminal(tmp_path, npz):
 def test_history_is_written_at_every_epoch_end(tmp_path, npz, monkeypatch):
     """A live run's history.csv already holds every finished epoch (tail -f, pandas)."""
     seen = []
-    real = runs._say_epoch
+    real = progress.say_epoch
 
-    def spy(c, progress, *a, **k):
+    def spy(*a, **k):
         seen.append(len(list(csv.DictReader((tmp_path / "r" / "history.csv").open()))))
-        return real(c, progress, *a, **k)
+        return real(*a, **k)
 
-    monkeypatch.setattr(runs, "_say_epoch", spy)
+    monkeypatch.setattr(progress, "say_epoch", spy)
     runs.train_run(small(npz, epochs=3), tmp_path / "r", quiet=True)
     assert seen == [1, 2, 3]
 
