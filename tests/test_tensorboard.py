@@ -16,13 +16,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-pytest.importorskip("tensorboardX")
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2  # noqa: E402
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from svhn_jax import runs, tblog  # noqa: E402
-from svhn_jax.errors import SvhnJaxError  # noqa: E402
-from svhn_jax.nn import model  # noqa: E402
+from svhn_jax import cli, config, data, runfolder, runs, tblog
+from svhn_jax.errors import SvhnJaxError
+from svhn_jax.nn import model
 
 
 def read(logdir):
@@ -50,7 +49,7 @@ def history(rng, epochs, steps_per_epoch, first_epoch=1):
 
 def test_epoch_scalars_equal_history_csv(tmp_path):
     rows = history(np.random.default_rng(0), epochs=4, steps_per_epoch=88)
-    runs.write_csv(tmp_path / "history.csv", rows)
+    runfolder.write_csv(tmp_path / "history.csv", rows)
     w = tblog.open_writer(tmp_path / "tb")
     for row in rows:
         tblog.log_epoch(w, row)
@@ -296,3 +295,64 @@ def test_writing_never_imports_tensorflow(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------- runs and sweeps, end to end
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    X, y = data.synthetic(800, seed=0)
+    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def _rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_run_writes_history_and_checks_as_events(tmp_path, npz):
+    c = config.make(data=str(npz), hidden=[8], epochs=3, batch=40, gradcheck_every=6,
+                    histogram_every=2)
+    runs.train_run(c, tmp_path / "r", quiet=True)
+    ea = read(tmp_path / "r" / "tb")
+    hist = _rows(tmp_path / "r" / "history.csv")
+    for key, tag in tblog.EPOCH_TAGS.items():
+        assert scalars(ea, tag) == [(int(r["step"]), f32(r[key])) for r in hist], tag
+    checks = _rows(tmp_path / "r" / "gradchecks.csv")
+    assert scalars(ea, "gradcheck/manual_vs_autodiff") == \
+        [(int(r["step"]), f32(r["manual_vs_autodiff"])) for r in checks]
+    assert [e.step for e in ea.Histograms("weights/0.dense.W")] == [int(hist[1]["step"])]
+    assert {"images/confusion", "images/misclassified"} <= set(ea.Tags()["images"])
+    assert "settings/text_summary" in ea.Tags()["tensors"]
+
+
+def test_a_resumed_run_shows_every_step_once(tmp_path, npz):
+    c = config.make(data=str(npz), hidden=[8], epochs=3, batch=40, checkpoint_every=5)
+    with pytest.raises(runs.Interrupted):
+        runs.train_run(c, tmp_path / "r", quiet=True, stop_after_steps=23)   # mid epoch 2
+    runs.resume_run(tmp_path / "r", quiet=True)
+    runs.train_run(c.replace(checkpoint_every=0), tmp_path / "ref", quiet=True)
+    ea, ref = read(tmp_path / "r" / "tb"), read(tmp_path / "ref" / "tb")
+    for tag in tblog.EPOCH_TAGS.values():
+        steps = [s for s, _ in scalars(ea, tag)]
+        assert steps == sorted(set(steps)) == [s for s, _ in scalars(ref, tag)], tag
+    assert scalars(ea, "loss/val") == scalars(ref, "loss/val")
+
+
+def test_sweep_sessions_match_results_csv(tmp_path, npz):
+    assert cli.main(["sweep", "--data", str(npz), "--out", str(tmp_path / "s"), "--hidden", "8",
+                     "--epochs", "2", "--batch", "40", "--lr", "1e-3,1e-2", "--optimizer", "sgd,adam",
+                     "--no-final", "--json"]) == 0
+    results = _rows(tmp_path / "s" / "results.csv")
+    sessions = sorted((tmp_path / "s" / "tb").iterdir())
+    assert len(sessions) == len(results) == 4
+    for folder, r in zip(sessions, results):       # both in rank order
+        content = read(folder).PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            content["_hparams_/session_start_info"]).session_start_info
+        assert start.hparams["lr"].number_value == float(r["lr"])
+        assert start.hparams["optimizer"].string_value == r["optimizer"]
+        assert scalars(read(folder), "metrics/best_val_acc")[0][1] == f32(r["best_val_acc"])
