@@ -175,7 +175,7 @@ def compare(args) -> int:
     # batches and schedule); the schedule is stretched only if --steps outruns it.
     c = c.replace(epochs=max(c.epochs, -(-args.steps // spe)))
     cfg = runs.step_config(c, spe)
-    hp = train.Hyper(jnp.float32(c.lr), jnp.float32(c.reg))
+    hp = runs.hyper(c)
     state = train.init_state(c.seed, cfg, X.shape[1], hp)
     leaf_names = gradcheck.leaf_names(cfg.spec, state.params)
     diffs = _float32_diffs_fn(cfg.spec, jnp.float32(c.reg))

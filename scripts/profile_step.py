@@ -34,7 +34,7 @@ def main(argv=None) -> None:
     c = config.make("mission", data="synthetic", synthetic_n=a.n)
     spe = train.steps_per_epoch(a.n, c.batch)
     cfg = runs.step_config(c, spe)
-    hp = train.Hyper(jnp.float32(c.lr), jnp.float32(c.reg))
+    hp = runs.hyper(c)
     rng = np.random.default_rng(0)
     X = jnp.asarray(rng.standard_normal((a.n, 1024)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, a.n), jnp.int32)

@@ -72,7 +72,7 @@ def measure(n: int, epochs: int, hist_every: int) -> dict:
     c = config.make("mission", data="synthetic", synthetic_n=n)
     spe = train.steps_per_epoch(n, c.batch)
     cfg = runs.step_config(c, spe)
-    hp = train.Hyper(jnp.float32(c.lr), jnp.float32(c.reg))
+    hp = runs.hyper(c)
     rng = np.random.default_rng(0)
     X = jnp.asarray(rng.standard_normal((n, 1024)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 10, n), jnp.int32)

@@ -70,6 +70,17 @@ def step_config(c: RunConfig, steps_per_epoch: int) -> train.StepConfig:
         image_shape=(32, 32, 1 if c.grayscale else 3))
 
 
+def hyper(c: RunConfig) -> train.Hyper:
+    """The traced hyperparameters of a configuration: every train.Hyper field is read
+    from the RunConfig field of the same name, so a new one needs no code here."""
+    return train.Hyper(*(jnp.float32(getattr(c, f)) for f in train.Hyper._fields))
+
+
+def hypers(configs) -> train.Hyper:
+    """hyper() of several configurations, stacked along a leading axis (a vmapped sweep)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *map(hyper, configs))
+
+
 def check_batch(c: RunConfig, n_train: int) -> None:
     if c.batch > n_train:
         raise SvhnJaxError(f"batch size {c.batch} is larger than the training part "
@@ -159,7 +170,7 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: bool,
     n, prep = derived["n_train"], derived["preprocessing"]
     spe = train.steps_per_epoch(n, c.batch)
     cfg = step_config(c, spe)
-    hp = train.Hyper(jnp.float32(c.lr), jnp.float32(c.reg))
+    hp = hyper(c)
     X = jnp.asarray(preprocess.apply(parts["train"][0], prep))
     y = jnp.asarray(parts["train"][1], jnp.int32)
     val = train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1])

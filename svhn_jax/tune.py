@@ -145,10 +145,9 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
     X, y, val = _device_data(parts, c0, {} if cache is None else cache)
     spe = train.steps_per_epoch(n, c0.batch)
     cfg = runs.step_config(c0, spe)
-    hps = train.Hyper(jnp.asarray([c.lr for c in configs], jnp.float32),
-                      jnp.asarray([c.reg for c in configs], jnp.float32))
+    hps = runs.hypers(configs)
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-    states = stack([train.init_state(c.seed, cfg, X.shape[1], train.Hyper(c.lr, c.reg))
+    states = stack([train.init_state(c.seed, cfg, X.shape[1], runs.hyper(c))
                     for c in configs])
     shared = len({c.seed for c in configs}) == 1   # one data order for the whole group
     orders = jax.jit(jax.vmap(train.epoch_order, in_axes=(0, None, None, None)), static_argnums=(2, 3))

@@ -123,3 +123,15 @@ def test_config_and_preset_together_are_refused(tmp_path, capsys):
     f.write_text("{}")
     assert cli.main(["train", "--config", str(f), "--preset", "mission", "--out", str(tmp_path / "o")]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def test_traced_hyperparameters_come_from_the_vmapped_fields():
+    """runs.hyper fills train.Hyper from the RunConfig fields of the same names: a new
+    sweepable float is its field plus its use (README, "Adding a setting")."""
+    from svhn_jax import train
+
+    assert set(train.Hyper._fields) <= set(config.VMAPPED)
+    c = config.make(lr=2e-3, reg=5e-4)
+    assert [float(v) for v in runs.hyper(c)] == pytest.approx([2e-3, 5e-4])
+    stacked = runs.hypers([c, c.replace(lr=1e-2)])
+    assert stacked.lr.shape == (2,) and float(stacked.lr[1]) == pytest.approx(1e-2)
