@@ -1,0 +1,159 @@
+"""The data-parallel hand backward, proved: sharded hand VJP vs jax.grad vs finite differences.
+
+The function under test is the global-batch loss of `model.loss`, computed on
+a mesh whose axis `data` splits the batch of G rows over P devices. Three
+gradients of it, in float64:
+
+  manual      `model.loss_and_grads_manual` inside `jax.shard_map`: each device
+              runs the hand backward on its G / P rows, BatchNorm is
+              synchronised (cross-device psums in forward and backward), and
+              the gradient is reduced by hand (`model.allreduce_grads`);
+  autodiff    jax.grad of `model.loss` on the whole batch, under jit, with the
+              batch sharded and the parameters replicated: the single-device
+              definition, partitioned by XLA;
+  finite diff central differences of the sharded loss (the manual path's own
+              forward, psums included).
+
+Hand vs jax.grad must agree to TOL_AUTODIFF (both are exact; they differ in
+summation order only). The sharded forward must also reproduce the global
+batch's loss and BatchNorm running statistics.
+
+A missing psum in the gradient reduction leaves a device-varying gradient
+where shard_map's out_specs promise a replicated one: with check_vma (the
+default) JAX refuses to trace it; with check_vma=False the values disagree.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import model
+from .gradcheck import FD_STEP, TOL_FINITE_DIFF, _random_params, float64, leaf_names, rel_error
+
+TOL_AUTODIFF = 1e-12  # sharded hand VJP vs jax.grad of the global loss, float64
+AXIS = "data"
+
+
+def _shard_map(f, mesh, out_specs, check_vma=True):
+    """f(params, state, x, y) per device: params and state replicated, batch split."""
+    return jax.shard_map(f, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(AXIS)),
+                         out_specs=out_specs, check_vma=check_vma)
+
+
+def _finite_diff(loss, args, h, samples, seed):
+    """Central differences of loss(params, *rest) on all (or `samples` random)
+    entries of each parameter leaf: (indices per leaf, values per leaf).
+
+    One compiled loss of the flat parameter vector, called twice per entry:
+    cheaper, for the small models checked here, than compiling
+    gradcheck.finite_diff's mapped program around the sharded loss.
+    """
+    params, rest = args[0], args[1:]
+    flat, unravel = ravel_pytree(params)
+    flat = np.asarray(flat)
+    f = jax.jit(lambda v: loss(unravel(v), *rest))
+    sizes = [leaf.size for leaf in jax.tree.leaves(params)]
+    rng = np.random.default_rng(seed)
+    picks = [np.arange(n) if samples is None or samples >= n
+             else np.sort(rng.choice(n, samples, replace=False)) for n in sizes]
+
+    def at(i, delta):
+        moved = flat.copy()
+        moved[i] += delta
+        return float(f(moved))
+
+    offset, values = 0, []
+    for n, pick in zip(sizes, picks):
+        values.append(np.array([(at(offset + i, h) - at(offset + i, -h)) / (2 * h) for i in pick]))
+        offset += n
+    return picks, values
+
+
+def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True, seed=0,
+                        fd_samples=None, manual=None, check_vma=True, h=FD_STEP):
+    """One model on one mesh; a report in gradcheck's format plus the loss and
+    BatchNorm running statistics compared with the single-device forward.
+
+    mesh: a jax Mesh with an axis named 'data'; batch must divide by its size.
+    manual: a replacement for model.loss_and_grads_manual (same signature,
+    with axis_name), to check a deliberately broken one.
+    """
+    manual = manual or model.loss_and_grads_manual
+    n_dev = mesh.shape[AXIS]
+    with float64():
+        kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
+        params, state = _random_params(kp, spec, in_dim)
+        x = jax.random.normal(kx, (batch, in_dim), jnp.float64)
+        y = jax.random.randint(ky, (batch,), 0, spec[-1][1])
+        params, state = jax.device_put((params, state), NamedSharding(mesh, P()))
+        x, y = jax.device_put((x, y), NamedSharding(mesh, P(AXIS)))
+
+        hand = jax.jit(_shard_map(partial(manual, spec=spec, reg=reg, train=train, axis_name=AXIS),
+                                  mesh, (P(), P(), P(), P(AXIS)), check_vma))
+        loss_m, g_manual, state_m, _ = hand(params, state, x, y)
+        reference = jax.jit(jax.value_and_grad(
+            lambda p: model.loss(p, state, x, y, spec, reg, train=train), has_aux=True))
+        (loss_ref, (state_ref, _)), g_auto = reference(params)
+        sharded_loss = _shard_map(
+            lambda p, s, x, y: model.loss(p, s, x, y, spec, reg, train=train, axis_name=AXIS)[0],
+            mesh, P())
+        picks, fd = _finite_diff(jax.jit(sharded_loss), (params, state, x, y), h,
+                                 fd_samples, seed)
+
+        rows, failures = [], []
+        for name, m, a, pick, f in zip(leaf_names(spec, params), jax.tree.leaves(g_manual),
+                                       jax.tree.leaves(g_auto), picks, fd):
+            m, a = jnp.ravel(m), jnp.ravel(a)
+            row = {"name": name, "size": int(m.size), "fd_entries": int(len(pick)),
+                   "manual_vs_autodiff": rel_error(m, a),
+                   "manual_vs_finite_diff": rel_error(m[pick], f),
+                   "autodiff_vs_finite_diff": rel_error(a[pick], f)}
+            rows.append(row)
+            # `not (e <= tol)`: a NaN error fails too
+            if not row["manual_vs_autodiff"] <= TOL_AUTODIFF:
+                failures.append(f"{name}: sharded hand gradient differs from jax.grad of the "
+                                f"global loss (rel error {row['manual_vs_autodiff']:.2e} > "
+                                f"{TOL_AUTODIFF:.0e})")
+            if not row["manual_vs_finite_diff"] <= TOL_FINITE_DIFF:
+                failures.append(f"{name}: sharded hand gradient differs from finite differences "
+                                f"(rel error {row['manual_vs_finite_diff']:.2e} > {TOL_FINITE_DIFF:.0e})")
+        forward = {"loss": rel_error(loss_m, loss_ref),
+                   "bn_running_stats": max((rel_error(a, b) for a, b in zip(
+                       jax.tree.leaves(state_m), jax.tree.leaves(state_ref))), default=0.0)}
+        failures += [f"sharded forward: {k} differs from the single-device one (rel error "
+                     f"{e:.2e} > {TOL_AUTODIFF:.0e})" for k, e in forward.items()
+                     if not e <= TOL_AUTODIFF]
+
+    names = [n for n, _ in spec]
+    bn = "" if "batchnorm" not in names else \
+        " +BN before ReLU" if names.index("batchnorm") < names.index("relu") else " +BN after ReLU"
+    widths = "-".join(str(w) for n, w in spec if n == "dense")
+    return {
+        "check": f"sharded model {in_dim}-{widths}{bn} ({'train' if train else 'eval'}), "
+                 f"{n_dev} devices x {batch // n_dev} rows, L2={reg}",
+        "devices": n_dev,
+        "max_rel_error_manual_vs_autodiff": max((r["manual_vs_autodiff"] for r in rows), default=0.0),
+        "max_rel_error_manual_vs_finite_diff": max((r["manual_vs_finite_diff"] for r in rows), default=0.0),
+        "max_rel_error_autodiff_vs_finite_diff": max((r["autodiff_vs_finite_diff"] for r in rows), default=0.0),
+        "forward_rel_error": forward,
+        "leaves": rows,
+        "failures": failures,
+        "ok": not failures,
+    }
+
+
+def check_sharded_all(mesh, hidden=(16,), *, batchnorm=False, batch=16, in_dim=12, reg=0.1,
+                      seed=0, fd_samples=None):
+    """check_sharded_model for BatchNorm none, or before (train and eval) and after."""
+    placements = [("before", True), ("before", False), ("after", True)] if batchnorm \
+        else [("none", True)]
+    return [check_sharded_model(model.make_spec(hidden, batchnorm=bn), mesh, in_dim=in_dim,
+                                batch=batch, reg=reg, train=train, seed=seed, fd_samples=fd_samples)
+            for bn, train in placements]

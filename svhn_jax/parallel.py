@@ -1,0 +1,154 @@
+"""Data-parallel training on a device mesh, built on JAX's own SPMD.
+
+One mesh axis, `data`: the global batch (the configured --batch, unchanged) is
+split along it, P devices taking B / P rows each; parameters, BatchNorm state,
+optimizer state and the step's PRNG key are replicated; the training set is
+stored sharded (each device holds n / P of its rows).
+
+    make_mesh        a 1-D mesh over N devices (or "all")
+    check_batch      the global batch must split evenly over the mesh
+    replicate        put a pytree (a TrainState, an EvalSet) on every device
+    shard_rows       put the training arrays on the mesh, split by rows
+    loss_and_grads   model.GRAD_MODES[mode] for a global batch sharded on the mesh
+    run_steps        train.run_steps on a mesh: count steps in one compiled scan
+
+The gradient modes, both over the global batch:
+  autodiff: jax.grad of the global-batch loss under jit; XLA partitions the
+            program from the shardings of its inputs and inserts the reductions.
+  manual:   each device runs the hand backward on its rows inside
+            `jax.shard_map`; BatchNorm is synchronised and the gradient
+            reduction is a hand-written `lax.psum` (model.allreduce_grads).
+
+Every step reads its batch through `train.get_batch` with the global batch
+order of `train.epoch_order`, so data order, augmentation and PRNG depend on
+the seed and step only, never on the device count: 1, 2 or 4 devices train the
+same model up to the order of float32 summation.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import train
+from .nn import model
+from .errors import SvhnJaxError
+
+DATA = "data"
+
+
+def make_mesh(devices=1) -> jax.sharding.Mesh:
+    """A mesh over the first N devices along the axis `data`; devices is N or "all".
+
+    Auto axis types: XLA propagates shardings through the jitted step (the
+    autodiff mode relies on it), and shard_map marks the manual regions.
+    """
+    available = jax.device_count()
+    if devices == "all":
+        n = available
+    else:
+        try:
+            n = int(devices)
+        except (TypeError, ValueError):
+            n = 0
+        if n < 1 or str(devices).strip() != str(n):
+            raise SvhnJaxError(f"--devices must be a positive integer or 'all', got {devices!r}")
+    if n > available:
+        hint = (f"; on CPU, set JAX_NUM_CPU_DEVICES={n} in the environment before JAX starts "
+                f"(e.g. JAX_NUM_CPU_DEVICES={n} svhn-jax ...)" if jax.default_backend() == "cpu"
+                else "")
+        raise SvhnJaxError(f"--devices {n} asks for more devices than JAX sees: "
+                           f"{available} {jax.default_backend()} device(s){hint}")
+    return jax.make_mesh((n,), (DATA,), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=jax.devices()[:n])
+
+
+def size(mesh) -> int:
+    """Number of devices along the data axis."""
+    return mesh.shape[DATA]
+
+
+def check_batch(batch: int, mesh) -> int:
+    """The global batch, if it splits into equal per-device shares."""
+    if batch % size(mesh):
+        n = size(mesh)
+        raise SvhnJaxError(f"the batch of {batch} does not split evenly over {n} devices; use a "
+                           f"multiple of {n} (e.g. --batch {max(n, batch // n * n)}) or other --devices")
+    return batch
+
+
+def replicate(tree, mesh):
+    """The same pytree on every device of the mesh (a no-op if it is already)."""
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def padded_rows(n: int, mesh) -> int:
+    """n rounded up to a multiple of the device count (shards must be equal)."""
+    return -(-n // size(mesh)) * size(mesh)
+
+
+def _pad_rows(a, rows):
+    a = np.asarray(a)
+    return np.concatenate([a, np.zeros((rows - len(a),) + a.shape[1:], a.dtype)]) if rows > len(a) else a
+
+
+def shard_rows(X, y, mesh):
+    """X (n, D) float32 and y (n,) int32 as arrays split by rows over the mesh.
+
+    The rows are padded with zeros to a multiple of the device count; the
+    padding is never trained on, because epoch_order draws from range(n) only.
+    """
+    rows = padded_rows(len(y), mesh)
+    sharding = NamedSharding(mesh, P(DATA))
+    return (jax.device_put(_pad_rows(np.asarray(X, np.float32), rows), sharding),
+            jax.device_put(_pad_rows(np.asarray(y, np.int32), rows), sharding))
+
+
+def loss_and_grads(grad_mode: str, mesh):
+    """A function with the signature of model.GRAD_MODES[grad_mode] that takes
+    a global batch x (B, D), y (B,) sharded along `data` and replicated params
+    and state, and returns the global batch's (loss, grads, new state, logits).
+    """
+    if grad_mode == "autodiff":
+        return model.loss_and_grads_autodiff
+
+    def manual(params, state, x, y, spec, reg=0.0, *, train: bool = True):
+        per_device = partial(model.loss_and_grads_manual, spec=spec, train=train, axis_name=DATA)
+        return jax.shard_map(lambda p, s, x, y, reg: per_device(p, s, x, y, reg=reg), mesh=mesh,
+                             in_specs=(P(), P(), P(DATA), P(DATA), P()),
+                             out_specs=(P(), P(), P(), P(DATA)))(params, state, x, y, reg)
+
+    return manual
+
+
+def steps(state, hp, X, y, order, start, cfg: train.StepConfig, count: int, mesh):
+    """train.steps on the mesh: steps start .. start+count-1 of an epoch.
+
+    The batch is taken from the global order exactly as on one device, then
+    laid out along `data`, so every device trains on its share of it.
+    """
+    batch_sharding = NamedSharding(mesh, P(DATA))
+    grads_fn = loss_and_grads(cfg.grad_mode, mesh)
+
+    def body(state, i):
+        xb, yb = train.get_batch(X, y, order, i, state.key, state.step, cfg)
+        xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharding)
+        return train.train_step(state, hp, xb, yb, cfg, loss_and_grads=grads_fn)
+
+    return jax.lax.scan(body, state, start + jax.numpy.arange(count))
+
+
+_run_steps = jax.jit(steps, static_argnames=("cfg", "count", "mesh"), donate_argnums=(0,))
+
+
+def run_steps(state, hp, X, y, order, start, cfg: train.StepConfig, count: int, mesh):
+    """train.run_steps on a mesh: X, y from shard_rows; state, hp and order are
+    replicated here if they are not already. The state's buffers are donated:
+    use the returned state, which stays replicated on the mesh."""
+    check_batch(cfg.batch, mesh)
+    state, hp, order = replicate((state, hp, order), mesh)
+    return _run_steps(state, hp, X, y, order, start, cfg, count, mesh)
