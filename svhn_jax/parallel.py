@@ -27,6 +27,8 @@ same model up to the order of float32 summation.
 
 from __future__ import annotations
 
+import os
+import re
 from functools import partial
 
 import jax
@@ -82,8 +84,25 @@ def check_batch(batch: int, mesh) -> int:
 
 
 def replicate(tree, mesh):
-    """The same pytree on every device of the mesh (a no-op if it is already)."""
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """The same pytree on every device of the mesh (a no-op where it is already).
+
+    Every process must pass the same values. With several processes the mesh
+    has devices this one cannot address, which device_put refuses: each leaf
+    is then assembled from this process's copy (PRNG keys via their raw data).
+    """
+    sharding = NamedSharding(mesh, P())
+    if sharding.is_fully_addressable:
+        return jax.device_put(tree, sharding)
+
+    def leaf(a):
+        if isinstance(a, jax.Array) and a.sharding.is_equivalent_to(sharding, a.ndim):
+            return a
+        if isinstance(a, jax.Array) and jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(leaf(jax.random.key_data(a)), impl=jax.random.key_impl(a))
+        host = np.asarray(a)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(leaf, tree)
 
 
 def padded_rows(n: int, mesh) -> int:
@@ -96,16 +115,37 @@ def _pad_rows(a, rows):
     return np.concatenate([a, np.zeros((rows - len(a),) + a.shape[1:], a.dtype)]) if rows > len(a) else a
 
 
-def shard_rows(X, y, mesh):
-    """X (n, D) float32 and y (n,) int32 as arrays split by rows over the mesh.
+def local_rows(n: int, mesh) -> slice:
+    """The rows of the padded training set (n rows, padded to padded_rows) that
+    this process's devices hold: all of them in one process; with several, the
+    process loads only these (see shard_rows)."""
+    rows = padded_rows(n, mesh)
+    index = NamedSharding(mesh, P(DATA)).addressable_devices_indices_map((rows,))
+    parts = sorted(i[0].indices(rows)[:2] for i in index.values())
+    if any(a[1] != b[0] for a, b in zip(parts, parts[1:])):
+        raise SvhnJaxError(f"this process's devices hold rows {parts}, not one contiguous range; "
+                           f"build the mesh with make_mesh (devices in process order)")
+    return slice(parts[0][0], parts[-1][1])
 
-    The rows are padded with zeros to a multiple of the device count; the
-    padding is never trained on, because epoch_order draws from range(n) only.
+
+def shard_rows(X, y, mesh, n: int | None = None):
+    """The training arrays X (float32) and y (int32) split by rows over the mesh.
+
+    n is the size of the whole training set (default len(y)). X and y are
+    either the whole set or, with several processes, just this process's rows
+    local_rows(n, mesh) (clipped to n), which is all it has to load. The set is
+    padded with zero rows to a multiple of the device count; the padding is
+    never trained on, because epoch_order draws from range(n) only.
     """
-    rows = padded_rows(len(y), mesh)
+    n = len(y) if n is None else n
+    part = local_rows(n, mesh)
+    if len(y) == n and len(y) != part.stop - part.start:
+        X, y = X[part.start:min(part.stop, n)], y[part.start:min(part.stop, n)]
+    rows = padded_rows(n, mesh)
     sharding = NamedSharding(mesh, P(DATA))
-    return (jax.device_put(_pad_rows(np.asarray(X, np.float32), rows), sharding),
-            jax.device_put(_pad_rows(np.asarray(y, np.int32), rows), sharding))
+    local = [_pad_rows(np.asarray(a, dt), part.stop - part.start) for a, dt in ((X, np.float32), (y, np.int32))]
+    return tuple(jax.make_array_from_process_local_data(sharding, a, (rows,) + a.shape[1:])
+                 for a in local)
 
 
 def loss_and_grads(grad_mode: str, mesh):
@@ -152,3 +192,57 @@ def run_steps(state, hp, X, y, order, start, cfg: train.StepConfig, count: int, 
     check_batch(cfg.batch, mesh)
     state, hp, order = replicate((state, hp, order), mesh)
     return _run_steps(state, hp, X, y, order, start, cfg, count, mesh)
+
+
+# ------------------------------------------------------------ several processes
+
+ENV = ("SVHN_JAX_COORDINATOR", "SVHN_JAX_NUM_PROCESSES", "SVHN_JAX_PROCESS_ID")
+
+
+def process_settings(coordinator=None, num_processes=None, process_id=None, environ=None):
+    """(coordinator "HOST:PORT", num_processes, process_id) from the arguments or,
+    where they are None, the environment variables in ENV; None when neither
+    names any of them (a single process)."""
+    environ = os.environ if environ is None else environ
+    given = [v if v is not None else environ.get(k) for v, k in
+             zip((coordinator, num_processes, process_id), ENV)]
+    if all(v is None for v in given):
+        return None
+    flags = ("--coordinator", "--num-processes", "--process-id")
+    missing = [f"{f} (or {k})" for v, f, k in zip(given, flags, ENV) if v is None]
+    if missing:
+        raise SvhnJaxError(f"several processes need all three settings; missing {', '.join(missing)}")
+    coordinator, num, pid = given
+    if not re.fullmatch(r"[^\s:]+:\d+", str(coordinator)):
+        raise SvhnJaxError(f"--coordinator must be HOST:PORT (process 0's address, e.g. "
+                           f"10.0.0.1:1234), got {coordinator!r}")
+    try:
+        num, pid = int(num), int(pid)
+    except (TypeError, ValueError):
+        raise SvhnJaxError(f"--num-processes and --process-id must be integers, got "
+                           f"{num!r} and {pid!r}") from None
+    if num < 1 or not 0 <= pid < num:
+        raise SvhnJaxError(f"--process-id must be in [0, {num - 1}] with --num-processes {num}, "
+                           f"got {pid}")
+    return str(coordinator), num, pid
+
+
+def initialize(coordinator=None, num_processes=None, process_id=None, *, timeout_s: int = 300) -> bool:
+    """jax.distributed.initialize from process_settings; False (nothing done) for
+    a single process. Must run before JAX computes anything. Every process
+    then sees all devices (jax.devices()) and computes on its own; make_mesh
+    ("all") spans them, and process 0 (is_main_process) writes the outputs."""
+    settings = process_settings(coordinator, num_processes, process_id)
+    if settings is None:
+        return False
+    try:
+        jax.distributed.initialize(*settings, initialization_timeout=timeout_s)
+    except RuntimeError as e:
+        raise SvhnJaxError(f"could not join the processes at {settings[0]} as process "
+                           f"{settings[2]} of {settings[1]}: {e}") from None
+    return True
+
+
+def is_main_process() -> bool:
+    """Process 0 alone writes run folders, checkpoints and plots."""
+    return jax.process_index() == 0

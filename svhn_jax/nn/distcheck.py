@@ -41,25 +41,27 @@ TOL_AUTODIFF = 1e-12  # sharded hand VJP vs jax.grad of the global loss, float64
 AXIS = "data"
 
 
-def _shard_map(f, mesh, out_specs, check_vma=True):
-    """f(params, state, x, y) per device: params and state replicated, batch split."""
-    return jax.shard_map(f, mesh=mesh, in_specs=(P(), P(), P(AXIS), P(AXIS)),
-                         out_specs=out_specs, check_vma=check_vma)
+def _both(flat, state, x, y, *, unravel, spec, reg, train, mesh, manual, check_vma):
+    """The sharded hand path and the single-device reference at one parameter
+    vector: ((loss, grads, new state) by hand, the same by jax.grad)."""
+    params = unravel(flat)
+    per_device = partial(manual, spec=spec, reg=reg, train=train, axis_name=AXIS)
+    hand = jax.shard_map(lambda p, s, x, y: per_device(p, s, x, y)[:3], mesh=mesh,
+                         in_specs=(P(), P(), P(AXIS), P(AXIS)), out_specs=(P(), P(), P()),
+                         check_vma=check_vma)
+    reference = jax.value_and_grad(lambda p: model.loss(p, state, x, y, spec, reg, train=train),
+                                   has_aux=True)
+    (loss_ref, (state_ref, _)), g_auto = reference(params)
+    return hand(params, state, x, y), (loss_ref, g_auto, state_ref)
 
 
-def _finite_diff(loss, args, h, samples, seed):
-    """Central differences of loss(params, *rest) on all (or `samples` random)
-    entries of each parameter leaf: (indices per leaf, values per leaf).
-
-    One compiled loss of the flat parameter vector, called twice per entry:
-    cheaper, for the small models checked here, than compiling
-    gradcheck.finite_diff's mapped program around the sharded loss.
-    """
-    params, rest = args[0], args[1:]
-    flat, unravel = ravel_pytree(params)
+def _finite_diff(loss, flat, sizes, h, samples, seed):
+    """Central differences of loss(flat) on all (or `samples` random) entries of
+    each leaf, the leaves being consecutive runs of `sizes` entries of flat:
+    (indices per leaf, values per leaf). Two calls of one compiled program per
+    entry: for the small models checked here, cheaper than compiling
+    gradcheck.finite_diff's mapped program around a sharded one."""
     flat = np.asarray(flat)
-    f = jax.jit(lambda v: loss(unravel(v), *rest))
-    sizes = [leaf.size for leaf in jax.tree.leaves(params)]
     rng = np.random.default_rng(seed)
     picks = [np.arange(n) if samples is None or samples >= n
              else np.sort(rng.choice(n, samples, replace=False)) for n in sizes]
@@ -67,7 +69,7 @@ def _finite_diff(loss, args, h, samples, seed):
     def at(i, delta):
         moved = flat.copy()
         moved[i] += delta
-        return float(f(moved))
+        return float(loss(moved))
 
     offset, values = 0, []
     for n, pick in zip(sizes, picks):
@@ -83,34 +85,31 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
 
     mesh: a jax Mesh with an axis named 'data'; batch must divide by its size.
     manual: a replacement for model.loss_and_grads_manual (same signature,
-    with axis_name), to check a deliberately broken one.
+    with axis_name), to check a deliberately broken one. check_vma=False turns
+    off shard_map's static replication check, to see what the numbers say.
+    Finite differences are taken of the hand path's own loss (its sharded
+    forward, psums included), at `fd_samples` entries per leaf (None: all).
     """
-    manual = manual or model.loss_and_grads_manual
     n_dev = mesh.shape[AXIS]
     with float64():
         kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
         params, state = _random_params(kp, spec, in_dim)
         x = jax.random.normal(kx, (batch, in_dim), jnp.float64)
         y = jax.random.randint(ky, (batch,), 0, spec[-1][1])
-        params, state = jax.device_put((params, state), NamedSharding(mesh, P()))
+        state = jax.device_put(state, NamedSharding(mesh, P()))
         x, y = jax.device_put((x, y), NamedSharding(mesh, P(AXIS)))
-
-        hand = jax.jit(_shard_map(partial(manual, spec=spec, reg=reg, train=train, axis_name=AXIS),
-                                  mesh, (P(), P(), P(), P(AXIS)), check_vma))
-        loss_m, g_manual, state_m, _ = hand(params, state, x, y)
-        reference = jax.jit(jax.value_and_grad(
-            lambda p: model.loss(p, state, x, y, spec, reg, train=train), has_aux=True))
-        (loss_ref, (state_ref, _)), g_auto = reference(params)
-        sharded_loss = _shard_map(
-            lambda p, s, x, y: model.loss(p, s, x, y, spec, reg, train=train, axis_name=AXIS)[0],
-            mesh, P())
-        picks, fd = _finite_diff(jax.jit(sharded_loss), (params, state, x, y), h,
-                                 fd_samples, seed)
+        flat, unravel = ravel_pytree(params)
+        # One program for both paths: each compilation costs more than the check.
+        both = jax.jit(partial(_both, unravel=unravel, spec=spec, reg=reg, train=train, mesh=mesh,
+                               manual=manual or model.loss_and_grads_manual, check_vma=check_vma))
+        (loss_m, g_manual, state_m), (loss_ref, g_auto, state_ref) = both(flat, state, x, y)
+        picks, fd = _finite_diff(lambda v: both(v, state, x, y)[0][0], flat,
+                                 [leaf.size for leaf in jax.tree.leaves(params)], h, fd_samples, seed)
 
         rows, failures = [], []
         for name, m, a, pick, f in zip(leaf_names(spec, params), jax.tree.leaves(g_manual),
                                        jax.tree.leaves(g_auto), picks, fd):
-            m, a = jnp.ravel(m), jnp.ravel(a)
+            m, a = np.ravel(m), np.ravel(a)
             row = {"name": name, "size": int(m.size), "fd_entries": int(len(pick)),
                    "manual_vs_autodiff": rel_error(m, a),
                    "manual_vs_finite_diff": rel_error(m[pick], f),
