@@ -8,9 +8,11 @@ stored sharded (each device holds n / P of its rows).
     make_mesh        a 1-D mesh over N devices (or "all")
     check_batch      the global batch must split evenly over the mesh
     replicate        put a pytree (a TrainState, an EvalSet) on every device
+    local_rows       the training rows this process's devices hold
     shard_rows       put the training arrays on the mesh, split by rows
     loss_and_grads   model.GRAD_MODES[mode] for a global batch sharded on the mesh
     run_steps        train.run_steps on a mesh: count steps in one compiled scan
+    initialize       join several processes (jax.distributed), from flags or env
 
 The gradient modes, both over the global batch:
   autodiff: jax.grad of the global-batch loss under jit; XLA partitions the
@@ -22,7 +24,13 @@ The gradient modes, both over the global batch:
 Every step reads its batch through `train.get_batch` with the global batch
 order of `train.epoch_order`, so data order, augmentation and PRNG depend on
 the seed and step only, never on the device count: 1, 2 or 4 devices train the
-same model up to the order of float32 summation.
+same model up to the order of float32 summation. XLA compiles the batch gather
+from the sharded set into a masked local gather and one all-reduce of the
+(B, D) batch: the set itself never moves.
+
+Several processes (jax.distributed) run the same program on one mesh over all
+their devices: each loads only its devices' rows (local_rows, shard_rows), and
+every replicated result (state, metrics) is readable in every process.
 """
 
 from __future__ import annotations
@@ -143,7 +151,8 @@ def shard_rows(X, y, mesh, n: int | None = None):
         X, y = X[part.start:min(part.stop, n)], y[part.start:min(part.stop, n)]
     rows = padded_rows(n, mesh)
     sharding = NamedSharding(mesh, P(DATA))
-    local = [_pad_rows(np.asarray(a, dt), part.stop - part.start) for a, dt in ((X, np.float32), (y, np.int32))]
+    local = [_pad_rows(np.asarray(a, dtype), part.stop - part.start)
+             for a, dtype in ((X, np.float32), (y, np.int32))]
     return tuple(jax.make_array_from_process_local_data(sharding, a, (rows,) + a.shape[1:])
                  for a in local)
 

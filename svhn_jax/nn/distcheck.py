@@ -35,7 +35,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import model
-from .gradcheck import FD_STEP, TOL_FINITE_DIFF, _random_params, float64, leaf_names, rel_error
+from .gradcheck import (FD_STEP, _compare, _random_params, _report, float64, leaf_names,
+                        rel_error)
 
 TOL_AUTODIFF = 1e-12  # sharded hand VJP vs jax.grad of the global loss, float64
 AXIS = "data"
@@ -106,23 +107,11 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
         picks, fd = _finite_diff(lambda v: both(v, state, x, y)[0][0], flat,
                                  [leaf.size for leaf in jax.tree.leaves(params)], h, fd_samples, seed)
 
-        rows, failures = [], []
-        for name, m, a, pick, f in zip(leaf_names(spec, params), jax.tree.leaves(g_manual),
-                                       jax.tree.leaves(g_auto), picks, fd):
-            m, a = np.ravel(m), np.ravel(a)
-            row = {"name": name, "size": int(m.size), "fd_entries": int(len(pick)),
-                   "manual_vs_autodiff": rel_error(m, a),
-                   "manual_vs_finite_diff": rel_error(m[pick], f),
-                   "autodiff_vs_finite_diff": rel_error(a[pick], f)}
-            rows.append(row)
-            # `not (e <= tol)`: a NaN error fails too
-            if not row["manual_vs_autodiff"] <= TOL_AUTODIFF:
-                failures.append(f"{name}: sharded hand gradient differs from jax.grad of the "
-                                f"global loss (rel error {row['manual_vs_autodiff']:.2e} > "
-                                f"{TOL_AUTODIFF:.0e})")
-            if not row["manual_vs_finite_diff"] <= TOL_FINITE_DIFF:
-                failures.append(f"{name}: sharded hand gradient differs from finite differences "
-                                f"(rel error {row['manual_vs_finite_diff']:.2e} > {TOL_FINITE_DIFF:.0e})")
+        rows, failures = _compare(leaf_names(spec, params), g_manual, g_auto, picks, fd)
+        # `not (e <= tol)`: a NaN error fails too
+        failures += [f"{r['name']}: sharded hand gradient differs from jax.grad of the global loss "
+                     f"(rel error {r['manual_vs_autodiff']:.2e} > {TOL_AUTODIFF:.0e})"
+                     for r in rows if not r["manual_vs_autodiff"] <= TOL_AUTODIFF]
         forward = {"loss": rel_error(loss_m, loss_ref),
                    "bn_running_stats": max((rel_error(a, b) for a, b in zip(
                        jax.tree.leaves(state_m), jax.tree.leaves(state_ref))), default=0.0)}
@@ -134,18 +123,9 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
     bn = "" if "batchnorm" not in names else \
         " +BN before ReLU" if names.index("batchnorm") < names.index("relu") else " +BN after ReLU"
     widths = "-".join(str(w) for n, w in spec if n == "dense")
-    return {
-        "check": f"sharded model {in_dim}-{widths}{bn} ({'train' if train else 'eval'}), "
-                 f"{n_dev} devices x {batch // n_dev} rows, L2={reg}",
-        "devices": n_dev,
-        "max_rel_error_manual_vs_autodiff": max((r["manual_vs_autodiff"] for r in rows), default=0.0),
-        "max_rel_error_manual_vs_finite_diff": max((r["manual_vs_finite_diff"] for r in rows), default=0.0),
-        "max_rel_error_autodiff_vs_finite_diff": max((r["autodiff_vs_finite_diff"] for r in rows), default=0.0),
-        "forward_rel_error": forward,
-        "leaves": rows,
-        "failures": failures,
-        "ok": not failures,
-    }
+    title = (f"sharded model {in_dim}-{widths}{bn} ({'train' if train else 'eval'}), "
+             f"{n_dev} devices x {batch // n_dev} rows, L2={reg}")
+    return dict(_report(title, rows, failures), devices=n_dev, forward_rel_error=forward)
 
 
 def check_sharded_all(mesh, hidden=(16,), *, batchnorm=False, batch=16, in_dim=12, reg=0.1,
