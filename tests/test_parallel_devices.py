@@ -54,10 +54,9 @@ def _numpy_batchnorm(x, gamma, beta, mean, var, momentum=0.9, eps=1e-5):
     return y, momentum * mean + (1 - momentum) * mu, momentum * var + (1 - momentum) * v
 
 
-@pytest.mark.parametrize("n_dev", [2, 8])
-def test_synchronised_batchnorm_uses_the_global_batch(n_dev):
-    mesh = parallel.make_mesh(n_dev)
-    rng = np.random.default_rng(n_dev)
+def test_synchronised_batchnorm_uses_the_global_batch():
+    mesh = parallel.make_mesh(8)
+    rng = np.random.default_rng(8)
     x, dy = rng.normal(2.0, 3.0, (16, 5)), rng.normal(size=(16, 5))
     p = {"gamma": rng.uniform(0.5, 2.0, 5), "beta": rng.normal(size=5)}
     s = {"mean": rng.normal(size=5), "var": rng.uniform(0.5, 2.0, 5)}
@@ -133,8 +132,6 @@ def test_a_missing_psum_in_batchnorm_backward_is_caught(monkeypatch):
     # dx of BatchNorm is wrong, so only the layer below it is; its own gamma/beta are right
     assert _failed_leaves(r) == {"0.dense.W"}
     assert max(r["forward_rel_error"].values()) <= TOL
-    # on one device there are no cross-device terms to miss
-    assert distcheck.check_sharded_model(SPEC_BN, parallel.make_mesh(1), in_dim=6)["ok"]
 
 
 def test_local_batchnorm_statistics_are_refused_by_jax_and_caught_by_the_check(monkeypatch):
@@ -165,9 +162,10 @@ def test_cli_gradcheck_on_a_mesh(capsys):
 @pytest.fixture(scope="module")
 def runs():
     """Final state and per-step cross-entropy of each (grad mode, device count);
-    0 devices: train.run_steps without a mesh."""
+    0 devices: train.run_steps without a mesh. (autodiff on a 1-device mesh is
+    the 0-device program with a trivial sharding: skipped to save a compilation.)"""
     return {(mode, n): cases.run(mode, parallel.make_mesh(n) if n else None)
-            for mode in ("manual", "autodiff") for n in (0, 1, 2, 4)}
+            for mode, counts in (("manual", (0, 1, 2, 4)), ("autodiff", (0, 2, 4))) for n in counts}
 
 
 @pytest.mark.parametrize("mode", ["manual", "autodiff"])
@@ -178,7 +176,7 @@ def test_training_gives_the_same_model_on_1_2_and_4_devices(runs, mode):
     spec = cases.cfg(mode).spec
     ref_acc = train.evaluate(ref_state.params, ref_state.bn_state, val, spec)[1]
     assert ref_acc > 0.4   # it learned something, so equal accuracies mean something
-    for n in (1, 2, 4):
+    for n in (1, 2, 4) if mode == "manual" else (2, 4):
         state, ce = runs[mode, n]
         assert int(state.step) == cases.RUN_STEPS
         assert state.params[0]["W"].sharding.is_fully_replicated
