@@ -6,6 +6,8 @@ file in a subprocess with JAX_NUM_CPU_DEVICES=8 (or run it so yourself). In a
 one-device process it is skipped.
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -79,6 +81,22 @@ def test_synchronised_batchnorm_uses_the_global_batch():
         g_p, g_x = jax.grad(single, argnums=(0, 1))(p, jnp.asarray(x))
         assert gradcheck.rel_error(dx, g_x) <= TOL
         assert max(gradcheck.rel_error(grads[k], g_p[k]) for k in p) <= TOL
+
+
+def test_jax_grad_inside_shard_map_also_gives_the_global_gradient():
+    """A third route: autodiff through the psums of the sharded loss."""
+    mesh, spec = parallel.make_mesh(8), model.make_spec((5,), batchnorm="after")
+    with gradcheck.float64():
+        params, state = gradcheck._random_params(jax.random.key(0), spec, 6)   # gamma, beta not 1, 0
+        x, y = jax.random.normal(jax.random.key(1), (16, 6), jnp.float64), jnp.arange(16) % 10
+        per_device = partial(model.loss_and_grads_autodiff, spec=spec, reg=0.1, axis_name="data")
+        sharded = jax.jit(jax.shard_map(lambda p, s, x, y: per_device(p, s, x, y)[:3], mesh=mesh,
+                                        in_specs=(P(), P(), P("data"), P("data")),
+                                        out_specs=(P(), P(), P())))
+        got = sharded(params, state, x, y)
+        want = model.loss_and_grads_autodiff(params, state, x, y, spec, 0.1)[:3]
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            assert gradcheck.rel_error(a, b) <= TOL
 
 
 @pytest.mark.parametrize("n_dev", [1, 2, 4, 8])

@@ -18,9 +18,9 @@ Two gradient modes give the same numbers:
 
 Data parallel: called inside `jax.shard_map` with `axis_name`, the mesh axis
 the global batch of G rows is split along (P devices, N = G / P rows each),
-every function works on its device's rows and means the global batch:
-BatchNorm is synchronised (see layers.batchnorm_forward), the loss is the
-global mean, and `loss_and_grads_manual` reduces the gradient by hand
+each function takes its device's rows and computes the global batch's
+quantities: BatchNorm is synchronised (see layers.batchnorm_forward), the loss
+is the global mean, and `loss_and_grads_manual` reduces the gradient by hand
 (`allreduce_grads`). axis_name=None is the single-device model.
 """
 
