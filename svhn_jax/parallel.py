@@ -40,6 +40,7 @@ import re
 from functools import partial
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -52,7 +53,8 @@ DATA = "data"
 
 
 def make_mesh(devices=1) -> jax.sharding.Mesh:
-    """A mesh over the first N devices along the axis `data`; devices is N or "all".
+    """A mesh over the first N devices along the axis `data`; devices is N or "all"
+    ("all" with several processes, so that every process has devices in it).
 
     Auto axis types: XLA propagates shardings through the jitted step (the
     autodiff mode relies on it), and shard_map marks the manual regions.
@@ -188,7 +190,7 @@ def steps(state, hp, X, y, order, start, cfg: train.StepConfig, count: int, mesh
         xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharding)
         return train.train_step(state, hp, xb, yb, cfg, loss_and_grads=grads_fn)
 
-    return jax.lax.scan(body, state, start + jax.numpy.arange(count))
+    return jax.lax.scan(body, state, start + jnp.arange(count))
 
 
 _run_steps = jax.jit(steps, static_argnames=("cfg", "count", "mesh"), donate_argnums=(0,))

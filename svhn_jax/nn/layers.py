@@ -187,7 +187,7 @@ def batchnorm_backward(params, cache, dy):
     dxhat = dy * params["gamma"]
     if not cache["train"]:
         return grads, dxhat * inv_std
-    axis_name = cache["axis_name"]
+    axis_name = cache.get("axis_name")  # absent: a cache built by hand, single device
     dx = inv_std * (dxhat - _batch_mean(dxhat, axis_name)
                     - xhat * _batch_mean(dxhat * xhat, axis_name))
     return grads, dx
