@@ -30,6 +30,12 @@ def cmd_gradcheck(args) -> int:
         raise errors.SvhnJaxError("--in-dim must be at least 1 and --fd-samples at least 0 (0: all entries)")
     if args.fd_samples == 0:
         args.fd_samples = None
+    if args.devices is not None:  # settle the mesh before the slow checks
+        from . import parallel
+        from .nn import distcheck
+
+        mesh = parallel.make_mesh(args.devices)
+        parallel.check_batch(args.batch, mesh)
 
     # The model check uses the real input width; finite differences sample
     # entries of the big first layer instead of perturbing all 393k of them.
@@ -40,11 +46,17 @@ def cmd_gradcheck(args) -> int:
         reports.append(gradcheck.check_model(model.make_spec(args.hidden, batchnorm=bn),
                                              in_dim=args.in_dim, batch=args.batch, reg=args.reg,
                                              seed=args.seed, train=train, fd_samples=args.fd_samples))
+    tolerances = {"manual_vs_autodiff": gradcheck.TOL_AUTODIFF,
+                  "manual_vs_finite_diff": gradcheck.TOL_FINITE_DIFF}
+    if args.devices is not None:  # the same models again, the batch split over the mesh
+        reports += distcheck.check_sharded_all(mesh, args.hidden, batchnorm=args.batchnorm,
+                                               batch=args.batch, in_dim=args.in_dim, reg=args.reg,
+                                               seed=args.seed, fd_samples=args.fd_samples)
+        tolerances["sharded_manual_vs_autodiff"] = distcheck.TOL_AUTODIFF
     ok = all(r["ok"] for r in reports)
     summary = {
         "ok": ok,
-        "tolerances": {"manual_vs_autodiff": gradcheck.TOL_AUTODIFF,
-                       "manual_vs_finite_diff": gradcheck.TOL_FINITE_DIFF},
+        "tolerances": tolerances,
         "max_rel_error_manual_vs_autodiff": max(r["max_rel_error_manual_vs_autodiff"] for r in reports),
         "max_rel_error_manual_vs_finite_diff": max(r["max_rel_error_manual_vs_finite_diff"] for r in reports),
         "max_rel_error_autodiff_vs_finite_diff": max(r["max_rel_error_autodiff_vs_finite_diff"] for r in reports),
@@ -77,6 +89,9 @@ def add_gradcheck(sub):
     p.add_argument("--in-dim", type=int, default=3072, help="input width of the model check")
     p.add_argument("--fd-samples", type=int, default=20,
                    help="finite-difference entries per parameter leaf (0: all)")
+    p.add_argument("--devices", metavar="N|all",
+                   help="also check the data-parallel models: the batch split over N devices "
+                        "(on CPU: JAX_NUM_CPU_DEVICES=N), synchronised BatchNorm, hand psum")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_gradcheck)
 

@@ -125,9 +125,12 @@ def get_batch(X, y, order, i, key, step, cfg: StepConfig):
     return xb, yb
 
 
-def train_step(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig):
-    """One update on the batch (xb, yb) -> (new state, (cross-entropy, correct count))."""
-    loss_and_grads = model.GRAD_MODES[cfg.grad_mode]
+def train_step(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig, loss_and_grads=None):
+    """One update on the batch (xb, yb) -> (new state, (cross-entropy, correct count)).
+
+    loss_and_grads replaces model.GRAD_MODES[cfg.grad_mode] (same signature):
+    `parallel` passes the hand backward sharded over a mesh."""
+    loss_and_grads = loss_and_grads or model.GRAD_MODES[cfg.grad_mode]
     _, grads, bn_state, logits = loss_and_grads(state.params, state.bn_state, xb, yb, cfg.spec,
                                                 hp.reg, train=True)
     params, opt_state = make_optimizer(cfg, hp.lr).update(grads, state.opt_state, state.params)

@@ -102,8 +102,16 @@ def batchnorm_init(key, in_dim: int, dtype=jnp.float32):
     return params, state, in_dim
 
 
+def _batch_mean(v, axis_name):
+    """Mean over the rows of v (N, D) -> (D,); with an axis name, over the rows
+    of every device along that mesh axis (equal shards), from psum-ed sums."""
+    if axis_name is None:
+        return v.mean(axis=0)
+    return jax.lax.psum(v.sum(axis=0), axis_name) / (v.shape[0] * jax.lax.axis_size(axis_name))
+
+
 def batchnorm_forward(params, state, x, *, train: bool, momentum: float = BN_MOMENTUM,
-                      eps: float = BN_EPS):
+                      eps: float = BN_EPS, axis_name=None):
     """Batch normalisation over the feature axis of x (N, D).
 
     train=True:  mu, var = mean and biased variance of the batch (D,);
@@ -113,16 +121,25 @@ def batchnorm_forward(params, state, x, *, train: bool, momentum: float = BN_MOM
                  and PyTorch keeps the unbiased variance, we keep the biased one).
     train=False: the same with the running mean and variance, state unchanged.
 
+    axis_name: inside `jax.shard_map`, the mesh axis the batch is split along.
+    Each device then holds N of the G = N * axis_size rows of the global batch,
+    and mu and var are the global batch's, from `lax.psum`-ed sums (synchronised
+    BatchNorm): outputs and running statistics equal those of one device given
+    the whole batch. None (the default) is the single-device layer.
+
     The batch statistics are not a gradient path in eval mode, so the two
-    modes have different backward passes; the cache records which.
+    modes have different backward passes; the cache records which (and the
+    axis the statistics were reduced over).
     """
     if train:
-        if x.shape[0] < 2:
+        rows = x.shape[0] * (1 if axis_name is None else jax.lax.axis_size(axis_name))
+        if rows < 2:
             raise SvhnJaxError(
                 f"BatchNorm in train mode needs a batch of at least 2 rows to estimate a "
-                f"variance, got x of shape {x.shape}. Use a larger batch or eval mode.")
-        mu = x.mean(axis=0)
-        var = ((x - mu) ** 2).mean(axis=0)
+                f"variance, got {rows} (x of shape {x.shape} per device). Use a larger batch "
+                f"or eval mode.")
+        mu = _batch_mean(x, axis_name)
+        var = _batch_mean((x - mu) ** 2, axis_name)
         new_state = {"mean": momentum * state["mean"] + (1 - momentum) * mu,
                      "var": momentum * state["var"] + (1 - momentum) * var}
     else:
@@ -130,7 +147,7 @@ def batchnorm_forward(params, state, x, *, train: bool, momentum: float = BN_MOM
     inv_std = jax.lax.rsqrt(var + eps)
     xhat = (x - mu) * inv_std
     y = params["gamma"] * xhat + params["beta"]
-    return y, new_state, {"xhat": xhat, "inv_std": inv_std, "train": train}
+    return y, new_state, {"xhat": xhat, "inv_std": inv_std, "train": train, "axis_name": axis_name}
 
 
 def batchnorm_backward(params, cache, dy):
@@ -149,13 +166,30 @@ def batchnorm_backward(params, cache, dy):
 
     i.e. dxhat with its mean and its projection on xhat removed: BatchNorm's
     output cannot change under a shift or a scaling of x.
+
+    Synchronised (the forward had an axis_name; each of P devices holds N of
+    the G = P * N rows): mu and var are means over all G rows, so the
+    derivation above runs over the global batch. Row i of device d gets
+
+        dxhat_i = sum_j dL/dy_j dy_j/dxhat_i = dy_i * gamma  (y_j depends on xhat_j only)
+        dL/dvar = sum_{j in G} dxhat_j * (x_j - mu) * (-1/2) (var + eps)^(-3/2)
+                = -(inv_std^2 / 2) * sum_G dxhat * xhat
+        dL/dmu  = -inv_std * sum_G dxhat   (the dvar/dmu term is sum_G -2 (x_j - mu) / G = 0)
+        dx_i    = dxhat_i * inv_std + dL/dvar * 2 (x_i - mu) / G + dL/dmu / G
+                = inv_std * (dxhat_i - (1/G) sum_G dxhat - xhat_i (1/G) sum_G dxhat * xhat)
+
+    The two sums over G are the cross-device terms: each is the psum over
+    devices of the local sum over N rows. dgamma and dbeta stay local sums
+    here: like every parameter gradient, the model reduces them over devices.
     """
     xhat, inv_std = cache["xhat"], cache["inv_std"]
     grads = {"gamma": (dy * xhat).sum(axis=0), "beta": dy.sum(axis=0)}
     dxhat = dy * params["gamma"]
     if not cache["train"]:
         return grads, dxhat * inv_std
-    dx = inv_std * (dxhat - dxhat.mean(axis=0) - xhat * (dxhat * xhat).mean(axis=0))
+    axis_name = cache.get("axis_name")  # absent: a cache built by hand, single device
+    dx = inv_std * (dxhat - _batch_mean(dxhat, axis_name)
+                    - xhat * _batch_mean(dxhat * xhat, axis_name))
     return grads, dx
 
 
@@ -163,17 +197,19 @@ def batchnorm_backward(params, cache, dy):
 
 
 class Layer(NamedTuple):
-    """A layer's three functions. Every forward takes `train` (only BatchNorm
-    uses it), so the model calls each layer the same way."""
+    """A layer's three functions. Every forward takes `train` and `axis_name`
+    (only BatchNorm uses them), so the model calls each layer the same way."""
 
     init: Callable
-    forward: Callable    # (params, state, x, train) -> y, new_state, cache
+    forward: Callable    # (params, state, x, train, axis_name=None) -> y, new_state, cache
     backward: Callable   # (params, cache, dy) -> dparams, dx
 
 
 LAYERS = {
-    "dense": Layer(dense_init, lambda p, s, x, train: dense_forward(p, s, x), dense_backward),
-    "relu": Layer(relu_init, lambda p, s, x, train: relu_forward(p, s, x), relu_backward),
-    "batchnorm": Layer(batchnorm_init, lambda p, s, x, train: batchnorm_forward(p, s, x, train=train),
-                       batchnorm_backward),
+    "dense": Layer(dense_init, lambda p, s, x, train, axis_name=None: dense_forward(p, s, x),
+                   dense_backward),
+    "relu": Layer(relu_init, lambda p, s, x, train, axis_name=None: relu_forward(p, s, x),
+                  relu_backward),
+    "batchnorm": Layer(batchnorm_init, lambda p, s, x, train, axis_name=None: batchnorm_forward(
+        p, s, x, train=train, axis_name=axis_name), batchnorm_backward),
 }

@@ -15,6 +15,13 @@ Two gradient modes give the same numbers:
             hand-written backward passes in reverse order;
   autodiff: `loss_and_grads_autodiff` applies jax.value_and_grad to `loss`,
             the same forward written with plain jnp operations.
+
+Data parallel: called inside `jax.shard_map` with `axis_name`, the mesh axis
+the global batch of G rows is split along (P devices, N = G / P rows each),
+each function takes its device's rows and computes the global batch's
+quantities: BatchNorm is synchronised (see layers.batchnorm_forward), the loss
+is the global mean, and `loss_and_grads_manual` reduces the gradient by hand
+(`allreduce_grads`). axis_name=None is the single-device model.
 """
 
 from __future__ import annotations
@@ -106,12 +113,12 @@ def _check_batch(params, spec, x, y=None):
                              f"{y_np.min()} to {y_np.max()}")
 
 
-def forward(params, state, x, spec, *, train: bool):
+def forward(params, state, x, spec, *, train: bool, axis_name=None):
     """x (N, D) -> logits (N, K), new state, caches (one per layer)."""
     _check_batch(params, spec, x)
     caches, new_state = [], []
     for (name, _), p, s in zip(spec, params, state):
-        x, s, cache = layers.LAYERS[name].forward(p, s, x, train)
+        x, s, cache = layers.LAYERS[name].forward(p, s, x, train, axis_name=axis_name)
         caches.append(cache)
         new_state.append(s)
     return x, tuple(new_state), caches
@@ -126,32 +133,64 @@ def backward(params, caches, dlogits, spec):
     return tuple(reversed(grads))
 
 
-def loss(params, state, x, y, spec, reg=0.0, *, train: bool = True):
+def _global_mean(local_mean, axis_name):
+    """The global batch's mean from each device's mean over its equal share."""
+    if axis_name is None:
+        return local_mean
+    return jax.lax.psum(local_mean, axis_name) / jax.lax.axis_size(axis_name)
+
+
+def allreduce_grads(grads, axis_name):
+    """The hand-written gradient reduction: a device's backward gives the
+    gradient of the global loss through its own rows only; the loss sums over
+    all rows, so the full gradient is the sum over devices (the 1/G of the
+    mean is already in each device's dlogits, see loss_and_grads_manual)."""
+    return grads if axis_name is None else jax.lax.psum(grads, axis_name)
+
+
+def loss(params, state, x, y, spec, reg=0.0, *, train: bool = True, axis_name=None):
     """Mean softmax cross-entropy + 0.5 * reg * sum ||W||^2 -> (loss, (new_state, logits)).
 
     Written with plain jnp operations so that jax.grad differentiates it: this
-    is the autodiff reference for the hand-written backward.
+    is the autodiff reference for the hand-written backward. With axis_name
+    (inside shard_map) it is the mean over the global batch; logits are local.
     """
     _check_batch(params, spec, x, y)
-    logits, new_state, _ = forward(params, state, x, spec, train=train)
+    logits, new_state, _ = forward(params, state, x, spec, train=train, axis_name=axis_name)
     data_loss, _ = losses.softmax_cross_entropy(logits, y)
-    return data_loss + losses.l2_penalty(params, reg), (new_state, logits)
+    return _global_mean(data_loss, axis_name) + losses.l2_penalty(params, reg), (new_state, logits)
 
 
-def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, train: bool = True):
-    """(loss, grads, new_state, logits) with grads from the hand-written VJPs."""
+def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, train: bool = True,
+                          axis_name=None):
+    """(loss, grads, new_state, logits) with grads from the hand-written VJPs.
+
+    With axis_name, the global loss is (1/P) sum_devices (local mean), so a
+    device's dL/dlogits is softmax_cross_entropy_backward's (p - onehot) / N
+    times 1/P, i.e. (p - onehot) / G; the backward then yields each device's
+    share of every gradient, and `allreduce_grads` sums the shares. The L2
+    term is added after the sum: its gradient is the same on every device.
+    """
     _check_batch(params, spec, x, y)
-    logits, new_state, caches = forward(params, state, x, spec, train=train)
+    logits, new_state, caches = forward(params, state, x, spec, train=train, axis_name=axis_name)
     data_loss, loss_cache = losses.softmax_cross_entropy(logits, y)
-    grads = backward(params, caches, losses.softmax_cross_entropy_backward(loss_cache), spec)
+    dlogits = losses.softmax_cross_entropy_backward(loss_cache)
+    if axis_name is not None:
+        dlogits = dlogits / jax.lax.axis_size(axis_name)
+    grads = allreduce_grads(backward(params, caches, dlogits, spec), axis_name)
     grads = jax.tree.map(jnp.add, grads, losses.l2_penalty_grad(params, reg))
-    return data_loss + losses.l2_penalty(params, reg), grads, new_state, logits
+    value = _global_mean(data_loss, axis_name) + losses.l2_penalty(params, reg)
+    return value, grads, new_state, logits
 
 
-def loss_and_grads_autodiff(params, state, x, y, spec, reg=0.0, *, train: bool = True):
-    """(loss, grads, new_state, logits) with grads from jax.grad of `loss`."""
+def loss_and_grads_autodiff(params, state, x, y, spec, reg=0.0, *, train: bool = True,
+                            axis_name=None):
+    """(loss, grads, new_state, logits) with grads from jax.grad of `loss`.
+
+    Inside shard_map (axis_name given) jax.grad itself inserts the psum of the
+    replicated parameters' gradients."""
     (value, (new_state, logits)), grads = jax.value_and_grad(loss, has_aux=True)(
-        params, state, x, y, spec, reg, train=train)
+        params, state, x, y, spec, reg, train=train, axis_name=axis_name)
     return value, grads, new_state, logits
 
 

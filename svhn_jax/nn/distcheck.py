@@ -1,0 +1,138 @@
+"""The data-parallel hand backward, proved: sharded hand VJP vs jax.grad vs finite differences.
+
+The function under test is the global-batch loss of `model.loss`, computed on
+a mesh whose axis `data` splits the batch of G rows over P devices. Three
+gradients of it, in float64:
+
+  manual      `model.loss_and_grads_manual` inside `jax.shard_map`: each device
+              runs the hand backward on its G / P rows, BatchNorm is
+              synchronised (cross-device psums in forward and backward), and
+              the gradient is reduced by hand (`model.allreduce_grads`);
+  autodiff    jax.grad of `model.loss` on the whole batch, under jit, with the
+              batch sharded and the parameters replicated: the single-device
+              definition, partitioned by XLA;
+  finite diff central differences of the sharded loss (the manual path's own
+              forward, psums included).
+
+Hand vs jax.grad must agree to TOL_AUTODIFF (both are exact; they differ in
+summation order only). The sharded forward must also reproduce the global
+batch's loss and BatchNorm running statistics.
+
+A missing psum in the gradient reduction leaves a device-varying gradient
+where shard_map's out_specs promise a replicated one: with check_vma (the
+default) JAX refuses to trace it; with check_vma=False the values disagree.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from . import model
+from .gradcheck import (FD_STEP, _compare, _random_params, _report, float64, leaf_names,
+                        rel_error)
+
+TOL_AUTODIFF = 1e-12  # sharded hand VJP vs jax.grad of the global loss, float64
+AXIS = "data"
+
+
+def _both(flat, state, x, y, *, unravel, spec, reg, train, mesh, manual, check_vma):
+    """The sharded hand path and the single-device reference at one parameter
+    vector: ((loss, grads, new state) by hand, the same by jax.grad)."""
+    params = unravel(flat)
+    per_device = partial(manual, spec=spec, reg=reg, train=train, axis_name=AXIS)
+    hand = jax.shard_map(lambda p, s, x, y: per_device(p, s, x, y)[:3], mesh=mesh,
+                         in_specs=(P(), P(), P(AXIS), P(AXIS)), out_specs=(P(), P(), P()),
+                         check_vma=check_vma)
+    reference = jax.value_and_grad(lambda p: model.loss(p, state, x, y, spec, reg, train=train),
+                                   has_aux=True)
+    (loss_ref, (state_ref, _)), g_auto = reference(params)
+    return hand(params, state, x, y), (loss_ref, g_auto, state_ref)
+
+
+def _finite_diff(loss, flat, sizes, h, samples, seed):
+    """Central differences of loss(flat) on all (or `samples` random) entries of
+    each leaf, the leaves being consecutive runs of `sizes` entries of flat:
+    (indices per leaf, values per leaf). Two calls of one compiled program per
+    entry: for the small models checked here, cheaper than compiling
+    gradcheck.finite_diff's mapped program around a sharded one."""
+    flat = np.asarray(flat)
+    rng = np.random.default_rng(seed)
+    picks = [np.arange(n) if samples is None or samples >= n
+             else np.sort(rng.choice(n, samples, replace=False)) for n in sizes]
+
+    def at(i, delta):
+        moved = flat.copy()
+        moved[i] += delta
+        return float(loss(moved))
+
+    offset, values = 0, []
+    for n, pick in zip(sizes, picks):
+        values.append(np.array([(at(offset + i, h) - at(offset + i, -h)) / (2 * h) for i in pick]))
+        offset += n
+    return picks, values
+
+
+def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True, seed=0,
+                        fd_samples=None, manual=None, check_vma=True, h=FD_STEP):
+    """One model on one mesh; a report in gradcheck's format plus the loss and
+    BatchNorm running statistics compared with the single-device forward.
+
+    mesh: a jax Mesh with an axis named 'data'; batch must divide by its size.
+    manual: a replacement for model.loss_and_grads_manual (same signature,
+    with axis_name), to check a deliberately broken one. check_vma=False turns
+    off shard_map's static replication check, to see what the numbers say.
+    Finite differences are taken of the hand path's own loss (its sharded
+    forward, psums included), at `fd_samples` entries per leaf (None: all).
+    """
+    n_dev = mesh.shape[AXIS]
+    with float64():
+        kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
+        params, state = _random_params(kp, spec, in_dim)
+        x = jax.random.normal(kx, (batch, in_dim), jnp.float64)
+        y = jax.random.randint(ky, (batch,), 0, spec[-1][1])
+        state = jax.device_put(state, NamedSharding(mesh, P()))
+        x, y = jax.device_put((x, y), NamedSharding(mesh, P(AXIS)))
+        flat, unravel = ravel_pytree(params)
+        # One program for both paths: each compilation costs more than the check.
+        both = jax.jit(partial(_both, unravel=unravel, spec=spec, reg=reg, train=train, mesh=mesh,
+                               manual=manual or model.loss_and_grads_manual, check_vma=check_vma))
+        (loss_m, g_manual, state_m), (loss_ref, g_auto, state_ref) = both(flat, state, x, y)
+        picks, fd = _finite_diff(lambda v: both(v, state, x, y)[0][0], flat,
+                                 [leaf.size for leaf in jax.tree.leaves(params)], h, fd_samples, seed)
+
+        rows, failures = _compare(leaf_names(spec, params), g_manual, g_auto, picks, fd)
+        # `not (e <= tol)`: a NaN error fails too
+        failures += [f"{r['name']}: sharded hand gradient differs from jax.grad of the global loss "
+                     f"(rel error {r['manual_vs_autodiff']:.2e} > {TOL_AUTODIFF:.0e})"
+                     for r in rows if not r["manual_vs_autodiff"] <= TOL_AUTODIFF]
+        forward = {"loss": rel_error(loss_m, loss_ref),
+                   "bn_running_stats": max((rel_error(a, b) for a, b in zip(
+                       jax.tree.leaves(state_m), jax.tree.leaves(state_ref))), default=0.0)}
+        failures += [f"sharded forward: {k} differs from the single-device one (rel error "
+                     f"{e:.2e} > {TOL_AUTODIFF:.0e})" for k, e in forward.items()
+                     if not e <= TOL_AUTODIFF]
+
+    names = [n for n, _ in spec]
+    bn = "" if "batchnorm" not in names else \
+        " +BN before ReLU" if names.index("batchnorm") < names.index("relu") else " +BN after ReLU"
+    widths = "-".join(str(w) for n, w in spec if n == "dense")
+    title = (f"sharded model {in_dim}-{widths}{bn} ({'train' if train else 'eval'}), "
+             f"{n_dev} devices x {batch // n_dev} rows, L2={reg}")
+    return dict(_report(title, rows, failures), devices=n_dev, forward_rel_error=forward)
+
+
+def check_sharded_all(mesh, hidden=(16,), *, batchnorm=False, batch=16, in_dim=12, reg=0.1,
+                      seed=0, fd_samples=None):
+    """check_sharded_model for BatchNorm none, or before (train and eval) and after."""
+    placements = [("before", True), ("before", False), ("after", True)] if batchnorm \
+        else [("none", True)]
+    return [check_sharded_model(model.make_spec(hidden, batchnorm=bn), mesh, in_dim=in_dim,
+                                batch=batch, reg=reg, train=train, seed=seed, fd_samples=fd_samples)
+            for bn, train in placements]
