@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -99,6 +100,24 @@ def add_gradcheck(sub):
 # ---------------------------------------------------------------- train / evaluate
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr(active: bool):
+    """Send everything written to stdout, by Python or by C++ libraries, to stderr."""
+    if not active:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def _summary_line(metrics: dict) -> str:
     line = f"best validation accuracy {metrics['best_val_acc']:.2%} (epoch {metrics['best_epoch']})"
     if metrics.get("test_acc") is not None:
@@ -110,8 +129,8 @@ def cmd_train(args) -> int:
     from . import atomic, data
 
     if args.resume:
-        given = sorted(given_settings(args, "train")) + [f for f in ("out", "preset", "config", "profile")
-                                                         if getattr(args, f)]
+        given = sorted(set(given_settings(args, "train")) - {"devices"}) + [
+            f for f in ("out", "preset", "config", "profile") if getattr(args, f)]
         if given:
             raise errors.SvhnJaxError(
                 f"--resume continues a run with its own settings; drop "
@@ -125,14 +144,15 @@ def cmd_train(args) -> int:
         if not args.download:
             # Before importing JAX: a missing dataset is reported in a fraction of a second.
             data.ensure_available(c.data, c.data_dir, download=False)
-    from . import runs
+    from . import parallel, runs
 
+    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         # With --json, stdout carries the JSON object alone (tensorflow-datasets prints
-        # while preparing), so everything else goes to stderr.
-        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+        # while preparing, Gloo from C++ when processes connect): the rest goes to stderr.
+        with _stdout_to_stderr(args.json):
             if args.resume:
-                metrics = runs.resume_run(out, quiet=args.quiet)
+                metrics = runs.resume_run(out, quiet=args.quiet, devices=args.devices)
             else:
                 metrics = runs.train_run(c, out, overwrite=args.overwrite, download=args.download,
                                          quiet=args.quiet, profile=args.profile)
@@ -160,6 +180,11 @@ def add_train(sub):
     p.add_argument("--json", action="store_true", help="print metrics as one JSON object")
     p.add_argument("--profile", metavar="DIR", help="trace 5 steps after compilation with "
                    "jax.profiler into DIR (TensorBoard's profile tab, or Perfetto)")
+    g = p.add_argument_group("several processes (or SVHN_JAX_COORDINATOR, SVHN_JAX_NUM_PROCESSES, "
+                             "SVHN_JAX_PROCESS_ID); use with --devices all")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", metavar="N")
+    g.add_argument("--process-id", metavar="I")
     add_settings(p, "train")
     p.set_defaults(func=cmd_train)
 

@@ -96,6 +96,9 @@ class RunConfig:
                         "(autodiff)", choices=("manual", "autodiff"))
     seed: int = setting(0, "seed of initialisation, data order and augmentation", low=0,
                         high=SEED_MAX, sweep="vmap")
+    devices: str = setting("1", "devices to train on, data-parallel: a number or all (the batch is "
+                           "split over them; results equal one device's up to float32 rounding)",
+                           commands=(TRAIN,), metavar="N|all")
     # run control (train only)
     patience: int = setting(0, "early stopping after this many epochs without a better "
                             "validation accuracy (0: off)", low=0, high=INT_MAX, commands=(TRAIN,))
@@ -123,6 +126,8 @@ class RunConfig:
             raise SvhnJaxError(f"--warmup-epochs {self.warmup_epochs:g} has no effect with "
                                f"--schedule {self.schedule}; use --schedule warmup-{self.schedule.removeprefix('warmup-')}"
                                f" or drop --warmup-epochs")
+        if not (self.devices == "all" or (self.devices.isdigit() and int(self.devices) >= 1)):
+            raise SvhnJaxError(f"--devices must be a positive integer or all, got {self.devices!r}")
         if self.batchnorm != "none" and self.batch < 2:
             raise SvhnJaxError("BatchNorm needs a batch of at least 2; use --batch 2 or more")
         if self.histogram_every is not None and not self.tensorboard:

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, checkpoint, config, data, progress, rundata, runfolder, tblog, train
+from . import atomic, checkpoint, config, data, parallel, progress, rundata, runfolder, tblog, train
 from .config import RunConfig
 from .data import preprocess
 from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DataError, SvhnJaxError
@@ -104,7 +104,7 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
     stop_after_steps (for tests) simulates a Ctrl-C after that many steps.
     Raises Diverged or Interrupted after writing metrics and a checkpoint.
     """
-    out = Path(out)
+    out = _writable(Path(out))
     runfolder.check_run_dir(out, overwrite=overwrite)
     parts = rundata.load_split(c, download=download)
     runfolder.ensure_run_dir(out, overwrite=overwrite)
@@ -118,15 +118,28 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
                "jax_version": jax.__version__, "backend": jax.default_backend()}
     runfolder.write_config(out, c, derived)
     atomic.write_with(out / "train_fingerprints.npy", lambda f: np.save(f, fps))
-    return _train(c, derived, parts, out, resume=False, quiet=quiet, profile=profile,
+    return _train(c, derived, parts, out, resume=None, quiet=quiet, profile=profile,
                   stop_after_steps=stop_after_steps)
 
 
-def resume_run(out, *, quiet=False, stop_after_steps: int | None = None) -> dict:
-    """Continue the run in folder `out` from its newest checkpoint, with its own settings.
-    A run that already completed is left as it is: its metrics are returned."""
+def _writable(out: Path) -> Path:
+    """Where this process writes: the run folder in process 0, a scratch folder in the
+    others (they train the same replicated model; one copy of the outputs is enough)."""
+    if parallel.is_main_process():
+        return out
+    import tempfile
+    return Path(tempfile.mkdtemp(prefix=f"svhn_jax_process{jax.process_index()}_"))
+
+
+def resume_run(out, *, quiet=False, devices: str | None = None,
+               stop_after_steps: int | None = None) -> dict:
+    """Continue the run in folder `out` from its newest checkpoint, with its own settings
+    (devices may change: checkpoints hold host arrays). A run that already completed is
+    left as it is: its metrics are returned."""
     out = Path(out)
     c, derived = runfolder.read_run(out)
+    if devices is not None:
+        c = c.replace(devices=devices)
     done = runfolder.read_metrics(out)
     if done.get("status") == "completed":
         say(f"{out} already completed ({done.get('epochs_run')} epochs); nothing to resume",
@@ -142,7 +155,12 @@ def resume_run(out, *, quiet=False, stop_after_steps: int | None = None) -> dict
         raise DataError(f"the data now give {len(parts['train'][1])} training images, the run "
                         f"was started with {derived['n_train']}: resume with the same data, or "
                         f"start a new run")
-    return _train(c, derived, parts, out, resume=True, quiet=quiet, profile=None,
+    write = _writable(out)
+    if write != out:   # another process: it reads the checkpoint, writes elsewhere
+        for name in ("config.json", "checkpoint.npz", "checkpoint.prev.npz", "best.npz"):
+            if (out / name).exists():
+                (write / name).write_bytes((out / name).read_bytes())
+    return _train(c, derived, parts, write, resume=out, quiet=quiet, profile=None,
                   stop_after_steps=stop_after_steps)
 
 
@@ -163,32 +181,39 @@ class _Run(NamedTuple):
     spe: int               # steps per epoch
     tb: Any                # TensorBoard writer, or None
     quiet: bool
+    mesh: Any              # the device mesh of data-parallel training, or None
 
 
-def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: bool, quiet: bool,
-           profile, stop_after_steps: int | None) -> dict:
+def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: Path | None,
+           quiet: bool, profile, stop_after_steps: int | None) -> dict:
+    """resume: the run folder to resume from (None: a new run)."""
     n, prep = derived["n_train"], derived["preprocessing"]
     spe = train.steps_per_epoch(n, c.batch)
     cfg = step_config(c, spe)
     hp = hyper(c)
-    X = jnp.asarray(preprocess.apply(parts["train"][0], prep))
-    y = jnp.asarray(parts["train"][1], jnp.int32)
+    mesh = _mesh(c)
+    X, y = _place(parts["train"], prep, n, mesh)
     val = train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1])
-    template = jax.eval_shape(lambda: {"state": train.init_state(c.seed, cfg, X.shape[1], hp)})
+    in_dim = preprocess.input_dim(prep)
+    template = jax.eval_shape(lambda: {"state": train.init_state(c.seed, cfg, in_dim, hp)})
+    quiet = quiet or not parallel.is_main_process()
     if resume:
-        tree, meta = checkpoint.load(out / "checkpoint.npz", template,
-                                     warn=lambda m: say(m, quiet=False))
+        tree, meta = checkpoint.load(resume / "checkpoint.npz", template,
+                                     warn=lambda m: say(m, quiet=quiet))
         state, prog = tree["state"], progress.from_json(meta["progress"])
-        say(f"resuming {out} at step {int(state.step)}", quiet=quiet)
+        say(f"resuming {resume} at step {int(state.step)}", quiet=quiet)
     else:
-        state, prog = train.init_state(c.seed, cfg, X.shape[1], hp), Progress()
+        state, prog = train.init_state(c.seed, cfg, in_dim, hp), Progress()
+    if mesh is not None:
+        state, val = parallel.replicate((state, val), mesh)
     if profile:
         _profile(state, hp, X, y, cfg, n, profile, quiet)
     tb = tblog.open_writer(out / tblog.TB_DIR, start_step=int(state.step),
-                           history=prog.history if resume else (), enabled=c.tensorboard)
+                           history=prog.history if resume else (),
+                           enabled=c.tensorboard and parallel.is_main_process())
     if not resume:
         tblog.log_settings(tb, config.to_json(c))
-    run = _Run(c, derived, out, cfg, hp, X, y, val, spe, tb, quiet)
+    run = _Run(c, derived, out, cfg, hp, X, y, val, spe, tb, quiet, mesh)
     try:
         state, prog = _loop(run, state, prog, stop_after_steps)
         return _finish(run, parts, template, state, prog)
@@ -215,8 +240,7 @@ def _loop(run: _Run, state, prog: Progress, stop_after_steps: int | None):
                 count = _segment_length(pos, spe, c)
                 if stop_after_steps is not None:
                     count = min(count, start_step + stop_after_steps - int(state.step))
-                state, (ce, correct) = train.run_steps(state, run.hp, run.X, run.y, order, pos,
-                                                       run.cfg, count)
+                state, (ce, correct) = _run_steps(run, state, order, pos, count)
                 ce = np.asarray(ce)
                 if not np.all(np.isfinite(ce)):
                     _diverged(run, state, prog, ce, count)
@@ -239,6 +263,36 @@ def _loop(run: _Run, state, prog: Progress, stop_after_steps: int | None):
                 _write_outputs(run, state, prog, "interrupted")
                 raise Interrupted(f"interrupted at step {int(state.step)}; a checkpoint was "
                                   f"written. Resume with: svhn-jax train --resume {run.out}")
+
+
+def _mesh(c: RunConfig):
+    """The device mesh of a data-parallel run; None on one device in one process,
+    which then runs train.run_steps exactly as before meshes existed."""
+    if c.devices == "1" and jax.process_count() == 1:
+        return None
+    mesh = parallel.make_mesh(c.devices)
+    parallel.check_batch(c.batch, mesh)
+    if c.gradcheck_every:
+        raise SvhnJaxError("--gradcheck-every runs on one device for now: drop it or --devices "
+                           "(svhn-jax gradcheck --devices N proves the data-parallel backward)")
+    return mesh
+
+
+def _place(train_part, prep, n: int, mesh):
+    """The preprocessed training set on the device, or split by rows over the mesh
+    (with several processes each one preprocesses only its own rows)."""
+    X_tr, y_tr = train_part
+    if mesh is None:
+        return jnp.asarray(preprocess.apply(X_tr, prep)), jnp.asarray(y_tr, jnp.int32)
+    rows = parallel.local_rows(n, mesh)
+    mine = slice(rows.start, min(rows.stop, n))
+    return parallel.shard_rows(preprocess.apply(X_tr[mine], prep), y_tr[mine], mesh, n)
+
+
+def _run_steps(run: _Run, state, order, pos: int, count: int):
+    if run.mesh is None:
+        return train.run_steps(state, run.hp, run.X, run.y, order, pos, run.cfg, count)
+    return parallel.run_steps(state, run.hp, run.X, run.y, order, pos, run.cfg, count, run.mesh)
 
 
 def _diverged(run: _Run, state, prog: Progress, ce: np.ndarray, count: int):

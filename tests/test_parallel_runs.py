@@ -1,0 +1,81 @@
+"""Data-parallel runs from the command line: the README's two-process commands as
+written, and a run's result and checkpoints independent of the device count."""
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+TOL_DEVICES = 2e-6     # largest parameter difference between device counts (see parallel_cases)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env():
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SVHN_JAX_", "JAX_NUM_CPU"))}
+
+
+def test_the_readme_two_process_commands_write_one_run_folder(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"two local processes.*?```bash\n(.*?)```", text, re.S).group(1)
+    lines = [line.rstrip(" &") for line in block.strip().splitlines()]
+    assert len(lines) == 2 and all("--process-id" in line for line in lines)
+    port, out = _free_port(), tmp_path / "mp"
+    procs = []
+    for line in lines:
+        env_part, *cmd = line.replace("localhost:1234", f"localhost:{port}") \
+                             .replace("runs/mp", str(out)).split()
+        assert env_part == "JAX_NUM_CPU_DEVICES=2" and cmd[0] == "svhn-jax"
+        procs.append(subprocess.Popen([sys.executable, "-m", "svhn_jax.cli", *cmd[1:], "--json"],
+                                      env=dict(_env(), JAX_NUM_CPU_DEVICES="2"), cwd=tmp_path,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        try:
+            stdout, stderr = p.communicate(timeout=240)
+        finally:
+            p.kill()
+        assert p.returncode == 0, stderr
+        results.append(json.loads(stdout))    # stdout is the JSON object alone
+    assert results[0]["params_sha256"] == results[1]["params_sha256"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["params_sha256"] == results[0]["params_sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mp"]      # one run folder
+
+
+SCRIPT = """
+import json, sys, numpy as np
+from svhn_jax import config, runs
+out = sys.argv[1]
+c = config.make(data="synthetic", synthetic_n=1200, hidden=[16], batchnorm="before", epochs=2,
+                batch=64, shift=1, devices="4", checkpoint_every=7)
+try:
+    runs.train_run(c, out + "/d4", quiet=True, stop_after_steps=20)
+except runs.Interrupted:
+    pass
+resumed = runs.resume_run(out + "/d4", quiet=True, devices="1")      # started on 4, ends on 1
+alone = runs.train_run(c.replace(devices="1", checkpoint_every=0), out + "/d1", quiet=True)
+both = [np.load(out + f"/{r}/checkpoint.npz") for r in ("d4", "d1")]
+diff = max(float(np.max(np.abs(both[0][k] - both[1][k])) / max(1e-30, np.max(np.abs(both[1][k]))))
+           for k in both[1].files if k != "__meta__" and both[1][k].dtype.kind == "f")
+print(json.dumps({"diff": diff, "val": [resumed["best_val_acc"], alone["best_val_acc"]]}))
+"""
+
+
+def test_four_devices_then_one_equal_one_device(tmp_path):
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                       env=dict(_env(), JAX_NUM_CPU_DEVICES="4"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["diff"] <= TOL_DEVICES, got
+    assert got["val"][0] == got["val"][1]
