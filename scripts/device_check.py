@@ -1,0 +1,81 @@
+"""On whatever accelerator JAX finds: the bench at batch 64 and 512, the gradient checks
+and the test suite, with every result written to one folder.
+
+    python scripts/device_check.py --out DIR [--quick]
+
+Runs from a checkout without installing it (PYTHONPATH is set to the checkout), so it
+also works on a machine whose Python cannot install the project. Writes:
+
+    device.json      backend, devices, jax version
+    bench.json       svhn-jax bench --batch 64,512 (--modes scan_manual,scan_autodiff with --quick)
+    gradcheck.json   svhn-jax gradcheck --batchnorm (and --devices all when there are several)
+    pytest.txt       the test suite's output (tests that need a package the machine lacks skip
+                     or fail there: read the summary line)
+    summary.json     exit code and seconds of each part
+
+Try it on the CPU first: `python scripts/device_check.py --out /tmp/dc --quick`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(name: str, cmd: list[str], out: Path, timeout: int) -> dict:
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+        code, stdout, stderr = r.returncode, r.stdout, r.stderr
+    except subprocess.TimeoutExpired as e:
+        code, stdout, stderr = "timeout", e.stdout or "", e.stderr or ""
+        stdout, stderr = (s.decode() if isinstance(s, bytes) else s for s in (stdout, stderr))
+    (out / f"{name}.stderr.txt").write_text(stderr)
+    (out / (f"{name}.json" if name != "pytest" else "pytest.txt")).write_text(stdout)
+    return {"command": " ".join(cmd), "exit_code": code, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="folder for the results (created)")
+    p.add_argument("--quick", action="store_true", help="two bench modes, 2 timed epochs, "
+                   "the suite's fast tests only: for a first try on a CPU")
+    p.add_argument("--timeout", type=int, default=540, help="seconds allowed per part")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    import jax
+
+    devices = jax.devices()
+    (out / "device.json").write_text(json.dumps(
+        {"backend": jax.default_backend(), "jax": jax.__version__, "count": len(devices),
+         "devices": [str(d) for d in devices],
+         "kind": getattr(devices[0], "device_kind", "")}, indent=2) + "\n")
+    cli = [sys.executable, "-m", "svhn_jax.cli"]
+    bench = cli + ["bench", "--batch", "64,512", "--json", "--quiet"]
+    if args.quick:
+        bench += ["--modes", "scan_manual,scan_autodiff", "--epochs", "2", "--n", "8192"]
+    gradcheck = cli + ["gradcheck", "--batchnorm", "--json"]
+    if len(devices) > 1:
+        gradcheck += ["--devices", "all", "--batch", str(8 * len(devices))]
+    tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    if args.quick:
+        tests += ["tests/test_layers.py", "tests/test_optim.py", "tests/test_gradcheck.py"]
+    summary = {name: _run(name, cmd, out, args.timeout)
+               for name, cmd in (("bench", bench), ("gradcheck", gradcheck), ("pytest", tests))}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary, indent=2))
+    return 0 if all(s["exit_code"] == 0 for s in summary.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
