@@ -61,18 +61,24 @@ def rows_of(outs):
     return [r for e, out in enumerate(outs) for r in stepcheck.records(out[2], e + 1)]
 
 
-@pytest.mark.parametrize("grad_mode,batchnorm,hidden", [("manual", "none", (16,)),
-                                                        ("autodiff", "before", (16, 12))])
-def test_checks_pass_on_correct_code_and_leave_training_bit_identical(data, grad_mode, batchnorm, hidden):
-    epochs = 6 if grad_mode == "manual" else 3   # 192 and 96 steps, each checked
-    plain, plain_outs = train_epochs(config(hidden, batchnorm, grad_mode, every=0), data, epochs)
-    checked, outs = train_epochs(config(hidden, batchnorm, grad_mode), data, epochs)
-    for a, b in zip(jax.tree.leaves((plain.params, plain.bn_state, plain.opt_state)),
-                    jax.tree.leaves((checked.params, checked.bn_state, checked.opt_state))):
-        assert np.array_equal(np.asarray(a), np.asarray(b))
+def test_checks_pass_on_correct_code_and_leave_training_bit_identical(data):
+    epochs = 6   # 192 steps, each checked
+    plain, plain_outs = train_epochs(config(every=0), data, epochs)
+    checked, outs = train_epochs(config(), data, epochs)
+    assert_same_training(plain, checked)
     assert all(np.array_equal(p[0], c[0]) for p, c in zip(plain_outs, outs))
     rows = rows_of(outs)
     assert [r["step"] for r in rows] == list(range(epochs * STEPS))
+    assert_correct(rows)
+
+
+def assert_same_training(a, b):
+    for u, v in zip(jax.tree.leaves((a.params, a.bn_state, a.opt_state)),
+                    jax.tree.leaves((b.params, b.bn_state, b.opt_state))):
+        assert np.array_equal(np.asarray(u), np.asarray(v))
+
+
+def assert_correct(rows):
     assert stepcheck.first_failure(rows) is None and all(r["passed"] for r in rows)
     s = stepcheck.summary(rows)
     assert s["gradchecks_failed"] == 0 and s["gradchecks_nonsmooth"] <= 0.05 * len(rows)
@@ -150,23 +156,29 @@ def test_every_injected_bug_fails_the_check_on_every_step(data, monkeypatch, bug
 # ------------------------------------------------------------------ sweeps
 
 
-def test_sweeps_check_every_configuration_and_keep_the_branch(data):
+def test_sweeps_check_every_configuration_in_autodiff_mode_with_batchnorm(data):
     X, y = data
-    cfg, k = config(every=3), 2
+    cfg, k, epochs = config((16,), "before", "autodiff", every=3), 2, 2
     hps = train.Hyper(jnp.asarray([1e-3, 3e-3], jnp.float32), jnp.asarray([0.0, 1e-2], jnp.float32))
-    states = jax.tree.map(lambda *a: jnp.stack(a), *[
-        train.init_state(s, cfg, IN_DIM, train.Hyper(hps.lr[i], hps.reg[i])) for i, s in enumerate((0, 1))])
-    orders = jnp.stack([train.epoch_order(states.key[i], 0, N, BATCH) for i in range(k)])
-    jaxpr = str(jax.make_jaxpr(lambda s: train.run_steps_many(s, hps, X, y, orders, 0, cfg, 4))(states))
-    assert "cond[" in jaxpr   # a real branch: the check does not run on the steps between
-    states, (ce, _, checks) = train.run_steps_many(states, hps, X, y, orders, 0, cfg, STEPS)
-    assert ce.shape == (k, STEPS) and checks.manual_vs_autodiff.shape == (k, STEPS)
+    init = lambda cfg: jax.tree.map(lambda *a: jnp.stack(a), *[
+        train.init_state(seed, cfg, IN_DIM, train.Hyper(hps.lr[i], hps.reg[i])) for i, seed in enumerate((0, 1))])
+    order = lambda states, e: jnp.stack([train.epoch_order(states.key[i], e, N, BATCH) for i in range(k)])
+    states, plain = init(cfg), init(cfg._replace(check_every=0))
+    jaxpr = str(jax.make_jaxpr(lambda s: train.run_steps_many(s, hps, X, y, order(s, 0), 0, cfg, 1))(states))
+    assert "cond[" in jaxpr   # a real branch: the steps between checks do not run it
+    rows = [[], []]
+    for e in range(epochs):
+        states, (ce, _, checks) = train.run_steps_many(states, hps, X, y, order(states, e), 0, cfg, STEPS)
+        plain, _ = train.run_steps_many(plain, hps, X, y, order(plain, e), 0, cfg._replace(check_every=0), STEPS)
+        assert ce.shape == (k, STEPS) and checks.manual_vs_autodiff.shape == (k, STEPS)
+        for i in range(k):
+            rows[i] += stepcheck.records(checks, epoch=e + 1, config=i)
+    assert_same_training(states, plain)
     for i in range(k):
-        rows = stepcheck.records(checks, epoch=1, config=i)
-        assert [r["step"] for r in rows] == list(range(0, STEPS, 3))
-        assert all(r["passed"] for r in rows)
-    # each configuration has its own random direction (seeds 0 and 1)
-    assert not np.array_equal(checks.directional_jvp[0], checks.directional_jvp[1])
+        assert [r["step"] for r in rows[i]] == [e * STEPS + j for e in range(epochs) for j in range(0, STEPS, 3)]
+        assert_correct(rows[i])
+    # each configuration is checked on its own parameters and direction (seeds 0 and 1)
+    assert [r["directional_jvp"] for r in rows[0]] != [r["directional_jvp"] for r in rows[1]]
 
 
 # ------------------------------------------------------------- the pieces
