@@ -1,62 +1,47 @@
-"""The gradient check run during training, on the batch about to be trained on.
+"""The gradient check run during training, inside the compiled step.
 
-`check` runs inside the compiled training step (`train.steps` with
-`StepConfig.check_every`), on the batch and parameters of the update it
-precedes, and checks the float32 gradient that update applies, `g`, against
-three references, each with what it can and cannot see:
+`check` runs in the same lax.scan as training (`train.StepConfig.check_every`),
+on the batch and parameters of the update it precedes, and checks the float32
+gradient g that update applies against three references:
 
-  manual_vs_autodiff  every entry of the hand-derived gradient against every
-      entry of jax.grad's, both float32, on this batch (one of them is `g`; the
-      other costs one extra backward pass). Sees any error in any entry larger
-      than float32 rounding: a sign, a scale, a dropped term, one zeroed entry
-      of a large matrix. Blind to a mistake shared by both, which is any mistake
-      in the forward pass (both differentiate the same forward), and to errors
-      below float32 rounding (`svhn-jax gradcheck` proves the hand backward in
-      float64 to 1e-10).
-  directional_jvp     <g, v> against forward-mode differentiation of the loss,
-      jax.jvp along the same random unit vector v over all parameters: exact
-      (no truncation), independent of reverse mode (no transposed rules, no
-      hand code), one extra forward-like pass, in float32 because nothing in it
-      cancels. Sees errors in g along v; blind to the component of an error
-      orthogonal to v (a fresh v every step) and to a wrong forward.
-  directional_fd      <g, v> against the central difference
-      (L(p + eps v) - L(p - eps v)) / 2 eps, in float64, where the difference
-      of two nearly equal losses keeps its digits (in float32 it would keep
-      none). The only reference that uses no derivative rule at all, so it also
-      sees a derivative that is wrong for the function as computed (a custom
-      rule, a misplaced stop_gradient). Meaningful only where the loss is
-      smooth along v between p - eps v and p + eps v: `smooth` is false when a
-      ReLU input changes sign in between (a kink) or when the difference's
-      rounding could reach a tenth of the tolerance; such checks are recorded
-      but set aside, not counted as failures or passes.
+  manual_vs_autodiff  every entry of the hand-derived gradient against jax.grad's,
+      both float32 (one of them is g; the other costs a backward pass). Sees an
+      error in any single entry above float32 rounding: a sign, a scale, a
+      dropped term, one zeroed entry. Blind to errors below float32 rounding
+      (`svhn-jax gradcheck` proves the hand backward in float64 to 1e-10).
+  directional_jvp     <g, v> against jax.jvp of the loss along a random unit
+      vector v over all parameters: forward mode, so no transposed rule and no
+      hand code; exact (no truncation); float32, as nothing in it cancels; one
+      extra matrix product. Sees the component of an error along v only.
+  directional_fd      <g, v> against (L(p + eps v) - L(p - eps v)) / 2 eps in
+      float64, where the difference of two nearly equal losses keeps its digits
+      (float32 would keep none). The one reference that uses no derivative rule
+      at all: it also sees a derivative wrong for the function as computed (a
+      custom rule, a misplaced stop_gradient). It means something only where
+      the loss is smooth along v between the two ends: `smooth` is false when
+      a ReLU input changes sign in between (a kink) or the difference's
+      rounding could reach a tenth of the tolerance. Such checks are recorded
+      and set aside, neither passes nor failures.
 
-No reference sees a wrong forward pass (a ReLU returning 1 for negative
-inputs): every one differentiates the same forward. Forward values are pinned
-by tests against independent implementations.
+None of them sees a wrong forward pass (a ReLU returning 1 for negative
+inputs): each differentiates that same forward; tests pin forward values.
 
-Directional errors are relative, with the directional derivative's own scale
-as a floor, so that a direction nearly orthogonal to g cannot blow them up:
+Directional errors are relative, with a floor so that a v nearly orthogonal
+to g cannot inflate them: err(a, b) = |a - b| / (|a| + |b| + |g| / sqrt(P)),
+P parameters; |g| / sqrt(P) is the root-mean-square of <g, v> over random v.
 
-    err(a, b) = |a - b| / (|a| + |b| + |g| / sqrt(P))        (P parameters)
-
-|g| / sqrt(P) is the root-mean-square of <g, v> over random unit vectors v.
-
-Tolerances (`tolerances`) are derived from the unit roundoff u of the float32
-arithmetic that produced g (2^-24 on a CPU; TensorFloat-32 matrix products on
-recent GPUs round their inputs to 2^-11): float32 hand and jax.grad gradients
-of correct code differ by a few hundred u at most on these networks, and a
-bug from the list in the tests (a sign flip, a 1% error in one bias, one zeroed
-weight entry, a missing BatchNorm term) by 1e-3 or more; the tolerance,
-2^11 u for the entries and 2^12 u along v (1.2e-4 and 2.4e-4 for float32),
-sits between with margin to both sides (README: the measured maxima).
+The tolerance of all three is 2^10 unit roundoffs u of the arithmetic that made
+g (`tolerance`): u = 2^-24 for float32, so 6.1e-5; TensorFloat-32 products,
+a GPU's default for float32, round inputs to u = 2^-11, and the check loosens
+with them (set jax_default_matmul_precision=highest for a float32-tight one).
+Float32 rounding through a few layers of sums stays within tens of u; the
+bugs the tests inject differ by 1e-3 and more. README: the measured maxima.
 
 Host side: `records` turns the scan's arrays into the rows of gradchecks.csv,
-`passed` / `first_failure` judge them, `message` words a failure, `summary`
-gives the numbers for metrics.json (strict JSON: None where undefined).
-
-`step_check`, a float64 recomputation of hand vs jax.grad plus a directional
-difference, outside the compiled step, remains for diagnostics
-(scripts/compare_grads.py), with its own tolerances TOL_STEP_*.
+`passed` and `first_failure` judge them, `message` words a failure, `summary`
+gives metrics.json's numbers (strict JSON: None where undefined).
+`step_check` is the float64 recomputation (hand vs jax.grad and a directional
+difference) outside the compiled step, for scripts/compare_grads.py.
 """
 
 from __future__ import annotations
@@ -153,7 +138,9 @@ def paired_leaves(a, b, spec=(), names=("gradient", "reference")):
 def tree_vdot(a, b, spec=(), names=("gradient", "direction")):
     """sum over leaves of <a_leaf, b_leaf>, after `paired_leaves`' checks."""
     pairs = paired_leaves(a, b, spec, names)
-    return sum((jnp.vdot(x, y) for _, x, y in pairs), jnp.zeros((), jnp.result_type(*jax.tree.leaves(a))))
+    # an elementwise product and a sum fuse into one pass; a vdot of two long
+    # vectors takes XLA:CPU's slower dot path
+    return sum((jnp.sum(x * y) for _, x, y in pairs), jnp.zeros((), jnp.result_type(*jax.tree.leaves(a))))
 
 
 def leaf_rel_error(a, b):
@@ -161,7 +148,12 @@ def leaf_rel_error(a, b):
     as gradcheck.rel_error, traceable."""
     if a.size == 0:
         return jnp.zeros((), a.dtype)
-    return jnp.max(jnp.abs(a - b)) / jnp.maximum(1e-8, jnp.max(jnp.abs(a) + jnp.abs(b)))
+    # both maxima in one pass over the leaf
+    zero = jnp.zeros((), a.dtype)
+    diff, size = jax.lax.reduce((jnp.abs(a - b), jnp.abs(a) + jnp.abs(b)), (zero, zero),
+                                lambda x, y: (jnp.maximum(x[0], y[0]), jnp.maximum(x[1], y[1])),
+                                tuple(range(a.ndim)))
+    return diff / jnp.maximum(1e-8, size)
 
 
 def direction(key, params):
@@ -222,15 +214,14 @@ def _ends(params, bn_state, x, y, v, spec, reg, eps):
             ce, _ = losses.softmax_cross_entropy(h, y)
             return ce + losses.l2_penalty(p, jnp.asarray(reg, jnp.float64)), masks
 
-        ends, masks = jax.vmap(end)(jnp.asarray([1.0, -1.0], jnp.float64))
-        same = [jnp.all(m[0] == m[1]) for m in masks]
-        return ends, jnp.all(jnp.stack(same)) if same else jnp.bool_(True)
+        (up, masks_up), (down, masks_down) = end(1.0), end(-1.0)
+        same = [jnp.all(a == b) for a, b in zip(masks_up, masks_down)]
+        return jnp.stack([up, down]), jnp.all(jnp.stack(same)) if same else jnp.bool_(True)
 
 
-# The central difference's rounding: (|L(p + eps v)| + |L(p - eps v)|) / 2 eps
-# times ROUNDING_ULPS float64 roundoffs bounds it (the losses are summed in
-# float64 from float32 inputs; measured differences from the exact derivative
-# stay below one such roundoff).
+# A bound on the central difference's rounding, in float64 roundoffs of
+# (|L(p + eps v)| + |L(p - eps v)|) / 2 eps: each loss is a float64 sum over the
+# batch and the weights, good to a few roundoffs; 16 leaves a margin.
 ROUNDING_ULPS = 16.0
 
 
@@ -257,10 +248,11 @@ def check(params, bn_state, x, y, grads, reg, key, spec, grad_mode: str, *,
     _, d_jvp = jax.jvp(loss, (params,), (v,))
     ends, no_kink = _ends(params, bn_state, x, y, v, spec, reg, eps)
     n_params = sum(p.size for p in jax.tree.leaves(params))
+    # the floor needs no precision: float32
+    floor = jnp.sqrt(tree_vdot(grads, grads, spec)) / math.sqrt(n_params)
     with jax.enable_x64(True):
-        g64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), grads)
-        gv = tree_vdot(g64, jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), v), spec)
-        floor = jnp.sqrt(tree_vdot(g64, g64, spec)) / math.sqrt(n_params)
+        f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
+        gv = tree_vdot(f64(grads), f64(v), spec)
         err = lambda a, b: jnp.abs(a - b) / (jnp.abs(a) + jnp.abs(b) + floor)
         fd = (ends[0] - ends[1]) / (2 * eps)
         rounding = ROUNDING_ULPS * jnp.finfo(jnp.float64).eps * jnp.sum(jnp.abs(ends)) / (2 * eps)
