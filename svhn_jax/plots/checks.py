@@ -4,7 +4,6 @@ docstring for the contract."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,12 @@ def _smooth(record) -> bool:
     return v.strip().lower() == "true" if isinstance(v, str) else bool(v)
 
 
+def _counting(records, key: str, smooth: np.ndarray) -> np.ndarray:
+    """bool (n,): the rows whose `key` error counts (present; directional_fd only where smooth)."""
+    present = np.array([key in r for r in records], dtype=bool)
+    return present & smooth if key == "directional_fd" else present
+
+
 def gradcheck_summary(records, tolerances: dict) -> dict:
     """What the figure's title states: counts and, per series, the worst finite
     error over the checks that count (directional_fd only where smooth; None if
@@ -36,14 +41,11 @@ def gradcheck_summary(records, tolerances: dict) -> dict:
     smooth = np.array([_smooth(r) for r in records], dtype=bool)
     worst, failed = {}, np.zeros(len(records), dtype=bool)
     for key, _, _ in SERIES:
-        if not any(key in r for r in records):
-            continue
-        values = base.column(records, key)
-        counts = smooth if key == "directional_fd" else np.ones(len(records), dtype=bool)
-        present = np.array([key in r for r in records], dtype=bool)
-        finite = counts & ~np.isnan(values)
-        worst[key] = float(values[finite].max()) if finite.any() else None
-        failed |= counts & present & ~(values <= tolerances[key])
+        if any(key in r for r in records):
+            values, counts = base.column(records, key), _counting(records, key, smooth)
+            finite = counts & ~np.isnan(values)
+            worst[key] = float(values[finite].max()) if finite.any() else None
+            failed |= counts & ~(values <= tolerances[key])
     return {"checks": len(records), "set_aside": int((~smooth).sum()), "failed": int(failed.sum()),
             "max": worst}
 
@@ -58,26 +60,25 @@ def gradcheck_figure(records, *, tol_fd=1e-6, tol_autodiff=1e-10, tol_jvp=None):
     steps = np.where(np.isnan(steps), np.arange(len(records)), steps)
     smooth = np.array([_smooth(r) for r in records], dtype=bool)
     fig, (ax,) = base.figure(8, 6)
+    bad = np.zeros(len(records), dtype=bool)
     for key, name, color in SERIES:
         if key not in s["max"]:
             continue
-        values = base.column(records, key)
-        counts = smooth if key == "directional_fd" else np.ones(len(records), dtype=bool)
+        values, counts = base.column(records, key), _counting(records, key, smooth)
         _log_series(ax, steps[counts], values[counts], name, color)
-        if not counts.all():
-            y, _ = base.for_log(values[~counts])
-            ax.plot(steps[~counts], y, "D", mfc="none", mec="tab:gray", ms=7, ls="none", label=SET_ASIDE)
-    bad = np.zeros(len(records), dtype=bool)
-    for key in s["max"]:
-        counts = smooth if key == "directional_fd" else np.ones(len(records), dtype=bool)
-        bad |= counts & np.array([key in r and math.isnan(base.number(r[key])) for r in records])
+        bad |= counts & np.isnan(values)
+        aside = ~smooth & (key == "directional_fd")
+        if aside.any():
+            ax.plot(steps[aside], base.for_log(values[aside])[0], "D", mfc="none", mec="tab:gray", ms=7,
+                    ls="none", label=SET_ASIDE)
     base.markers_at_top(ax, steps[bad], label="NaN / inf error: a failure")
-    used = {tols[k] for k in s["max"]}
-    for key, _, color in SERIES:
-        if key in s["max"] and (len(used) > 1 or key == next(iter(s["max"]))):
-            one = len(used) == 1
-            ax.axhline(tols[key], color="k" if one else color, ls="--", lw=1.2,
-                       label=f"tolerance {tols[key]:.1e}" + (" (every series)" if one else ""))
+    used = sorted({tols[k] for k in s["max"]})
+    if len(used) == 1:
+        ax.axhline(used[0], color="k", ls="--", lw=1.2, label=f"tolerance {used[0]:.1e} (every series)")
+    else:
+        for key, _, color in SERIES:
+            if key in s["max"]:
+                ax.axhline(tols[key], color=color, ls="--", lw=1.2, label=f"tolerance {tols[key]:.1e}")
     names = {k: n for k, n, _ in SERIES}
     fmt = lambda v: "none" if v is None else f"{v:.1e}"
     lines = [f"gradient checks during training: {s['checks']} checks, {s['failed']} failed"
