@@ -301,3 +301,12 @@ def test_tolerance_follows_the_matmul_precision():
     assert stepcheck.matmul_roundoff("gpu", "highest") == 2.0 ** -24
     assert stepcheck.matmul_roundoff("tpu", "default") == 2.0 ** -8
     assert stepcheck.tolerance(2.0 ** -24) == 2.0 ** -14
+
+
+def test_check_every_must_be_a_whole_number_of_steps():
+    from svhn_jax.errors import SvhnJaxError
+
+    for bad in (-1, 1.5, "2"):
+        with pytest.raises(SvhnJaxError, match="check_every must be an integer >= 0"):
+            train.check_config(config()._replace(check_every=bad))
+    assert train.check_config(config(every=0)).check_every == 0
