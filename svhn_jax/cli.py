@@ -345,11 +345,12 @@ def cmd_bench(args) -> int:
     from . import bench
 
     modes = bench.parse_modes(args.modes)  # before JAX starts: a typo fails fast
-    bench.check_args(args.hidden, args.batch, args.epochs, args.n, args.eager_steps)
+    bench.check_args(args.hidden, args.batch, args.epochs, args.n, args.eager_steps, args.gradcheck_every)
     progress = None if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         report = bench.run(args.hidden, args.batch, args.epochs, args.n, modes, args.seed,
-                           eager_steps=args.eager_steps, progress=progress)
+                           eager_steps=args.eager_steps, gradcheck_every=args.gradcheck_every,
+                           progress=progress)
     print(json.dumps(report) if args.json else bench.format_report(report))
     return errors.EXIT_OK
 
@@ -365,7 +366,12 @@ def add_bench(sub):
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per mode, after a warm-up (median)")
     p.add_argument("--n", type=int, default=73257, help="synthetic images per epoch (default: SVHN train)")
     p.add_argument("--modes", default=",".join(MODES_FOR_HELP),
-                   help="comma-separated subset of " + ", ".join(MODES_FOR_HELP))
+                   help="comma-separated subset of " + ", ".join(MODES_FOR_HELP) + ", or none")
+    p.add_argument("--gradcheck-every", type=int, default=0, metavar="N",
+                   help="also time the mission's training (grayscale inputs, shift 2, Adam, cosine) "
+                        "with the per-step gradient check every N steps against the same training "
+                        "without it, alternately, and print the ratio (0: off; with --modes none, "
+                        "only this)")
     p.add_argument("--eager-steps", type=int, default=20,
                    help="timed steps per block in eager mode (its epoch is extrapolated)")
     p.add_argument("--seed", type=int, default=0)

@@ -8,7 +8,8 @@ The pieces, all pure:
     TrainState   params, BatchNorm state, optimizer state, step counter, PRNG key
     init_state   -> TrainState
     epoch_order  the batch order of an epoch, a pure function of (key, epoch)
-    run_steps    `count` steps of training in one compiled scan
+    run_steps    `count` steps of training in one compiled scan, with the
+                 per-step gradient check inside it when `check_every` asks
     evaluate     loss, accuracy and predictions over a padded evaluation set
 
 Data live on the device as one float32 array (N, D) passed to `run_steps` as an
@@ -27,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .nn import losses, model, optim
+from .nn import losses, model, optim, stepcheck
 from .errors import SvhnJaxError
 
 
@@ -41,6 +42,7 @@ class StepConfig(NamedTuple):
     grad_mode: str = "manual"         # "manual" (hand VJPs) or "autodiff" (jax.grad)
     shift: int = 0                    # random-shift augmentation, pixels (0: off)
     image_shape: tuple = (32, 32, 3)  # how a row of X unflattens, for augmentation
+    check_every: int = 0              # gradient check on steps i % check_every == 0 of an epoch (0: off)
 
 
 class Hyper(NamedTuple):
@@ -71,6 +73,8 @@ def check_config(cfg: StepConfig) -> StepConfig:
     if cfg.shift < 0 or cfg.shift >= min(cfg.image_shape[:2]):
         raise SvhnJaxError(f"shift must be between 0 and {min(cfg.image_shape[:2]) - 1} pixels, "
                            f"got {cfg.shift}")
+    if not isinstance(cfg.check_every, int) or cfg.check_every < 0:
+        raise SvhnJaxError(f"check_every must be an integer >= 0, got {cfg.check_every!r}")
     make_optimizer(cfg, 1.0)  # validates the schedule's name and options
     return cfg
 
@@ -125,30 +129,87 @@ def get_batch(X, y, order, i, key, step, cfg: StepConfig):
     return xb, yb
 
 
-def train_step(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig, loss_and_grads=None):
-    """One update on the batch (xb, yb) -> (new state, (cross-entropy, correct count)).
+def gradients(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig, loss_and_grads=None):
+    """(grads, new BatchNorm state, logits) of the batch in cfg.grad_mode.
 
     loss_and_grads replaces model.GRAD_MODES[cfg.grad_mode] (same signature):
     `parallel` passes the hand backward sharded over a mesh."""
     loss_and_grads = loss_and_grads or model.GRAD_MODES[cfg.grad_mode]
     _, grads, bn_state, logits = loss_and_grads(state.params, state.bn_state, xb, yb, cfg.spec,
                                                 hp.reg, train=True)
+    return grads, bn_state, logits
+
+
+def apply_gradients(state: TrainState, hp: Hyper, grads, bn_state, logits, yb, cfg: StepConfig):
+    """The optimizer update with `grads` -> (new state, (cross-entropy, correct count))."""
     params, opt_state = make_optimizer(cfg, hp.lr).update(grads, state.opt_state, state.params)
     ce, _ = losses.softmax_cross_entropy(logits, yb)
     correct = jnp.sum(jnp.argmax(logits, axis=1) == yb)
     return TrainState(params, bn_state, opt_state, state.step + 1, state.key), (ce, correct)
 
 
+def train_step(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig, loss_and_grads=None):
+    """One update on the batch (xb, yb) -> (new state, (cross-entropy, correct count))."""
+    return apply_gradients(state, hp, *gradients(state, hp, xb, yb, cfg, loss_and_grads), yb, cfg)
+
+
+def check_key(key, step):
+    """The key of the check's random direction at global `step`."""
+    return jax.random.fold_in(jax.random.fold_in(key, 3), step)
+
+
+def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig):
+    """`train_step`, preceded on steps i % cfg.check_every == 0 of the epoch by
+    stepcheck.check of the gradient this very update applies, on its batch
+    -> (new state, (cross-entropy, correct count, stepcheck.StepCheck)).
+
+    The check only reads: the update is the one `train_step` makes, bit for bit.
+    Between checks a lax.cond skips it. Its predicate depends on the step index
+    alone, which a sweep's configurations share (vmap maps states and
+    hyperparameters, not i), so under vmap it stays a real branch; a predicate
+    that varied across the mapped axis would become a select running the check
+    on every step.
+
+    The check computes in float64 inside a jax.enable_x64 scope while the rest
+    traces in float32 (see stepcheck.check). A transformation applied to the
+    traced check must run inside that scope too: vmap's rule for the cond runs
+    when the cond is built, hence the scope around it; vmap of a whole scan
+    would run its rule later, outside any scope, which is why `run_steps_many`
+    scans a vmapped step rather than vmapping a scan.
+    """
+    grads, bn_state, logits = gradients(state, hp, xb, yb, cfg)
+
+    def run():
+        c = stepcheck.check(state.params, state.bn_state, xb, yb, grads, hp.reg,
+                            check_key(state.key, state.step), cfg.spec, cfg.grad_mode)
+        return c._replace(step=state.step)
+
+    if cfg.check_every == 1:
+        check = run()
+    else:
+        with jax.enable_x64(True):
+            check = jax.lax.cond(i % cfg.check_every == 0, run, lambda: stepcheck.not_checked(state.step))
+    state, (ce, correct) = apply_gradients(state, hp, grads, bn_state, logits, yb, cfg)
+    return state, (ce, correct, check)
+
+
+def _step(state, hp, X, y, order, i, cfg):
+    """Step i of the epoch `order`: its batch, then one (checked) update."""
+    xb, yb = get_batch(X, y, order, i, state.key, state.step, cfg)
+    if cfg.check_every:
+        return checked_step(state, hp, xb, yb, i, cfg)
+    return train_step(state, hp, xb, yb, cfg)
+
+
 def steps(state: TrainState, hp: Hyper, X, y, order, start, cfg: StepConfig, count: int):
     """Steps start .. start+count-1 of an epoch whose batch order is `order`.
 
     X (N, D) float32, y (N,) int32, order from epoch_order. Returns the new
-    state and per-step (cross-entropy (count,), correct (count,)).
+    state and per-step (cross-entropy (count,), correct (count,)), and with
+    cfg.check_every a third member, a stepcheck.StepCheck of arrays (count,)
+    (stepcheck.records turns it into rows).
     """
-    def body(state, i):
-        xb, yb = get_batch(X, y, order, i, state.key, state.step, cfg)
-        return train_step(state, hp, xb, yb, cfg)
-
+    body = lambda state, i: _step(state, hp, X, y, order, i, cfg)
     return jax.lax.scan(body, state, start + jnp.arange(count))
 
 
@@ -159,16 +220,20 @@ run_steps = jax.jit(steps, static_argnames=("cfg", "count"), donate_argnums=(0,)
 
 @partial(jax.jit, static_argnames=("cfg", "count"), donate_argnums=(0,))
 def run_steps_many(states, hps, X, y, orders, start, cfg: StepConfig, count: int):
-    """`steps` for K configurations at once: jax.vmap over the leading axis of
-    states and hps (the data are shared), so one program trains them all.
+    """`steps` for K configurations at once: each step is jax.vmap-ed over the
+    leading axis of states and hps (the data are shared), so one program trains
+    them all. Outputs have a leading K axis: (K, count).
 
     orders is (K, L) (one batch order per configuration) or (L,) when all K
     share it (same seed). A shared order without augmentation gives every
     configuration the same batch, and vmap then turns the K products x @ W_k
     into one wider x @ [W_1 ... W_K], which runs faster than K separate ones.
     """
-    one = lambda s, h, o: steps(s, h, X, y, o, start, cfg, count)
-    return jax.vmap(one, in_axes=(0, 0, 0 if orders.ndim == 2 else None))(states, hps, orders)
+    one = lambda i: lambda s, h, o: _step(s, h, X, y, o, i, cfg)
+    body = lambda states, i: jax.vmap(one(i), in_axes=(0, 0, 0 if orders.ndim == 2 else None))(
+        states, hps, orders)
+    states, outs = jax.lax.scan(body, states, start + jnp.arange(count))
+    return states, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), outs)
 
 
 # ----------------------------------------------------------------- evaluation

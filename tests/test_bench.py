@@ -10,7 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from svhn_jax import bench, bench_refs, cli
+from svhn_jax import bench, cli
+from svhn_jax.bench import refs
+from svhn_jax.errors import SvhnJaxError
 
 N, H, B = 512, 16, 64
 RECORD_KEYS = {"mode", "hidden", "batch", "n", "compile_s", "s_per_epoch", "samples_per_s",
@@ -21,7 +23,8 @@ RECORD_KEYS = {"mode", "hidden", "batch", "n", "compile_s", "s_per_epoch", "samp
 def measured():
     """(report, {mode: Measurement}) of every mode, measured once for the module."""
     keep = []
-    report = bench.run((H,), (B,), epochs=1, n=N, modes=bench.MODES, seed=0, peak_size=256, keep=keep)
+    report = bench.run((H,), (B,), epochs=1, n=N, modes=bench.MODES, seed=0, peak_size=256, keep=keep,
+                       gradcheck_every=2)
     return report, {m.record["mode"]: m for m in keep}
 
 
@@ -41,7 +44,7 @@ def test_report_schema(measured):
     skipped = [s["mode"] for s in report["skipped"]]
     expected = [m for m in bench.MODES if m not in skipped]
     assert modes == expected  # every mode, in the documented order
-    if bench_refs.torch_epoch_fn(2, 1, 4) is not None:
+    if refs.torch_epoch_fn(2, 1, 4) is not None:
         assert "torch_eager" in modes
     for r in report["results"]:
         assert RECORD_KEYS <= set(r), r["mode"]
@@ -103,6 +106,17 @@ def test_numpy_and_torch_references_agree(measured):
     np.testing.assert_allclose(m["torch_eager"].step_losses, m["numpy"].step_losses, rtol=1e-4)
 
 
+def test_gradcheck_cost_is_measured_side_by_side(measured):
+    report, _ = measured
+    (r,) = report["gradcheck"]
+    assert (r["hidden"], r["batch"], r["n"], r["every"], r["checks_per_epoch"]) == (H, B, N, 2, 4)
+    assert len(r["epoch_s_plain"]) == len(r["epoch_s_checked"]) == 1
+    assert _positive(r["s_per_epoch_plain"]) and _positive(r["s_per_epoch_checked"])
+    assert r["ratio"] == r["s_per_epoch_checked"] / r["s_per_epoch_plain"]
+    text = bench.format_report(report)
+    assert "per-step gradient check" in text and f"{r['ratio']:5.2f}x" in text
+
+
 def test_table_marks_extrapolation_and_busy(measured):
     report, _ = measured
     text = bench.format_report(report)
@@ -127,7 +141,7 @@ def test_cli_json_is_the_only_stdout(capsys):
 
 
 def test_missing_torch_is_skipped_with_a_note(monkeypatch):
-    monkeypatch.setattr(bench_refs, "torch_epoch_fn", lambda *a, **k: None)
+    monkeypatch.setattr(refs, "torch_epoch_fn", lambda *a, **k: None)
     report = bench.run((4,), (8,), epochs=1, n=16, modes="torch_eager", peak_size=64)
     assert report["results"] == []
     assert report["skipped"][0]["mode"] == "torch_eager"
@@ -142,6 +156,8 @@ def test_missing_torch_is_skipped_with_a_note(monkeypatch):
     (["--epochs", "0"], "--epochs must be at least 1"),
     (["--n", "0"], "--n must be a positive"),
     (["--eager-steps", "0"], "--eager-steps"),
+    (["--gradcheck-every", "-1"], "--gradcheck-every must be an integer >= 0"),
+    (["--modes", "none"], "nothing to measure"),
 ])
 def test_bad_arguments_exit_2(capsys, argv, message):
     code = cli.main(["bench", "--n", str(N), "--batch", str(B), "--hidden", str(H), *argv])
@@ -159,7 +175,7 @@ def test_bad_hidden_is_a_usage_error(capsys):
 
 
 def test_library_validation():
-    with pytest.raises(bench.SvhnJaxError, match="hidden"):
+    with pytest.raises(SvhnJaxError, match="hidden"):
         bench.check_args((0,), (8,), 1, 16)
     assert bench.parse_modes("numpy,scan_manual") == ("scan_manual", "numpy")
     assert cli.MODES_FOR_HELP == bench.MODES

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import bench_refs as br
+from svhn_jax.bench import machine, refs
 
 D, H, K, B = 12, 8, 10, 4
 LR, REG = 1e-2, 1e-3
@@ -46,7 +46,7 @@ def _tiny_data(n=16, seed=3, separable=False):
 
 def _reference_trajectory(x_batches, y_batches, seed, steps):
     """Losses and params of `steps` Adam steps with jax.grad in float64."""
-    params = {k: np.asarray(v, np.float64) for k, v in br.init_params(D, H, K, seed, np.float64).items()}
+    params = {k: np.asarray(v, np.float64) for k, v in refs.init_params(D, H, K, seed, np.float64).items()}
     m = {k: np.zeros_like(p) for k, p in params.items()}
     v = {k: np.zeros_like(p) for k, p in params.items()}
     losses = []
@@ -76,7 +76,7 @@ def test_numpy_reference_matches_jax_grad_and_textbook_adam(dtype, rtol, atol):
     yb = [y[i] for i in idx]
     ref_losses, ref_params = _reference_trajectory(xb, yb, seed=5, steps=steps)
 
-    net = br.NumpyMLP(H, B, in_dim=D, seed=5, lr=LR, reg=REG, dtype=dtype)
+    net = refs.NumpyMLP(H, B, in_dim=D, seed=5, lr=LR, reg=REG, dtype=dtype)
     losses = [float(net.step(x.astype(dtype), yy)) for x, yy in zip(xb, yb)]
     assert net.t == steps
     for p in net.params.values():
@@ -88,7 +88,7 @@ def test_numpy_reference_matches_jax_grad_and_textbook_adam(dtype, rtol, atol):
 
 def test_numpy_gradients_match_jax_grad_float64():
     X, y = _tiny_data()
-    net = br.NumpyMLP(H, B, in_dim=D, seed=1, reg=REG, dtype=np.float64)
+    net = refs.NumpyMLP(H, B, in_dim=D, seed=1, reg=REG, dtype=np.float64)
     loss, g = net.loss_and_grads(X[:B].astype(np.float64), y[:B])
     with jax.enable_x64(True):
         ref_loss, ref_g = jax.value_and_grad(_jax_loss)(
@@ -101,7 +101,7 @@ def test_numpy_gradients_match_jax_grad_float64():
 
 def test_numpy_epoch_stays_float32_and_loss_decreases():
     X, y = _tiny_data(n=64, separable=True)
-    epoch = br.numpy_epoch_fn(H, B, in_dim=D, seed=0, lr=LR)
+    epoch = refs.numpy_epoch_fn(H, B, in_dim=D, seed=0, lr=LR)
     losses = []
     for _ in range(5):
         seconds, loss = epoch(X, y)
@@ -115,7 +115,7 @@ def test_numpy_epoch_stays_float32_and_loss_decreases():
 
 def test_numpy_epoch_drops_the_tail_batch():
     X, y = _tiny_data(n=18)  # 4 full batches of 4, 2 images dropped
-    epoch = br.numpy_epoch_fn(H, B, in_dim=D)
+    epoch = refs.numpy_epoch_fn(H, B, in_dim=D)
     epoch(X, y)
     assert epoch.t == 4
 
@@ -123,8 +123,8 @@ def test_numpy_epoch_drops_the_tail_batch():
 def test_torch_reference_matches_numpy_reference():
     torch = pytest.importorskip("torch")
     X, y = _tiny_data(n=64, separable=True)
-    np_epoch = br.numpy_epoch_fn(H, B, in_dim=D, seed=2, lr=LR, reg=REG)
-    t_epoch = br.torch_epoch_fn(H, B, in_dim=D, seed=2, lr=LR, reg=REG)
+    np_epoch = refs.numpy_epoch_fn(H, B, in_dim=D, seed=2, lr=LR, reg=REG)
+    t_epoch = refs.torch_epoch_fn(H, B, in_dim=D, seed=2, lr=LR, reg=REG)
     assert t_epoch is not None
     np_losses, t_losses = [], []
     for _ in range(3):
@@ -142,22 +142,22 @@ def test_torch_reference_matches_numpy_reference():
 
 
 def test_load_stop_returns_documented_keys():
-    token = br.load_start()
+    token = machine.load_start()
     sum(i * i for i in range(10000))
-    out = br.load_stop(token)
+    out = machine.load_stop(token)
     assert {"other_busy_cores", "cores", "wall_s", "busy"} <= set(out)
     assert out["cores"] >= 1 and out["wall_s"] >= 0
     if out["other_busy_cores"] is not None:
         assert out["other_busy_cores"] >= 0
-        assert out["busy"] == (out["other_busy_cores"] > br.BUSY_THRESHOLD_CORES)
-    with br.measure_load() as load:
+        assert out["busy"] == (out["other_busy_cores"] > machine.BUSY_THRESHOLD_CORES)
+    with machine.measure_load() as load:
         pass
     assert {"other_busy_cores", "cores", "wall_s", "busy"} <= set(load)
 
 
 def test_load_degrades_without_proc_stat(tmp_path):
     missing = str(tmp_path / "no_such_stat")
-    out = br.load_stop(br.load_start(missing), missing)
+    out = machine.load_stop(machine.load_start(missing), missing)
     assert out["other_busy_cores"] is None and out["busy"] is None
     assert out["cores"] >= 1 and out["wall_s"] >= 0
 
@@ -167,18 +167,26 @@ def test_load_counts_other_busy_time(tmp_path):
     hz = 100
     stat = tmp_path / "stat"
     stat.write_text("cpu  100 0 100 1000 0 0 0 0 0 0\n")
-    token = br.load_start(str(stat))
+    token = machine.load_start(str(stat))
     stat.write_text(f"cpu  {100 + 1000 * hz} 0 100 1000 0 0 0 0 0 0\n")
-    out = br.load_stop(token, str(stat))
-    assert out["busy"] is True and out["other_busy_cores"] > br.BUSY_THRESHOLD_CORES
+    out = machine.load_stop(token, str(stat))
+    assert out["busy"] is True and out["other_busy_cores"] > machine.BUSY_THRESHOLD_CORES
 
 
 def test_peak_gflops_positive_finite():
-    for g in (br.peak_gflops(n=256, repeats=2), br.numpy_peak_gflops(n=256, repeats=2)):
+    for g in (machine.peak_gflops(n=256, repeats=2), machine.numpy_peak_gflops(n=256, repeats=2)):
         assert math.isfinite(g) and g > 0
 
 
 def test_flops_per_epoch_matches_guide_anchor():
     # GUIDE section 7: 57.8 GFLOP forward at H=128 for 73,257 images.
-    assert br.flops_per_epoch(73257, 3072, 128) == pytest.approx(2 * 57.8e9, rel=1e-3)
-    assert br.flops_per_epoch(1, 3, 2, classes=5) == 4 * (3 * 2 + 2 * 5)
+    assert refs.flops_per_epoch(73257, 3072, 128) == pytest.approx(2 * 57.8e9, rel=1e-3)
+    assert refs.flops_per_epoch(1, 3, 2, classes=5) == 4 * (3 * 2 + 2 * 5)
+
+
+def test_the_old_module_name_still_serves_scripts():
+    from svhn_jax import bench_refs
+
+    assert bench_refs.load_start is machine.load_start and bench_refs.load_stop is machine.load_stop
+    assert bench_refs.BUSY_THRESHOLD_CORES == machine.BUSY_THRESHOLD_CORES
+    assert bench_refs.numpy_epoch_fn is refs.numpy_epoch_fn

@@ -17,8 +17,11 @@ import matplotlib.image
 import numpy as np
 import pytest
 
+from matplotlib.figure import Figure
+
 from svhn_jax import plots
 from svhn_jax.errors import SvhnJaxError
+from svhn_jax.plots import base, training
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 NAN, INF = math.nan, math.inf
@@ -28,7 +31,7 @@ NAN, INF = math.nan, math.inf
 def low_dpi(monkeypatch):
     """Render at 60 dpi: a third of the pixels keeps the file fast; the code paths are
     the same (the subprocess test below renders at the real DPI)."""
-    monkeypatch.setattr(plots, "DPI", 60)
+    monkeypatch.setattr(base, "DPI", 60)
 
 
 def assert_png(path, min_side=150):
@@ -98,13 +101,27 @@ def test_creates_parent_dirs_and_overwrites(tmp_path):
 
 def test_percent_and_best_epoch():
     # fractions become percent; values already in percent are left alone
-    np.testing.assert_allclose(plots._percent(np.array([0.5, NAN])), [50.0, NAN])
-    np.testing.assert_allclose(plots._percent(np.array([50.0, 80.0])), [50.0, 80.0])
-    assert plots._best_epoch(np.array([1.0, 2.0, 3.0]), np.array([10.0, NAN, 30.0])) == (3.0, 30.0)
-    assert plots._best_epoch(np.array([1.0]), np.array([NAN])) is None
+    np.testing.assert_allclose(base.percent(np.array([0.5, NAN])), [50.0, NAN])
+    np.testing.assert_allclose(base.percent(np.array([50.0, 80.0])), [50.0, 80.0])
+    assert training._best_epoch(np.array([1.0, 2.0, 3.0]), np.array([10.0, NAN, 30.0])) == (3.0, 30.0)
+    assert training._best_epoch(np.array([1.0]), np.array([NAN])) is None
 
 
 # ---------------------------------------------------------------- gradient checks
+
+
+def _run_rows():
+    """Rows of gradchecks.csv as a run writes them: 40 checks, every tenth finite
+    difference across a kink (large, set aside), one failed step (hand vs jax.grad)."""
+    from svhn_jax.nn import stepcheck
+
+    n = 40
+    fd = np.where(np.arange(n) % 10 == 3, 3.5e-4, 1e-7 * (1 + np.arange(n) % 7))
+    checks = stepcheck.StepCheck(checked=np.ones(n, bool), step=np.arange(n) * 20,
+                                 manual_vs_autodiff=np.where(np.arange(n) == 25, 0.2, 1e-7),
+                                 directional_jvp=np.full(n, 2e-7), directional_fd=fd,
+                                 smooth=np.arange(n) % 10 != 3)
+    return stepcheck.records(checks, epoch=1)
 
 
 @pytest.mark.parametrize("records", [
@@ -113,18 +130,65 @@ def test_percent_and_best_epoch():
     [{"step": 0, "directional_fd": 0.0, "manual_vs_autodiff": 0.0}],    # all zeros
     [{"step": 0, "directional_fd": NAN, "manual_vs_autodiff": 1e-12},
      {"step": 5, "manual_vs_autodiff": 2e-12}],                          # NaN and missing
+    _run_rows(),                                                         # a run's rows
     [],
-], ids=["normal", "zeros", "nan-missing", "empty"])
+], ids=["normal", "zeros", "nan-missing", "run", "empty"])
 def test_gradcheck(tmp_path, records):
     out = plots.gradcheck(records, tmp_path / "gc.png", tol_fd=1e-6, tol_autodiff=1e-10)
     assert out == tmp_path / "gc.png"
     assert_png(out)
 
 
+def test_gradcheck_figure_agrees_with_the_csv_and_the_summary(tmp_path):
+    import csv
+
+    from svhn_jax.nn import stepcheck
+
+    rows = _run_rows()
+    with open(tmp_path / "gradchecks.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    read_back = list(csv.DictReader(open(tmp_path / "gradchecks.csv")))
+    tol = stepcheck.tolerance()
+    fig, shown = plots.gradcheck_figure(read_back, tol_fd=tol, tol_autodiff=tol)
+    expected = stepcheck.summary(rows)
+    assert shown == {"checks": 40, "set_aside": 4, "failed": 1,
+                     "max": {"manual_vs_autodiff": expected["gradcheck_max_manual_vs_autodiff"],
+                             "directional_jvp": expected["gradcheck_max_directional_jvp"],
+                             "directional_fd": expected["gradcheck_max_directional_fd"]}}
+    assert shown["max"]["directional_fd"] == 7e-7            # not the set-aside 3.5e-4
+    assert expected["gradchecks_failed"] == 1 and expected["gradchecks_nonsmooth"] == 4
+    title = fig.axes[0].get_title()
+    assert "40 checks, 1 failed, 4 set aside" in title
+    assert "along v: vs finite difference: max 7.0e-07 over smooth checks" in title
+    assert "hand vs jax.grad, every entry: max 2.0e-01" in title and "3.5e-04" not in title
+    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+    fd_line = lines["along v: vs finite difference"]
+    set_aside = lines[plots.checks.SET_ASIDE]
+    np.testing.assert_array_equal(set_aside.get_xdata(), [60, 260, 460, 660])
+    np.testing.assert_allclose(set_aside.get_ydata(), 3.5e-4)
+    assert len(fd_line.get_xdata()) == 36 and max(fd_line.get_ydata()) == 7e-7
+    assert "not smooth along v" in plots.checks.SET_ASIDE and "set aside" in plots.checks.SET_ASIDE
+    assert lines[f"tolerance {tol:.1e} (every series)"].get_ydata()[0] == tol
+    assert_png(plots.gradcheck(read_back, tmp_path / "gradchecks.png", tol_fd=tol, tol_autodiff=tol))
+
+
+def test_gradcheck_figure_marks_non_finite_errors_as_failures():
+    rows = [{"step": 0, "manual_vs_autodiff": NAN, "directional_fd": 1e-7, "smooth": True},
+            {"step": 1, "manual_vs_autodiff": 1e-7, "directional_fd": INF, "smooth": "True"},
+            {"step": 2, "manual_vs_autodiff": 1e-7, "directional_fd": INF, "smooth": "False"}]
+    fig, shown = plots.gradcheck_figure(rows, tol_fd=1e-5, tol_autodiff=1e-5)
+    assert shown == {"checks": 3, "set_aside": 1, "failed": 2,
+                     "max": {"manual_vs_autodiff": 1e-7, "directional_fd": 1e-7}}
+    marks = [l for l in fig.axes[0].get_lines() if l.get_label().startswith("NaN / inf")]
+    assert len(marks) == 1 and list(marks[0].get_xdata()) == [0, 1]
+
+
 def test_for_log_clips_zeros_to_the_floor():
-    y, clipped = plots._for_log(np.array([0.0, 1e-20, 1e-8, NAN]))
+    y, clipped = base.for_log(np.array([0.0, 1e-20, 1e-8, NAN]))
     np.testing.assert_array_equal(clipped, [True, True, False, False])
-    np.testing.assert_allclose(y[:3], [plots.LOG_FLOOR, plots.LOG_FLOOR, 1e-8])
+    np.testing.assert_allclose(y[:3], [base.LOG_FLOOR, base.LOG_FLOOR, 1e-8])
     assert np.isnan(y[3])
 
 
@@ -234,11 +298,11 @@ def test_lr_sweep_one_metric(tmp_path):
 
 
 def test_diverged():
-    assert plots._diverged({"val_loss": NAN})
-    assert plots._diverged({"val_loss": INF})
-    assert plots._diverged({"val_loss": 1.0, "diverged": True})
-    assert not plots._diverged({"val_loss": 1.0})
-    assert not plots._diverged({"val_acc": 0.5})  # no loss recorded is not divergence
+    assert training._diverged({"val_loss": NAN})
+    assert training._diverged({"val_loss": INF})
+    assert training._diverged({"val_loss": 1.0, "diverged": True})
+    assert not training._diverged({"val_loss": 1.0})
+    assert not training._diverged({"val_acc": 0.5})  # no loss recorded is not divergence
 
 
 def test_lr_find(tmp_path):
@@ -256,9 +320,9 @@ def test_lr_find(tmp_path):
 
 def test_ema_is_bias_corrected():
     # a constant input must come out constant from the first step on
-    np.testing.assert_allclose(plots._ema(np.full(5, 2.0), 0.9), np.full(5, 2.0))
+    np.testing.assert_allclose(training._ema(np.full(5, 2.0), 0.9), np.full(5, 2.0))
     x = np.array([1.0, 3.0])
-    np.testing.assert_allclose(plots._ema(x, 0.5), [1.0, (0.25 * 1 + 0.5 * 3) / 0.75])
+    np.testing.assert_allclose(training._ema(x, 0.5), [1.0, (0.25 * 1 + 0.5 * 3) / 0.75])
 
 
 # ---------------------------------------------------------------- comparisons and grids
@@ -301,7 +365,7 @@ def test_failed_render_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch):
         f.write(PNG_MAGIC + b"truncated")
         raise KeyboardInterrupt  # what a kill mid-render looks like to the writer
 
-    monkeypatch.setattr(plots.Figure, "savefig", half_written)
+    monkeypatch.setattr(Figure, "savefig", half_written)
     with pytest.raises(KeyboardInterrupt):
         plots.gradcheck([{"step": 1, "directional_fd": 1e-8, "manual_vs_autodiff": 0.0}], target)
     assert target.read_bytes() == before

@@ -1,0 +1,219 @@
+"""`svhn-jax bench` as a whole: the arguments, every mode for every (hidden,
+batch), the gradient check's cost when asked, the speed-up ratios and the table."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ..errors import SvhnJaxError
+from . import checks, machine
+from .modes import JAX_MODES, measure_jax, measure_ref, make_data
+
+MODES = JAX_MODES + ("numpy", "torch_eager")
+
+#: Speed-ups reported for each (hidden, batch): t(b) / t(a), so > 1 means `a` is faster.
+RATIO_PAIRS = (
+    ("scan_manual", "scan_autodiff"),
+    ("jit_manual", "jit_autodiff"),
+    ("scan_manual", "jit_manual"),
+    ("scan_autodiff", "jit_autodiff"),
+    ("jit_manual", "eager"),
+    ("scan_manual", "numpy"),
+    ("scan_manual", "torch_eager"),
+    ("numpy", "torch_eager"),
+)
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def parse_modes(text: str | Sequence[str]) -> tuple[str, ...]:
+    """'scan_manual,numpy' (or a sequence) -> modes in the canonical MODES order;
+    'none' -> () (with --gradcheck-every: time the gradient check only)."""
+    names = [m.strip() for m in text.split(",")] if isinstance(text, str) else [str(m) for m in text]
+    names = [m for m in names if m]
+    if names == ["none"] or (not names and not isinstance(text, str)):
+        return ()
+    if not names:
+        raise SvhnJaxError(f"no modes given; choose from {', '.join(MODES)}")
+    unknown = [m for m in names if m not in MODES]
+    if unknown:
+        raise SvhnJaxError(f"unknown mode{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}; "
+                           f"choose from {', '.join(MODES)}")
+    return tuple(m for m in MODES if m in names)
+
+
+def check_args(hidden: Sequence[int], batch: Sequence[int], epochs: int, n: int,
+               eager_steps: int = 20, gradcheck_every: int = 0) -> None:
+    """Clear errors for values the bench cannot run with."""
+    if not isinstance(gradcheck_every, (int, np.integer)) or gradcheck_every < 0:
+        raise SvhnJaxError(f"--gradcheck-every must be an integer >= 0, got {gradcheck_every!r}")
+    if not isinstance(n, (int, np.integer)) or n < 1:
+        raise SvhnJaxError(f"--n must be a positive number of images, got {n!r}")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise SvhnJaxError(f"--epochs must be at least 1, got {epochs!r}")
+    if not isinstance(eager_steps, (int, np.integer)) or eager_steps < 1:
+        raise SvhnJaxError(f"--eager-steps must be at least 1, got {eager_steps!r}")
+    if not hidden:
+        raise SvhnJaxError("give at least one hidden size, e.g. --hidden 128")
+    for h in hidden:
+        if not isinstance(h, (int, np.integer)) or h < 1:
+            raise SvhnJaxError(f"hidden sizes must be positive integers, got {list(hidden)}")
+    if not batch:
+        raise SvhnJaxError("give at least one batch size, e.g. --batch 64")
+    for b in batch:
+        if not isinstance(b, (int, np.integer)) or b < 1:
+            raise SvhnJaxError(f"batch sizes must be positive integers, got {list(batch)}")
+        if b > n:
+            raise SvhnJaxError(f"batch size {b} is larger than the data ({n} images); "
+                               f"use a smaller --batch or a larger --n")
+
+
+
+
+def ratios(results: Sequence[dict]) -> dict:
+    """{"h128_b64": {"scan_manual_vs_scan_autodiff": t(scan_autodiff)/t(scan_manual), ...}}:
+    speed-ups of the first mode over the second (> 1: the first is faster)."""
+    out: dict = {}
+    for r in results:
+        out.setdefault(f"h{r['hidden']}_b{r['batch']}", {})
+    for key in out:
+        t = {r["mode"]: r["s_per_epoch"] for r in results if f"h{r['hidden']}_b{r['batch']}" == key}
+        out[key] = {f"{a}_vs_{b}": t[b] / t[a] for a, b in RATIO_PAIRS if a in t and b in t}
+    return out
+
+
+# ------------------------------------------------------------------------ run
+
+
+def device_name() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    return getattr(d, "device_kind", None) or d.platform
+
+
+def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs: int = 3,
+        n: int = 73257, modes: Sequence[str] | str = MODES, seed: int = 0, *,
+        eager_steps: int = 20, peak_size: int = 2048, gradcheck_every: int = 0,
+        progress: Callable[[str], None] | None = None, keep: list | None = None) -> dict:
+    """Measure every mode for every (hidden, batch); returns the JSON report:
+
+    {"peak_gflops", "peak_gflops_start", "peak_gflops_end", "peak_busy", "device",
+     "backend", "results": [record, ...], "skipped": [...], "ratios": {...},
+     "gradcheck": [record, ...], "busy_warning"}
+
+    gradcheck_every > 0 also times the mission's training with a gradient check
+    every that many steps against the same training without (`checks.measure`,
+    one record per (hidden, batch) in "gradcheck").
+
+    `keep`, when given a list, receives every `Measurement` (with step losses and
+    final parameters) in the order measured. `progress` gets one line per mode.
+    """
+    hidden, batch = tuple(hidden), tuple(batch)
+    modes = parse_modes(modes)
+    check_args(hidden, batch, epochs, n, eager_steps, gradcheck_every)
+    if not modes and not gradcheck_every:
+        raise SvhnJaxError("nothing to measure: --modes none needs --gradcheck-every N")
+    say = progress or (lambda msg: None)
+
+    import jax
+
+    with machine.measure_load() as peak_load:
+        peak_start = machine.peak_gflops(peak_size)
+    say(f"peak {peak_start:.1f} GFLOP/s ({jax.default_backend()})")
+    X_host, y_host = make_data(n, seed)
+    X, y = jax.device_put(X_host), jax.device_put(y_host)
+    jax.block_until_ready((X, y))
+
+    results, skipped = [], []
+    for h in hidden:
+        for b in batch:
+            for mode in modes:
+                if mode in JAX_MODES:
+                    m = measure_jax(mode, h, b, X, y, epochs=epochs, seed=seed, eager_steps=eager_steps)
+                else:
+                    m = measure_ref(mode, h, b, X_host, y_host, epochs=epochs, seed=seed)
+                if m is None:
+                    skipped.append({"mode": mode, "hidden": h, "batch": b,
+                                    "reason": "torch is not installed (pip install torch)"})
+                    say(f"{mode:14s} H={h} B={b}: skipped (torch is not installed)")
+                    continue
+                results.append(m.record)
+                if keep is not None:
+                    keep.append(m)
+                say(f"{mode:14s} H={h} B={b}: {m.record['s_per_epoch']:.3f} s/epoch"
+                    + (" (extrapolated)" if m.record["extrapolated"] else "")
+                    + (" BUSY" if m.record["busy"] else ""))
+
+    gradcheck = []
+    for h in hidden:
+        for b in batch:
+            if gradcheck_every:
+                gradcheck.append(checks.measure(h, b, n, gradcheck_every, epochs=epochs, seed=seed))
+                say(f"gradcheck every {gradcheck_every} H={h} B={b}: {gradcheck[-1]['ratio']:.2f}x plain training")
+
+    with machine.measure_load() as end_load:
+        peak_end = machine.peak_gflops(peak_size)
+    peak = max(peak_start, peak_end)
+    for r in results:
+        r["frac_peak"] = r["flops_per_epoch"] / r["s_per_epoch"] / (peak * 1e9)
+    peak_busy = bool(peak_load.get("busy") or end_load.get("busy"))
+    return {"peak_gflops": peak, "peak_gflops_start": peak_start, "peak_gflops_end": peak_end,
+            "peak_busy": peak_busy, "device": device_name(), "backend": jax.default_backend(),
+            "results": results, "skipped": skipped, "ratios": ratios(results), "gradcheck": gradcheck,
+            "busy_warning": peak_busy or any(bool(r["busy"]) for r in results + gradcheck)}
+
+
+# ---------------------------------------------------------------------- table
+
+
+def _fmt(v, spec, none="-"):
+    return none if v is None else format(v, spec)
+
+
+def format_report(report: dict) -> str:
+    """The human-readable table, the ratios and any warnings."""
+    lines = [f"device {report['device']} ({report['backend']}); peak {report['peak_gflops']:.1f} GFLOP/s "
+             f"(start {report['peak_gflops_start']:.1f}, end {report['peak_gflops_end']:.1f})", ""]
+    head = (f"{'mode':14s} {'H':>5s} {'batch':>5s} {'compile s':>9s} {'s/epoch':>8s} "
+            f"{'samples/s':>10s} {'% peak':>6s} {'other cores':>11s} {'loss':>8s}  note")
+    if report["results"] or report["skipped"]:
+        lines += [head, "-" * len(head)]
+    for r in report["results"]:
+        note = []
+        if r["extrapolated"]:
+            note.append(f"extrapolated from {r.get('eager_steps', '?')} steps")
+        if r["runs_on"] != report["backend"]:
+            note.append(f"on {r['runs_on']}")
+        if r["busy"]:
+            note.append("BUSY")
+        lines.append(f"{r['mode']:14s} {r['hidden']:5d} {r['batch']:5d} {r['compile_s']:9.2f} "
+                     f"{r['s_per_epoch']:8.3f} {r['samples_per_s']:10.0f} "
+                     f"{_fmt(r['frac_peak'] and 100 * r['frac_peak'], '6.1f'):>6s} "
+                     f"{_fmt(r['other_busy_cores'], '11.2f'):>11s} {r['loss']:8.3g}  {', '.join(note)}")
+    for s in report["skipped"]:
+        lines.append(f"{s['mode']:14s} {s['hidden']:5d} {s['batch']:5d}  skipped: {s['reason']}")
+    keys = [k for k, rs in report["ratios"].items() if rs]
+    if keys:
+        lines += ["", "speed-ups t(B) / t(A) (> 1: A is faster)"]
+        lines.append(f"  {'A vs B':32s}" + "".join(f"{k:>12s}" for k in keys))
+        for a, b in RATIO_PAIRS:
+            name = f"{a}_vs_{b}"
+            if any(name in report["ratios"][k] for k in keys):
+                lines.append(f"  {a + ' vs ' + b:32s}" + "".join(
+                    f"{_fmt(report['ratios'][k].get(name), '.2f') + 'x':>12s}" for k in keys))
+    if report["results"]:
+        lines += ["", "loss: mean over the last timed epoch (eager: its last timed steps); "
+                      "cross-entropy for JAX, + L2 for numpy/torch."]
+    lines += checks.format_records(report.get("gradcheck", []))
+    if any(r["extrapolated"] for r in report["results"]):
+        lines.append("eager: s/epoch extrapolated from the median of its timed steps.")
+    if report["busy_warning"]:
+        lines.append("WARNING: other processes kept the CPU busy during "
+                     + ("the peak measurement and " if report["peak_busy"] else "")
+                     + "at least one mode (BUSY above); absolute times and ratios may be off. "
+                     "Rerun on a quiet machine.")
+    return "\n".join(lines)
