@@ -16,7 +16,7 @@ batch that step trains on (`train.get_batch`), compares
       training proceeds;
   float64: stepcheck.step_check on the same parameters and batch, cast up, with
       the checks and tolerances of `svhn-jax train --gradcheck-every`
-      (svhn_jax.runs.TOL_STEP_AUTODIFF and TOL_STEP_DIRECTIONAL explain them):
+      (svhn_jax.nn.stepcheck.TOL_STEP_AUTODIFF and TOL_STEP_DIRECTIONAL explain them):
       hand vs jax.grad, and a directional central finite difference along a
       random unit vector, counted where the loss is smooth along it, with
       step_check's step or --fd-eps. A much smaller step lets rounding
@@ -213,7 +213,7 @@ def compare(args) -> int:
                           f"{time.perf_counter() - t0:.1f}s")
     seconds = time.perf_counter() - t0
 
-    summary = summarize(rows, runs.TOL_STEP_AUTODIFF, runs.TOL_STEP_DIRECTIONAL)
+    summary = summarize(rows, stepcheck.TOL_STEP_AUTODIFF, stepcheck.TOL_STEP_DIRECTIONAL)
     summary.update(seconds=seconds, fd_eps=eps, settings=config.to_json(c))
     runfolder.write_csv(out / "grad_diffs.csv", rows)
     atomic.write_json(out / "summary.json", summary)
@@ -222,8 +222,8 @@ def compare(args) -> int:
                      out / "step_diffs.png", tol=F32_EXPECTED_REL)
     plots.gradcheck([{"step": r["step"], "manual_vs_autodiff": r["f64_manual_vs_autodiff"],
                       "directional_fd": r["f64_directional_fd"]} for r in rows],
-                    out / "gradcheck.png", tol_fd=runs.TOL_STEP_DIRECTIONAL,
-                    tol_autodiff=runs.TOL_STEP_AUTODIFF)
+                    out / "gradcheck.png", tol_fd=stepcheck.TOL_STEP_DIRECTIONAL,
+                    tol_autodiff=stepcheck.TOL_STEP_AUTODIFF)
     if diverged is not None:
         raise diverged
 

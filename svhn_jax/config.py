@@ -102,8 +102,9 @@ class RunConfig:
     # run control (train only)
     patience: int = setting(0, "early stopping after this many epochs without a better "
                             "validation accuracy (0: off)", low=0, high=INT_MAX, commands=(TRAIN,))
-    gradcheck_every: int = setting(0, "float64 gradient check every N steps (1: every step; 0: off)",
-                                   low=0, high=INT_MAX, commands=(TRAIN,))
+    gradcheck_every: int = setting(0, "check the gradient of every N-th step inside the compiled "
+                                   "epoch (1: every step; 0: off)", low=0, high=INT_MAX,
+                                   commands=(TRAIN, SWEEP))
     gradcheck_strict: bool = setting(False, "stop when a gradient check fails", commands=(TRAIN,))
     checkpoint_every: int = setting(0, "also checkpoint every N steps (always at each epoch's end)",
                                     low=0, high=INT_MAX, commands=(TRAIN,))

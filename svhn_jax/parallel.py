@@ -188,6 +188,8 @@ def steps(state, hp, X, y, order, start, cfg: train.StepConfig, count: int, mesh
     def body(state, i):
         xb, yb = train.get_batch(X, y, order, i, state.key, state.step, cfg)
         xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharding)
+        if cfg.check_every:   # the check differentiates the global-batch loss: it proves the sharded step
+            return train.checked_step(state, hp, xb, yb, i, cfg, loss_and_grads=grads_fn)
         return train.train_step(state, hp, xb, yb, cfg, loss_and_grads=grads_fn)
 
     return jax.lax.scan(body, state, start + jnp.arange(count))

@@ -37,16 +37,6 @@ from .nn import model, optim, stepcheck
 from .progress import Progress
 from .runfolder import say
 
-# Per-step checks, float64. The directional derivative <g, v> along a random unit
-# vector is about |g| / sqrt(P) (P = 131k parameters in the mission network), so
-# the central difference's rounding, ~1e-16 L / eps, reaches ~1e-6 of it on rare
-# steps. Only checks whose differences at eps and 2 eps agree within 1e-6 count
-# (stepcheck.step_check), and 1e-5 leaves a 10x margin; a wrong backward scores
-# 1e-4 to 1.
-TOL_STEP_DIRECTIONAL = 1e-5
-TOL_STEP_AUTODIFF = 1e-10     # hand vs jax.grad: both exact, so this is rounding
-
-
 class Diverged(SvhnJaxError):
     exit_code = EXIT_DIVERGED
 
@@ -67,7 +57,7 @@ def step_config(c: RunConfig, steps_per_epoch: int) -> train.StepConfig:
         spec=model.make_spec(c.hidden, batchnorm=c.batchnorm),
         optimizer=c.optimizer, schedule=(c.schedule, tuple(sorted(opts.items()))),
         batch=c.batch, grad_mode=c.grad, shift=c.shift,
-        image_shape=(32, 32, 1 if c.grayscale else 3))
+        image_shape=(32, 32, 1 if c.grayscale else 3), check_every=c.gradcheck_every)
 
 
 def hyper(c: RunConfig) -> train.Hyper:
@@ -235,12 +225,12 @@ def _loop(run: _Run, state, prog: Progress, stop_after_steps: int | None):
             stop = False
             while pos < spe:
                 t0 = time.perf_counter()
-                if c.gradcheck_every and pos % c.gradcheck_every == 0:
-                    prog = _step_gradcheck(run, state, order, pos, prog, epoch)
                 count = _segment_length(pos, spe, c)
                 if stop_after_steps is not None:
                     count = min(count, start_step + stop_after_steps - int(state.step))
-                state, (ce, correct) = _run_steps(run, state, order, pos, count)
+                state, (ce, correct, *checks) = _run_steps(run, state, order, pos, count)
+                if checks:
+                    prog = _judge_checks(run, state, prog, stepcheck.records(checks[0], epoch + 1))
                 ce = np.asarray(ce)
                 if not np.all(np.isfinite(ce)):
                     _diverged(run, state, prog, ce, count)
@@ -272,9 +262,6 @@ def _mesh(c: RunConfig):
         return None
     mesh = parallel.make_mesh(c.devices)
     parallel.check_batch(c.batch, mesh)
-    if c.gradcheck_every:
-        raise SvhnJaxError("--gradcheck-every runs on one device for now: drop it or --devices "
-                           "(svhn-jax gradcheck --devices N proves the data-parallel backward)")
     return mesh
 
 
@@ -306,49 +293,31 @@ def _diverged(run: _Run, state, prog: Progress, ce: np.ndarray, count: int):
 
 
 def _segment_length(pos: int, spe: int, c: RunConfig) -> int:
-    """Steps until the end of the epoch, the next gradient check or checkpoint.
+    """Steps until the end of the epoch or the next checkpoint.
 
-    Checks and checkpoints fall on multiples of their period counted from the
-    start of each epoch, so a run compiles at most three scan lengths (the
-    epoch, the period, the epoch's remainder) however long it is.
+    Checkpoints fall on multiples of their period counted from the start of each
+    epoch, so a run compiles at most three scan lengths (the epoch, the period,
+    the epoch's remainder) however long it is.
     """
     count = spe - pos
-    for every in (c.gradcheck_every, c.checkpoint_every):
-        if every:
-            count = min(count, every - pos % every)
+    if c.checkpoint_every:
+        count = min(count, c.checkpoint_every - pos % c.checkpoint_every)
     return count
 
 
-def _step_gradcheck(run: _Run, state, order, pos: int, prog: Progress, epoch: int) -> Progress:
-    """The per-step check on the batch the next step trains on."""
-    step = int(state.step)
-    xb, yb = train.get_batch(run.X, run.y, order, pos, state.key, state.step, run.cfg)
-    r = stepcheck.step_check(state.params, state.bn_state, xb, yb, run.cfg.spec, run.c.reg,
-                             jax.random.fold_in(jax.random.fold_in(state.key, 3), step))
-    record = {"step": step, "epoch": epoch + 1, **r}
-    tblog.log_gradchecks(run.tb, [record])
-    # `not (e <= tol)`: a NaN gradient makes the errors NaN, and that must fail too.
-    bad = (r["smooth"] and not r["directional_fd"] <= TOL_STEP_DIRECTIONAL) \
-        or not r["manual_vs_autodiff"] <= TOL_STEP_AUTODIFF
-    if bad:
-        msg = (f"gradient check at step {step}: directional finite difference rel error "
-               f"{r['directional_fd']:.1e} (tolerance {TOL_STEP_DIRECTIONAL:.0e}), hand vs "
-               f"jax.grad {r['manual_vs_autodiff']:.1e} (tolerance {TOL_STEP_AUTODIFF:.0e})")
+def _judge_checks(run: _Run, state, prog: Progress, rows: list[dict]) -> Progress:
+    """Record a segment's per-step checks; a failure warns, or under --gradcheck-strict
+    stops the run before anything trained after it is evaluated or kept as best."""
+    prog = prog._replace(gradchecks=prog.gradchecks + tuple(rows))
+    tblog.log_gradchecks(run.tb, rows)
+    failed = stepcheck.first_failure(rows)
+    if failed is not None:
         if run.c.gradcheck_strict:
-            raise SvhnJaxError(msg + "; stopping (--gradcheck-strict)")
-        print("warning: " + msg, file=sys.stderr)
-    return prog._replace(gradchecks=prog.gradchecks + (record,))
-
-
-def _gradcheck_summary(records) -> dict:
-    """Counts and worst errors; the directional error only over smooth checks
-    (see stepcheck.step_check: the others prove nothing either way)."""
-    if not records:
-        return {}
-    smooth = [r["directional_fd"] for r in records if r["smooth"]]
-    return {"gradchecks": len(records), "gradchecks_nonsmooth": len(records) - len(smooth),
-            "gradcheck_max_directional_fd": max(smooth, default=None),
-            "gradcheck_max_manual_vs_autodiff": max(r["manual_vs_autodiff"] for r in records)}
+            _write_outputs(run, state, prog, "gradcheck_failed",
+                           {"gradcheck_failed_at_step": failed["step"]})
+            raise SvhnJaxError(stepcheck.message(failed) + "; stopping (--gradcheck-strict)")
+        print("warning: " + stepcheck.message(failed), file=sys.stderr)
+    return prog
 
 
 def _end_epoch(run: _Run, state, prog: Progress, epoch: int) -> Progress:
@@ -384,8 +353,8 @@ def _finish(run: _Run, parts: dict, template, state, prog: Progress) -> dict:
     extra = {"best_params_sha256": checkpoint.fingerprint(best["params"])}
     plots.curves(list(prog.history), out / "loss.png", out / "accuracy.png")
     if prog.gradchecks:
-        plots.gradcheck(list(prog.gradchecks), out / "gradchecks.png",
-                        tol_fd=TOL_STEP_DIRECTIONAL, tol_autodiff=TOL_STEP_AUTODIFF)
+        tol = stepcheck.tolerance()
+        plots.gradcheck(list(prog.gradchecks), out / "gradchecks.png", tol_fd=tol, tol_autodiff=tol)
     if "test" in parts:
         X_te, y_te = parts["test"]
         loss, acc, pred = evaluate_on_test(best, X_te, y_te, run.derived["preprocessing"],
@@ -429,6 +398,7 @@ def _write_outputs(run: _Run, state, prog: Progress, status: str, extra: dict | 
                **{k: v for k, v in run.derived.items() if k.startswith(("n_", "overlap_"))},
                "train_seconds": prog.seconds,
                "params_sha256": checkpoint.fingerprint(state.params),
-               **_gradcheck_summary(prog.gradchecks), **(extra or {})}
+               **(stepcheck.summary(list(prog.gradchecks)) if prog.gradchecks else {}),
+               **(extra or {})}
     atomic.write_json(out / "metrics.json", metrics)
     return metrics

@@ -158,7 +158,7 @@ def check_key(key, step):
     return jax.random.fold_in(jax.random.fold_in(key, 3), step)
 
 
-def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig):
+def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig, loss_and_grads=None):
     """`train_step`, preceded on steps i % cfg.check_every == 0 of the epoch by
     stepcheck.check of the gradient this very update applies, on its batch
     -> (new state, (cross-entropy, correct count, stepcheck.StepCheck)).
@@ -177,7 +177,7 @@ def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig):
     would run its rule later, outside any scope, which is why `run_steps_many`
     scans a vmapped step rather than vmapping a scan.
     """
-    grads, bn_state, logits = gradients(state, hp, xb, yb, cfg)
+    grads, bn_state, logits = gradients(state, hp, xb, yb, cfg, loss_and_grads)
 
     def run():
         c = stepcheck.check(state.params, state.bn_state, xb, yb, grads, hp.reg,

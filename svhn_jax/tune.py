@@ -30,6 +30,7 @@ from . import atomic, config, data, rundata, runfolder, runs, tblog, train
 from .config import VMAPPED, RunConfig
 from .data import preprocess
 from .errors import SvhnJaxError
+from .nn import stepcheck
 
 
 def _kind(name: str) -> str:
@@ -154,21 +155,30 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
     if shared:
         orders = lambda keys, epoch, n, b: train.epoch_order(keys[0], epoch, n, b)
     k = len(configs)
-    results = [{"history": [], "best_val_acc": -1.0, "best_epoch": 0, "status": "completed"}
-               for _ in configs]
+    results = [{"history": [], "gradchecks": [], "best_val_acc": -1.0, "best_epoch": 0,
+                "status": "completed"} for _ in configs]
     t0 = time.perf_counter()
     for epoch in range(c0.epochs):
         te = time.perf_counter()
-        states, (ce, correct) = train.run_steps_many(states, hps, X, y, orders(states.key, epoch, n, c0.batch),
-                                                     0, cfg, spe)
+        states, (ce, correct, *checks) = train.run_steps_many(
+            states, hps, X, y, orders(states.key, epoch, n, c0.batch), 0, cfg, spe)
         val_loss, val_acc = train.evaluate_many(states.params, states.bn_state, val, cfg.spec)
         ce, val_loss, val_acc = np.asarray(ce), np.asarray(val_loss), np.asarray(val_acc)
         correct = np.asarray(correct)
         seconds = time.perf_counter() - te
         lr_now = [runs.lr_at(cfg, c.lr, (epoch + 1) * spe - 1) for c in configs]
         for i, r in enumerate(results):
-            if r["status"] == "diverged":
+            if r["status"] != "completed":
                 continue
+            if checks:
+                rows = stepcheck.records(checks[0], epoch + 1, config=i)
+                r["gradchecks"] += rows
+                failed = stepcheck.first_failure(rows)
+                if failed is not None:   # a wrong gradient: not a result to choose
+                    runfolder.say(f"warning: configuration {i + 1} of the group: "
+                                  + stepcheck.message(failed))
+                    r.update(status="gradcheck_failed", gradcheck_failed_at_step=failed["step"])
+                    continue
             finite = np.isfinite(ce[i])
             if not finite.all() or not np.isfinite(val_loss[i]):
                 step = epoch * spe + (int(np.argmin(finite)) + 1 if not finite.all() else spe)
@@ -232,7 +242,8 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
              "best_val_acc": r["best_val_acc"], "best_epoch": r["best_epoch"],
              "final_val_acc": r["final_val_acc"], "final_val_loss": r["final_val_loss"],
              "final_train_loss": r["final_train_loss"], "status": r["status"],
-             "diverged_at_step": r.get("diverged_at_step", ""), "group_size": r["group_size"]}
+             "diverged_at_step": r.get("diverged_at_step", ""), "group_size": r["group_size"],
+             **(stepcheck.summary(r["gradchecks"]) if base.gradcheck_every else {})}
             for i, r in enumerate(ranked)]
     summary = {"swept": swept, "search": search, "configurations": len(results), "groups": len(groups),
                "sweep_seconds": seconds, "vmapped_axes": list(VMAPPED), "results": rows,

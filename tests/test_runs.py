@@ -133,3 +133,14 @@ def test_history_is_written_at_every_epoch_end(tmp_path, npz, monkeypatch):
 def test_batch_larger_than_the_training_part(tmp_path, npz):
     with pytest.raises(SvhnJaxError, match="larger than the training part"):
         runs.train_run(small(npz, batch=5000), tmp_path / "r", quiet=True)
+
+
+def test_a_sweep_checks_every_configuration(tmp_path, npz, capsys):
+    assert cli.main(["sweep", "--data", str(npz), "--out", str(tmp_path / "s"), "--hidden", "8",
+                     "--epochs", "1", "--batch", "50", "--lr", "1e-3,1e-2", "--gradcheck-every", "4",
+                     "--no-final", "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)["results"]
+    spe = -(-700 // 50)                   # 700 training images of 1000 (0.1 val, 0.2 test)
+    for r in results:
+        assert r["gradchecks"] == len(range(0, spe, 4)) and r["gradchecks_failed"] == 0, r
+        assert 0 < r["gradcheck_max_manual_vs_autodiff"] <= r["gradcheck_tolerance"]

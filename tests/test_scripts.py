@@ -121,7 +121,7 @@ def test_seed_grid(outputs):
 
 
 def test_compare_grads(outputs):
-    from svhn_jax import runs
+    from svhn_jax.nn import stepcheck
     from svhn_jax.nn import gradcheck
 
     r, out = outputs["grads"]
@@ -134,8 +134,8 @@ def test_compare_grads(outputs):
     # Dense(8) without bias (BatchNorm follows) - BatchNorm - ReLU - Dense(10)
     leaves = {"0.dense.W", "1.batchnorm.gamma", "1.batchnorm.beta", "3.dense.W", "3.dense.b"}
     for x in rows:
-        assert float(x["f64_manual_vs_autodiff"]) <= runs.TOL_STEP_AUTODIFF
-        assert float(x["f64_directional_fd"]) <= runs.TOL_STEP_DIRECTIONAL
+        assert float(x["f64_manual_vs_autodiff"]) <= stepcheck.TOL_STEP_AUTODIFF
+        assert float(x["f64_directional_fd"]) <= stepcheck.TOL_STEP_DIRECTIONAL
         assert 0.0 <= float(x["f32_max_rel_diff"]) < 1e-3  # float32 rounding
         assert np.isfinite(float(x["loss"])) and x["f32_worst_leaf"] in leaves
     summary = _strict_json(out / "summary.json")
