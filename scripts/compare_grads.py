@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from svhn_jax import cli, config, errors, rundata, runfolder
+from svhn_jax import config, errors, flags, rundata, runfolder
 
 F32_EXPECTED_REL = 1e-5      # float32 hand vs jax.grad: rounding, ~1e-6; a reference line, not a test
 
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fd-eps", type=float, default=None,
                    help="step of the float64 directional finite difference (default: "
                         "stepcheck.step_check's, 1e-5, the one training uses)")
-    cli.add_settings(p, "lr-find")   # the training settings, as `svhn-jax train` spells them
+    flags.add_settings(p, "lr-find")   # the training settings, as `svhn-jax train` spells them
     return p
 
 
@@ -148,7 +148,7 @@ def compare(args) -> int:
         raise errors.SvhnJaxError(f"--steps must be a positive integer, got {args.steps}")
     if args.fd_eps is not None and not 0 < args.fd_eps < 1:
         raise errors.SvhnJaxError(f"--fd-eps must lie between 0 and 1, got {args.fd_eps}; e.g. 1e-5")
-    c = cli.make_config(args, "lr-find")
+    c = flags.make_config(args, "lr-find")
     if args.lr is not None:
         c = c.replace(lr=args.lr)
     out = Path(args.out)

@@ -61,7 +61,7 @@ import sys
 from pathlib import Path
 
 from svhn_jax import config, errors
-from svhn_jax.cli import int_list
+from svhn_jax.flags import int_list
 
 GRID = {"lr": "1e-3,1e-2", "optimizer": "adam,momentum"}   # the notebook's axes
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 from .errors import SvhnJaxError
 
@@ -110,3 +111,14 @@ def primitives(hlo_text: str) -> dict:
     read from the metadata of compiled HLO text (`jitted.lower(...).compile().as_text()`)."""
     found = re.findall(r'^\s*(?:ROOT )?%?([\w.-]+) = .*?metadata=\{op_name="([^"]*)"', hlo_text, re.M)
     return {op: path.rsplit("/", 1)[-1] for op, path in found}
+
+
+def profile_training(state, hp, X, y, cfg, n: int, logdir, steps: int = 5) -> Path:
+    """A trace of `steps` single training steps of epoch 0 after one untraced
+    (compiling) step, on a copy of `state`: the run itself is unchanged.
+    Returns the trace folder."""
+    from . import train
+
+    order = train.epoch_order(state.key, 0, n, cfg.batch)
+    step = lambda s, i: train.run_steps(s, hp, X, y, order, i, cfg, 1)[0]
+    return profile_steps(step, jax.tree.map(jnp.copy, state), logdir, steps=steps)[1]

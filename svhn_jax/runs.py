@@ -197,7 +197,10 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: Path 
     if mesh is not None:
         state, val = parallel.replicate((state, val), mesh)
     if profile:
-        _profile(state, hp, X, y, cfg, n, profile, quiet)
+        from . import profiling
+        session = profiling.profile_training(state, hp, X, y, cfg, n, profile)
+        say(f"profile of 5 steps: {session} (tensorboard --logdir {profile}, or ui.perfetto.dev)",
+            quiet=quiet)
     tb = tblog.open_writer(out / tblog.TB_DIR, start_step=int(state.step),
                            history=prog.history if resume else (),
                            enabled=c.tensorboard and parallel.is_main_process())
@@ -367,17 +370,6 @@ def _finish(run: _Run, parts: dict, template, state, prog: Progress) -> dict:
         for name in ("confusion", "misclassified"):
             tblog.log_image(run.tb, f"images/{name}", out / f"{name}.png", int(state.step))
     return _write_outputs(run, state, prog, "completed", extra)
-
-
-def _profile(state, hp, X, y, cfg, n: int, folder, quiet: bool) -> None:
-    """A jax.profiler trace of 5 single steps after one untraced (compiling) step."""
-    from . import profiling
-
-    order = train.epoch_order(state.key, 0, n, cfg.batch)
-    step = lambda s, i: train.run_steps(s, hp, X, y, order, i, cfg, 1)[0]
-    _, session = profiling.profile_steps(step, jax.tree.map(jnp.copy, state), folder, steps=5)
-    say(f"profile of 5 steps: {session} (tensorboard --logdir {folder}, or ui.perfetto.dev)",
-        quiet=quiet)
 
 
 def evaluate_on_test(best, X_te, y_te, prep, spec):

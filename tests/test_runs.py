@@ -144,3 +144,11 @@ def test_a_sweep_checks_every_configuration(tmp_path, npz, capsys):
     for r in results:
         assert r["gradchecks"] == len(range(0, spe, 4)) and r["gradchecks_failed"] == 0, r
         assert 0 < r["gradcheck_max_manual_vs_autodiff"] <= r["gradcheck_tolerance"]
+
+
+def test_train_profile_writes_a_trace_and_leaves_the_run_unchanged(tmp_path, npz):
+    plain = runs.train_run(small(npz, epochs=1), tmp_path / "a", quiet=True)
+    profiled = runs.train_run(small(npz, epochs=1), tmp_path / "b", quiet=True,
+                              profile=tmp_path / "prof")
+    assert list((tmp_path / "prof").rglob("*.xplane.pb"))
+    assert profiled["params_sha256"] == plain["params_sha256"]
