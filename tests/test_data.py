@@ -31,7 +31,6 @@ from svhn_jax.data import prepared as prepared_mod
 from svhn_jax.errors import DataError, DownloadError, SvhnJaxError
 
 ROOT = Path(__file__).resolve().parents[1]
-SLICE = Path(__file__).parents[1].parent / "shared/data/svhn_test_8k.npz"
 SLICE_COUNTS = [543, 1536, 1278, 889, 795, 732, 616, 605, 503, 503]
 
 
@@ -532,13 +531,14 @@ def test_ensure_available_downloads_and_prepares(server, fake_mats, tmp_path):
 
 @pytest.fixture(params=["slice-absent", "slice-present"])
 def slice_here(request, tmp_path, monkeypatch):
-    """Run from a fresh folder; with "slice-present", ../shared/data/svhn_test_8k.npz exists."""
+    """Run from a fresh folder; with "slice-present", data.EIGHT_K_SLICE exists relative to it."""
     work = tmp_path / "clone"
     work.mkdir()
     present = request.param == "slice-present"
     if present:
-        (tmp_path / "shared" / "data").mkdir(parents=True)
-        (tmp_path / "shared" / "data" / "svhn_test_8k.npz").write_bytes(b"")
+        fake = work / data.EIGHT_K_SLICE
+        fake.parent.mkdir(parents=True)
+        fake.write_bytes(b"")
     monkeypatch.chdir(work)
     return present
 
@@ -563,22 +563,21 @@ def test_error_messages_offer_the_8k_slice_only_where_it_exists(slice_here, tmp_
         for anywhere in ("--data synthetic", "train_32x32.mat and test_32x32.mat",
                          "FILE.npz", "X uint8 (N, 32, 32, 3)", "y 0..9"):
             assert anywhere in msg, (what, msg)
-        assert ("--data ../shared/data/svhn_test_8k.npz" in msg) == slice_here, (what, msg)
-        assert ("svhn_test_8k" in msg) == slice_here, (what, msg)
+        assert (f"--data {data.EIGHT_K_SLICE}" in msg) == slice_here, (what, msg)
+        assert (Path(data.EIGHT_K_SLICE).stem in msg) == slice_here, (what, msg)
 
 
 # ------------------------------------------------------------- real 8k slice
 
-@pytest.mark.skipif(not SLICE.is_file(), reason=f"real SVHN slice not found at {SLICE}")
-def test_load_real_8k_slice():
-    before = sorted(p.name for p in SLICE.parent.iterdir())
-    d = data.load(SLICE)
+def test_load_real_8k_slice(svhn_8k_path):
+    before = sorted(p.name for p in svhn_8k_path.parent.iterdir())
+    d = data.load(svhn_8k_path)
     assert list(d) == ["all"]
     X, y = d["all"]
     assert X.shape == (8000, 32, 32, 3) and X.dtype == np.uint8
     assert y.shape == (8000,) and y.dtype == np.int32
     assert np.bincount(y, minlength=10).tolist() == SLICE_COUNTS
-    assert sorted(p.name for p in SLICE.parent.iterdir()) == before  # no cache written
+    assert sorted(p.name for p in svhn_8k_path.parent.iterdir()) == before  # no cache written
 
 
 # --------------------------------------------------------------- bad inputs
