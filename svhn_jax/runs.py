@@ -189,7 +189,7 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: Path 
     quiet = quiet or not parallel.is_main_process()
     if resume:
         tree, meta = checkpoint.load(resume / "checkpoint.npz", template,
-                                     warn=lambda m: say(m, quiet=quiet))
+                                     warn=lambda m: say(m, quiet=not parallel.is_main_process()))
         state, prog = tree["state"], progress.from_json(meta["progress"])
         say(f"resuming {resume} at step {int(state.step)}", quiet=quiet)
     else:

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from svhn_jax import bench, cli
+from svhn_jax import bench, cli, cli_tools
 from svhn_jax.bench import refs
 from svhn_jax.errors import SvhnJaxError
 
@@ -178,4 +178,4 @@ def test_library_validation():
     with pytest.raises(SvhnJaxError, match="hidden"):
         bench.check_args((0,), (8,), 1, 16)
     assert bench.parse_modes("numpy,scan_manual") == ("scan_manual", "numpy")
-    assert cli.MODES_FOR_HELP == bench.MODES
+    assert cli_tools.MODES_FOR_HELP == bench.MODES
