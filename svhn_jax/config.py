@@ -96,6 +96,9 @@ class RunConfig:
                         "(autodiff)", choices=("manual", "autodiff"))
     seed: int = setting(0, "seed of initialisation, data order and augmentation", low=0,
                         high=SEED_MAX, sweep="vmap")
+    ensemble: int = setting(1, "train this many seeds (--seed, --seed + 1, ...) at once and score "
+                            "their averaged probabilities as one model (1: a single model)",
+                            low=1, high=4096, commands=(TRAIN,))
     # run control (train only)
     patience: int = setting(0, "early stopping after this many epochs without a better "
                             "validation accuracy (0: off)", low=0, high=INT_MAX, commands=(TRAIN,))
@@ -128,6 +131,8 @@ class RunConfig:
         if self.histogram_every is not None and not self.tensorboard:
             raise SvhnJaxError("--histogram-every writes TensorBoard histograms: drop it, or drop "
                                "--no-tensorboard")
+        if self.ensemble > 1:
+            _check_ensemble(self)
         if self.gradcheck_strict and not self.gradcheck_every:
             raise SvhnJaxError("--gradcheck-strict needs checks to act on: add --gradcheck-every N")
 
@@ -159,6 +164,20 @@ PRESETS = {
                  schedule="warmup-cosine", warmup_epochs=1.0, reg=3e-2, batch=128, epochs=60,
                  preprocess="image", grayscale=True, shift=2),
 }
+
+
+def _check_ensemble(c: RunConfig) -> None:
+    last = c.seed + c.ensemble - 1
+    if last > SEED_MAX:
+        raise SvhnJaxError(f"--ensemble {c.ensemble} trains seeds {c.seed} to {last}, beyond the "
+                           f"largest seed {SEED_MAX}; use a smaller --seed")
+    # An ensemble trains whole epochs in one program and checkpoints at their ends.
+    for flag, value in (("--gradcheck-every", c.gradcheck_every),
+                        ("--checkpoint-every", c.checkpoint_every)):
+        if value:
+            raise SvhnJaxError(f"{flag} acts on single runs, not on --ensemble (which checkpoints "
+                               f"at every epoch's end); drop one of them (member 0 of an ensemble "
+                               f"is the single run with the same --seed)")
 
 
 def _type_name(f) -> str:
