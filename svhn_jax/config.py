@@ -176,8 +176,7 @@ def _check_ensemble(c: RunConfig) -> None:
                         ("--checkpoint-every", c.checkpoint_every)):
         if value:
             raise SvhnJaxError(f"{flag} acts on single runs, not on --ensemble (which checkpoints "
-                               f"at every epoch's end); drop one of them (member 0 of an ensemble "
-                               f"is the single run with the same --seed)")
+                               f"at every epoch's end); drop one of them")
 
 
 def _type_name(f) -> str:

@@ -1,8 +1,11 @@
 """Ensembles: `svhn-jax train --ensemble K` trains K seeds of one configuration at
 once and scores them as one model, by the average of their predicted probabilities.
 
-Member i has seed `seed + i`: member 0 is the single run with --seed, and the members
-of a K-ensemble are the first K of any larger one. Their train states are stacked
+Member i has seed `seed + i` and is initialised, shuffled and augmented exactly as the
+single run with that seed: member 0 trains what --seed alone trains, and the members of
+a K-ensemble are the first K of any larger one, up to float32 rounding (a stacked
+matrix product may round differently from a single one, and over many epochs such
+differences grow, as any rounding difference does). Their train states are stacked
 along a leading axis and trained by `train.run_steps_many` (one vmapped, compiled
 program per epoch for all of them), spread over the devices along the `models` mesh
 axis (models_axis): K members on D devices train about K/D per device.
@@ -21,7 +24,7 @@ model that is scored. With train_on_val the last epoch is kept, as in single run
 
 The run folder is a single run's (runs.py) with the members stacked: config.json
 says `ensemble: K`; checkpoint.npz and best.npz hold (K, ...) arrays (real members
-only, so a run resumes on any number of devices); history.csv's val_loss and val_acc
+only, whatever the device count); history.csv's val_loss and val_acc
 are the ensemble's, train_loss and train_acc the members' mean, member_val_acc the
 mean of the members' own validation accuracies; metrics.json adds the seeds and each
 member's validation and test accuracy. TensorBoard histograms show member 0.

@@ -163,6 +163,21 @@ def test_an_interrupted_ensemble_resumes_to_the_same_parameters(ens, tmp_path):
     assert [int(r["epoch"]) for r in csv.DictReader((out / "history.csv").open())] == [1, 2]
 
 
+def test_a_diverged_member_stops_the_ensemble_and_is_named(tmp_path, monkeypatch):
+    real = train.run_steps_many
+
+    def nan_in_member_1(*a, **k):
+        states, (ce, correct) = real(*a, **k)
+        return states, (ce.at[1, 3].set(np.nan), correct)
+
+    monkeypatch.setattr(train, "run_steps_many", nan_in_member_1)
+    with pytest.raises(runs.Diverged, match=r"member 1 \(seed 1\) diverged at step 4"):
+        runs.train_run(config.make(**SETTINGS, ensemble=K), tmp_path / "d", quiet=True)
+    m = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert (m["status"], m["diverged_member"], m["diverged_at_step"], m["epochs_run"]) == \
+        ("diverged", 1, 4, 0)
+
+
 def test_ensemble_settings_that_cannot_take_effect_are_refused(tmp_path, capsys):
     with pytest.raises(SvhnJaxError, match="beyond the largest seed"):
         config.make(ensemble=3, seed=config.SEED_MAX - 1)
@@ -178,29 +193,34 @@ def test_ensemble_settings_that_cannot_take_effect_are_refused(tmp_path, capsys)
 
 # Run with N CPU devices: an ensemble (K=3 on 2 devices needs a padding slot; K=4 on 4
 # devices fills them) and a sweep group of the members' K configurations (the same
-# compiled program). Records on how many devices run_steps_many's stacked parameters
-# live after every call.
+# compiled program). Records how many models each device holds after every call of
+# run_steps_many, and the collectives in its compiled program.
 _SCRIPT = """
-import json, sys
+import json, re, sys
 import jax
 from svhn_jax import config, models_axis, plots, rundata, runs, train, tune
-spans, real = [], train.run_steps_many
+per_device, programs, real = [], [], train.run_steps_many
 def spy(*a, **k):
+    if not programs:   # the compiled program, before the call donates its state
+        programs.append(real.lower(*a, **k).compile().as_text())
     out = real(*a, **k)
-    spans.append(len(out[0].params[0]["W"].sharding.device_set))
+    per_device.append(sorted(x.data.shape[0] for x in out[0].params[0]["W"].addressable_shards))
     return out
 train.run_steps_many = spy
 for name in ("curves", "confusion", "misclassified"):   # figures are not under test here
     setattr(plots, name, lambda *a, **k: None)
 settings, k, out = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+COLLECTIVES = "all-reduce|all-gather|all-to-all|reduce-scatter|collective-permute"
 c = config.make(**settings, ensemble=k)
 runs.train_run(c, out, quiet=True)
-ensemble_spans, spans[:] = list(spans), []
+ensemble_per_device, per_device[:] = list(per_device), []
 parts = rundata.load_split(c)
 parts.pop("test")
 group = tune.train_group([c.replace(ensemble=1, seed=s) for s in range(k)], parts)
-print(json.dumps({"devices": jax.device_count(), "ensemble_spans": ensemble_spans,
-                  "sweep_spans": spans, "placements": [models_axis.placement(n)[1:] for n in (3, 5)],
+print(json.dumps({"devices": jax.device_count(), "ensemble_per_device": ensemble_per_device,
+                  "sweep_per_device": per_device,
+                  "collectives": len(re.findall(COLLECTIVES, programs[0])),
+                  "placements": [models_axis.placement(n)[1:] for n in (3, 5)],
                   "sweep_val_loss": [[h["val_loss"] for h in r["history"]] for r in group]}))
 """
 
@@ -215,8 +235,10 @@ def test_models_axis_spreads_members_and_sweeps_over_devices(device_jobs, ens, s
         assert job.returncode == 0, stderr[-3000:]
         r = json.loads(stdout.strip().splitlines()[-1])
         assert r["devices"] == n
-        # every compiled epoch ran with the stacked models spread over all N devices
-        assert r["ensemble_spans"] == r["sweep_spans"] == [n] * SETTINGS["epochs"]
+        # every compiled epoch left the stacked models spread over all N devices, 2 (3
+        # models and a padding slot on 2 devices) or 1 (4 on 4) on each
+        assert r["ensemble_per_device"] == r["sweep_per_device"] == [[4 // n] * n] * SETTINGS["epochs"]
+        assert r["collectives"] == 0   # no device waits for another while training
         # (models asked for, slots trained) for 3 and 5 models: as few devices as the
         # rounds allow, padding up to a multiple of them
         assert r["placements"] == ([[3, 4], [5, 6]] if n == 2 else [[3, 3], [5, 6]])
