@@ -43,6 +43,8 @@ def _summary_line(metrics: dict) -> str:
     line = f"best validation accuracy {metrics['best_val_acc']:.2%} (epoch {metrics['best_epoch']})"
     if metrics.get("test_acc") is not None:
         line += f"; test accuracy {metrics['test_acc']:.2%} on {metrics['n_test']} images"
+    if "member_test_acc" in metrics:   # an ensemble: what its members score alone
+        line += "\nmembers alone: " + "  ".join(f"{a:.2%}" for a in metrics["member_test_acc"])
     return line
 
 
@@ -126,6 +128,8 @@ def cmd_evaluate(args) -> int:
               f"({r['data']}, split {r['split']}; "
               f"{'overlap with training unknown' if overlap is None else f'{overlap} seen in training'})")
         print("per class: " + "  ".join(f"{k}:{a:.0%}" for k, a in enumerate(r["per_class_accuracy"])))
+        if "member_accuracy" in r:   # an ensemble: what its members score alone
+            print("members alone: " + "  ".join(f"{a:.2%}" for a in r["member_accuracy"]))
     return errors.EXIT_OK
 
 

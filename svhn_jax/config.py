@@ -99,6 +99,9 @@ class RunConfig:
     devices: str = setting("1", "devices to train on, data-parallel: a number or all (the batch is "
                            "split over them; results equal one device's up to float32 rounding)",
                            commands=(TRAIN,), metavar="N|all")
+    ensemble: int = setting(1, "train this many seeds (--seed, --seed + 1, ...) at once and score "
+                            "their averaged probabilities as one model (1: a single model)",
+                            low=1, high=4096, commands=(TRAIN,))
     # run control (train only)
     patience: int = setting(0, "early stopping after this many epochs without a better "
                             "validation accuracy (0: off)", low=0, high=INT_MAX, commands=(TRAIN,))
@@ -129,11 +132,16 @@ class RunConfig:
                                f" or drop --warmup-epochs")
         if not (self.devices == "all" or (self.devices.isdigit() and int(self.devices) >= 1)):
             raise SvhnJaxError(f"--devices must be a positive integer or all, got {self.devices!r}")
+        if self.ensemble > 1 and self.devices != "1":
+            raise SvhnJaxError("--ensemble spreads its members over every device by itself (a "
+                               "models axis); drop --devices")
         if self.batchnorm != "none" and self.batch < 2:
             raise SvhnJaxError("BatchNorm needs a batch of at least 2; use --batch 2 or more")
         if self.histogram_every is not None and not self.tensorboard:
             raise SvhnJaxError("--histogram-every writes TensorBoard histograms: drop it, or drop "
                                "--no-tensorboard")
+        if self.ensemble > 1:
+            _check_ensemble(self)
         if self.gradcheck_strict and not self.gradcheck_every:
             raise SvhnJaxError("--gradcheck-strict needs checks to act on: add --gradcheck-every N")
 
@@ -165,6 +173,19 @@ PRESETS = {
                  schedule="warmup-cosine", warmup_epochs=1.0, reg=3e-2, batch=128, epochs=60,
                  preprocess="image", grayscale=True, shift=2),
 }
+
+
+def _check_ensemble(c: RunConfig) -> None:
+    last = c.seed + c.ensemble - 1
+    if last > SEED_MAX:
+        raise SvhnJaxError(f"--ensemble {c.ensemble} trains seeds {c.seed} to {last}, beyond the "
+                           f"largest seed {SEED_MAX}; use a smaller --seed")
+    # An ensemble trains whole epochs in one program and checkpoints at their ends.
+    for flag, value in (("--gradcheck-every", c.gradcheck_every),
+                        ("--checkpoint-every", c.checkpoint_every)):
+        if value:
+            raise SvhnJaxError(f"{flag} acts on single runs, not on --ensemble (which checkpoints "
+                               f"at every epoch's end); drop one of them")
 
 
 def _type_name(f) -> str:

@@ -30,3 +30,15 @@ class DownloadError(SvhnJaxError):
     """The official files could not be fetched or failed their checksum."""
 
     exit_code = EXIT_NETWORK
+
+
+class Diverged(SvhnJaxError):
+    """Training produced a non-finite loss; the run folder says where."""
+
+    exit_code = EXIT_DIVERGED
+
+
+class Interrupted(SvhnJaxError):
+    """Ctrl-C during training, after a checkpoint was written."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -32,17 +32,11 @@ import numpy as np
 from . import atomic, checkpoint, config, data, parallel, progress, rundata, runfolder, tblog, train
 from .config import RunConfig
 from .data import preprocess
-from .errors import EXIT_DIVERGED, EXIT_INTERRUPTED, DataError, SvhnJaxError
+from .errors import DataError, Diverged, Interrupted, SvhnJaxError  # callers catch runs.Diverged
 from .nn import model, optim, stepcheck
 from .progress import Progress
 from .runfolder import say
 
-class Diverged(SvhnJaxError):
-    exit_code = EXIT_DIVERGED
-
-
-class Interrupted(SvhnJaxError):
-    exit_code = EXIT_INTERRUPTED
 
 
 def step_config(c: RunConfig, steps_per_epoch: int) -> train.StepConfig:
@@ -94,6 +88,8 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
     stop_after_steps (for tests) simulates a Ctrl-C after that many steps.
     Raises Diverged or Interrupted after writing metrics and a checkpoint.
     """
+    if profile and c.ensemble > 1:
+        raise SvhnJaxError("--profile traces a single model's steps; drop --profile or --ensemble")
     out = _writable(Path(out))
     runfolder.check_run_dir(out, overwrite=overwrite)
     parts = rundata.load_split(c, download=download)
@@ -180,6 +176,10 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: Path 
     n, prep = derived["n_train"], derived["preprocessing"]
     spe = train.steps_per_epoch(n, c.batch)
     cfg = step_config(c, spe)
+    if c.ensemble > 1:   # K seeds trained at once and scored as one model
+        from . import ensemble
+        return ensemble.train_members(c, derived, parts, out, cfg, resume=resume, quiet=quiet,
+                                      stop_after_steps=stop_after_steps)
     hp = hyper(c)
     mesh = _mesh(c)
     X, y = _place(parts["train"], prep, n, mesh)

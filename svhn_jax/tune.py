@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, config, data, rundata, runfolder, runs, tblog, train
+from . import atomic, config, data, models_axis, rundata, runfolder, runs, tblog, train
 from .config import VMAPPED, RunConfig
 from .data import preprocess
 from .errors import SvhnJaxError
@@ -150,6 +150,9 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
     states = stack([train.init_state(c.seed, cfg, X.shape[1], runs.hyper(c))
                     for c in configs])
+    place = models_axis.placement(len(configs))   # K configurations, about K/D per device
+    states, hps = models_axis.spread((states, hps), place)
+    X, y, val = models_axis.replicate((X, y, val), place)
     shared = len({c.seed for c in configs}) == 1   # one data order for the whole group
     orders = jax.jit(jax.vmap(train.epoch_order, in_axes=(0, None, None, None)), static_argnums=(2, 3))
     if shared:
