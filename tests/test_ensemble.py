@@ -75,13 +75,13 @@ def ens(tmp_path_factory, device_jobs):
     """An ensemble run of K seeds; the number of times the training step was traced."""
     out = tmp_path_factory.mktemp("ens") / "run"
     traces = []
-    steps = train.steps
+    step = train._step
 
     def forbidden(*a, **k):
         raise AssertionError("an ensemble must not train its members one at a time")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "steps", lambda *a, **k: traces.append(1) or steps(*a, **k))
+        mp.setattr(train, "_step", lambda *a, **k: traces.append(1) or step(*a, **k))
         mp.setattr(train, "run_steps", forbidden)
         train.run_steps_many.clear_cache()
         metrics = runs.train_run(config.make(**SETTINGS, ensemble=K), out, quiet=True)

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 TOL_DEVICES = 2e-6     # largest parameter difference between device counts (see parallel_cases)
