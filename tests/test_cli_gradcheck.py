@@ -19,7 +19,8 @@ def test_gradcheck_json_schema_and_pass(capsys):
     assert out["max_rel_error_manual_vs_finite_diff"] <= 1e-6
     names = {leaf["name"] for leaf in out["leaves"]}
     assert {"0.dense.W", "1.batchnorm.gamma", "1.batchnorm.beta", "softmax_ce.logits", "x"} <= names
-    assert all(set(leaf) >= {"manual_vs_autodiff", "manual_vs_finite_diff"} for leaf in out["leaves"])
+    assert all(set(leaf) >= {"manual_vs_autodiff", "manual_vs_finite_diff", "fd_entries", "fd_set_aside"}
+               for leaf in out["leaves"])
 
 
 def test_gradcheck_fails_loudly_on_a_wrong_backward(monkeypatch, capsys):

@@ -1,7 +1,7 @@
 """Whole-model gradient checks, the per-step check, and proof that the checks can fail.
 
 Tolerances: hand vs jax.grad <= 1e-10, hand vs finite differences <= 1e-6
-(float64 relative errors, see svhn_jax.gradcheck.rel_error).
+(float64 relative errors, see svhn_jax.nn.gradcheck.rel_error and its floor).
 """
 
 import jax
@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from svhn_jax.nn import gradcheck, layers, model, stepcheck
+from svhn_jax.nn.gradcheck import GradCheckError
 
 TOL_AUTODIFF = 1e-10
 TOL_FD = 1e-6
@@ -28,6 +29,8 @@ def test_model_three_way_with_l2(hidden, bn, train):
     assert r["max_rel_error_manual_vs_autodiff"] <= TOL_AUTODIFF, r
     assert r["max_rel_error_manual_vs_finite_diff"] <= TOL_FD, r
     assert r["ok"]
+    assert [leaf["name"] for leaf in r["leaves"]] == gradcheck.leaf_names(spec, model.init(
+        jax.random.key(0), spec, 12)[0])
 
 
 def test_model_check_at_full_input_width_with_sampled_entries():
@@ -35,7 +38,13 @@ def test_model_check_at_full_input_width_with_sampled_entries():
     r = gradcheck.check_model(spec, in_dim=3072, batch=4, reg=0.05, fd_samples=10, seed=2)
     assert r["max_rel_error_manual_vs_autodiff"] <= TOL_AUTODIFF
     assert r["max_rel_error_manual_vs_finite_diff"] <= TOL_FD
-    assert r["leaves"][0]["fd_entries"] == 10
+    assert [leaf["fd_entries"] for leaf in r["leaves"]] == [10, 10, 10, 10, 10]
+
+
+def test_the_check_is_the_same_for_the_same_seed_and_differs_across_seeds():
+    spec = model.make_spec((6,), batchnorm="after")
+    a, b, c = (gradcheck.check_model(spec, in_dim=5, batch=3, seed=s) for s in (7, 7, 8))
+    assert a == b and a["leaves"] != c["leaves"]
 
 
 def sign_flipped_dense_backward(params, cache, dy):
@@ -51,6 +60,15 @@ def bn_backward_missing_mean_term(params, cache, dy):
     return grads, cache["inv_std"] * (dxhat - xhat * (dxhat * xhat).mean(0))
 
 
+def relu_backward_wrong_side(params, mask, dy):
+    """A plausible bug: passing the gradient where x < 0 instead of x > 0."""
+    return layers.relu_backward(params, ~mask, dy)
+
+
+def nan_dense_backward(params, cache, dy):
+    return jax.tree.map(lambda a: a * jnp.nan, layers.dense_backward(params, cache, dy))
+
+
 def test_sign_flip_is_caught():
     r = gradcheck.check_layer("dense", backward=sign_flipped_dense_backward)
     assert not r["ok"]
@@ -61,19 +79,29 @@ def test_sign_flip_is_caught():
     assert r["max_rel_error_autodiff_vs_finite_diff"] <= TOL_FD
 
 
+def _patch(monkeypatch, name, backward):
+    init, fwd, _ = layers.LAYERS[name]
+    monkeypatch.setitem(layers.LAYERS, name, layers.Layer(init, fwd, backward))
+
+
 def test_missing_batchnorm_term_is_caught_per_layer_and_in_the_model(monkeypatch):
     r = gradcheck.check_layer("batchnorm", backward=bn_backward_missing_mean_term)
     assert not r["ok"]
     assert any(f.startswith("x: hand-written gradient differs from finite differences") for f in r["failures"])
 
-    init, fwd, _ = layers.LAYERS["batchnorm"]
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, bn_backward_missing_mean_term))
+    _patch(monkeypatch, "batchnorm", bn_backward_missing_mean_term)
     spec = model.make_spec((8, 6), batchnorm="before")
     r = gradcheck.check_model(spec, in_dim=5, batch=6)
     assert not r["ok"]
-    # BN's own gamma/beta are still right; everything below the first BN is wrong
-    failed = {f.split(":")[0] for f in r["failures"]}
-    assert "0.dense.W" in failed and "5.batchnorm.gamma" not in failed
+    # the last BN's own gamma/beta and everything above it are still right; every
+    # leaf below it gets the wrong input gradient, from both references
+    names = {leaf["name"] for leaf in r["leaves"]}
+    wrong = {"0.dense.W", "1.batchnorm.gamma", "1.batchnorm.beta", "3.dense.W"}
+    right = {"4.batchnorm.gamma", "4.batchnorm.beta", "6.dense.W", "6.dense.b"}
+    assert names == wrong | right
+    for reference in ("jax.grad", "finite differences"):
+        failed = {f.split(":")[0] for f in r["failures"] if f"differs from {reference}" in f}
+        assert failed == wrong, reference
 
 
 def test_step_check_passes_on_the_real_backward_and_fails_on_a_broken_one(monkeypatch):
@@ -88,8 +116,7 @@ def test_step_check_passes_on_the_real_backward_and_fails_on_a_broken_one(monkey
     coarse = stepcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2), eps=0.3)
     assert not coarse["smooth"]
 
-    init, fwd, _ = layers.LAYERS["batchnorm"]
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, bn_backward_missing_mean_term))
+    _patch(monkeypatch, "batchnorm", bn_backward_missing_mean_term)
     jax.clear_caches()  # the jitted check was traced with the correct backward
     bad = stepcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
     assert bad["manual_vs_autodiff"] > 1e-3
@@ -98,12 +125,9 @@ def test_step_check_passes_on_the_real_backward_and_fails_on_a_broken_one(monkey
 
 
 def test_a_nan_gradient_fails_the_checks(monkeypatch):
-    nan_backward = lambda params, cache, dy: jax.tree.map(lambda a: a * jnp.nan,
-                                                          layers.dense_backward(params, cache, dy))
-    r = gradcheck.check_layer("dense", backward=nan_backward)
+    r = gradcheck.check_layer("dense", backward=nan_dense_backward)
     assert not r["ok"] and any("dense.W" in f for f in r["failures"])
-    init, fwd, _ = layers.LAYERS["dense"]
-    monkeypatch.setitem(layers.LAYERS, "dense", layers.Layer(init, fwd, nan_backward))
+    _patch(monkeypatch, "dense", nan_dense_backward)
     jax.clear_caches()
     spec = model.make_spec((8,))
     params, state = model.init(jax.random.key(0), spec, 6)
@@ -111,3 +135,48 @@ def test_a_nan_gradient_fails_the_checks(monkeypatch):
     r = stepcheck.step_check(params, state, x, y, spec, 0.0, jax.random.key(2))
     assert not r["manual_vs_autodiff"] <= 1e-10     # NaN: never "within tolerance"
     jax.clear_caches()
+
+
+# ------------------------------------------- tree structure (issue 9, item 8)
+
+
+def _drop_last_bias(params, *args, **kwargs):
+    loss, grads, state, logits = model.loss_and_grads_manual(params, *args, **kwargs)
+    return loss, grads[:-1] + ({"W": grads[-1]["W"]},), state, logits
+
+
+def _transpose_first_weight(params, *args, **kwargs):
+    loss, grads, state, logits = model.loss_and_grads_manual(params, *args, **kwargs)
+    return loss, ({**grads[0], "W": grads[0]["W"].T},) + grads[1:], state, logits
+
+
+def _extra_leaf(params, *args, **kwargs):
+    loss, grads, state, logits = model.loss_and_grads_manual(params, *args, **kwargs)
+    return loss, grads[:1] + ({"scale": jnp.ones(())},) + grads[2:], state, logits
+
+
+SPEC = model.make_spec((6,), batchnorm="after")   # dense, relu, batchnorm, dense
+
+
+@pytest.mark.parametrize("manual,match", [
+    (_drop_last_bias, r"the hand-written gradient lacks 3\.dense\.b \(present in the jax\.grad gradient\)$"),
+    (_transpose_first_weight, r"^0\.dense\.W has shape \(6, 5\) in the hand-written gradient but "
+                              r"\(5, 6\) in the jax\.grad gradient$"),
+    (_extra_leaf, r"^the hand-written gradient has 1\.relu\.scale \(absent from the jax\.grad gradient\)$"),
+])
+def test_a_wrong_gradient_tree_is_named(manual, match):
+    """Before: a dropped leaf passed, silently missing from the report, and a
+    misshapen one crashed in NumPy broadcasting."""
+    with pytest.raises(GradCheckError, match=match):
+        gradcheck.check_model(SPEC, in_dim=5, batch=4, manual=manual)
+
+
+def test_a_layer_backward_with_a_wrong_tree_is_named():
+    drop_bias = lambda p, cache, dy: ({"W": layers.dense_backward(p, cache, dy)[0]["W"]},
+                                      layers.dense_backward(p, cache, dy)[1])
+    with pytest.raises(GradCheckError, match=r"lacks dense\.b"):
+        gradcheck.check_layer("dense", backward=drop_bias)
+    wrong_dx = lambda p, cache, dy: (layers.dense_backward(p, cache, dy)[0], dy)
+    with pytest.raises(GradCheckError, match=r"^x has shape \(8, 5\) in the hand-written gradient "
+                                             r"but \(8, 6\) in the jax\.grad gradient$"):
+        gradcheck.check_layer("dense", backward=wrong_dx)

@@ -1,4 +1,11 @@
-"""The model: both gradient modes under jit, clear errors, and overfitting real digits."""
+"""The model: forward values against NumPy, both gradient modes under jit, clear
+errors, the smallest legal BatchNorm batch, and overfitting real digits.
+
+Matrix products run at "highest" precision in every test here: GPUs multiply
+float32 (TF32) and sometimes float64 inputs with reduced precision by default,
+and the float32 comparisons below (rtol ~1e-5) assume the full precision a CPU
+gives.
+"""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +15,12 @@ import pytest
 from svhn_jax.data import preprocess
 from svhn_jax.nn import model, optim
 from svhn_jax.errors import SvhnJaxError
+
+
+@pytest.fixture(autouse=True)
+def full_precision_matmuls():
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def _batch(n=16, d=20, seed=0, dtype=jnp.float32):
@@ -34,8 +47,8 @@ def test_float64_modes_agree_to_rounding():
         spec = model.make_spec((12, 7), batchnorm="before")
         params, state = model.init(jax.random.key(1), spec, 9, jnp.float64)
         x, y = _batch(10, 9, 1, jnp.float64)
-        _, gm, _, _ = model.loss_and_grads_manual(params, state, x, y, spec, 0.2)
-        _, ga, _, _ = model.loss_and_grads_autodiff(params, state, x, y, spec, 0.2)
+        _, gm, _, _ = jax.jit(model.loss_and_grads_manual, static_argnums=4)(params, state, x, y, spec, 0.2)
+        _, ga, _, _ = jax.jit(model.loss_and_grads_autodiff, static_argnums=4)(params, state, x, y, spec, 0.2)
         for a, b in zip(jax.tree.leaves(gm), jax.tree.leaves(ga)):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 
@@ -110,3 +123,86 @@ def test_overfits_32_real_images(svhn_8k, name, lr):
         if acc == 1.0:
             break
     assert acc == 1.0, f"{name} reached only {acc:.0%} training accuracy"
+
+
+def _np_forward(params, state, x, spec, train, eps=1e-5, momentum=0.9):
+    """The whole MLP in float64 NumPy, written from the layer formulas: (logits, new state)."""
+    new_state = []
+    for (name, _), p, s in zip(spec, params, state):
+        p, s = {k: np.asarray(v) for k, v in p.items()}, {k: np.asarray(v) for k, v in s.items()}
+        if name == "dense":
+            x = x @ p["W"] + p.get("b", 0.0)
+        elif name == "relu":
+            x = np.maximum(x, 0.0)
+        else:
+            mu, var = (x.mean(0), x.var(0)) if train else (s["mean"], s["var"])
+            if train:
+                s = {"mean": momentum * s["mean"] + (1 - momentum) * mu,
+                     "var": momentum * s["var"] + (1 - momentum) * var}
+            x = p["gamma"] * (x - mu) / np.sqrt(var + eps) + p["beta"]
+        new_state.append(s)
+    return x, new_state
+
+
+@pytest.mark.parametrize("bn,train", [("none", True), ("before", True), ("before", False), ("after", True)])
+def test_forward_and_loss_match_numpy(bn, train):
+    spec = model.make_spec((7, 5), batchnorm=bn)
+    rng = np.random.default_rng(30)
+    with jax.enable_x64(True):
+        params, state = model.init(jax.random.key(3), spec, 6, jnp.float64)
+        params = jax.tree.map(lambda a: jnp.asarray(a + 0.3 * rng.normal(size=a.shape)), params)
+        state = jax.tree.map(lambda a: jnp.asarray(a + rng.uniform(0.1, 0.5, size=a.shape)), state)
+        x = rng.normal(size=(9, 6))
+        x[0, :2] = 0.0
+        y = rng.integers(0, 10, 9)
+        logits, new_state, _ = model.forward(params, state, jnp.asarray(x), spec, train=train)
+        value, (loss_state, loss_logits) = model.loss(params, state, jnp.asarray(x), jnp.asarray(y), spec, 0.2,
+                                                      train=train)
+        predicted = model.predict(params, state, jnp.asarray(x), spec)
+    want, want_state = _np_forward(params, state, x, spec, train)
+    np.testing.assert_allclose(logits, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(loss_logits, want, rtol=1e-12, atol=1e-12)
+    for got, ref in zip(new_state, want_state):
+        for k in ref:
+            np.testing.assert_allclose(got[k], ref[k], rtol=1e-13)
+    m = want.max(1, keepdims=True)
+    ce = np.mean(m[:, 0] + np.log(np.exp(want - m).sum(1)) - want[np.arange(9), y])
+    l2 = 0.5 * 0.2 * sum(float(np.sum(np.asarray(p["W"]) ** 2)) for p in params if "W" in p)
+    assert float(value) == pytest.approx(ce + l2, rel=1e-12)
+    eval_logits, _ = _np_forward(params, state, x, spec, train=False)
+    np.testing.assert_array_equal(predicted, eval_logits.argmax(1))     # predict uses eval mode
+
+
+@pytest.mark.parametrize("bn", ["before", "after"])
+def test_batchnorm_trains_at_its_smallest_legal_batch(bn):
+    """Batch 2, BatchNorm in train mode: a few SGD steps with the hand gradients stay
+    finite, agree with autodiff's, lower the loss, and update the running statistics."""
+    spec = model.make_spec((8,), batchnorm=bn)
+    params, state = model.init(jax.random.key(4), spec, 5)
+    x, y = _batch(2, 5, seed=5)
+    step = jax.jit(lambda p, s: model.loss_and_grads_manual(p, s, x, y, spec, 1e-3))
+    auto = jax.jit(lambda p, s: model.loss_and_grads_autodiff(p, s, x, y, spec, 1e-3))
+    opt = optim.sgd(0.1)
+    opt_state, losses = opt.init(params), []
+    for _ in range(5):
+        value, grads, new_state, _ = step(params, state)
+        _, grads_auto, _, _ = auto(params, state)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_auto)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves((value, grads, new_state)))
+        losses.append(float(value))
+        params, opt_state = opt.update(grads, opt_state, params)
+        state = new_state
+    assert losses[-1] < losses[0]
+    bn_index = [n for n, _ in spec].index("batchnorm")
+    assert float(jnp.max(jnp.abs(state[bn_index]["mean"]))) > 0     # the running mean moved off 0
+
+
+def test_make_spec_limits():
+    assert model.make_spec((), num_classes=2) == (("dense", 2),)        # the smallest legal model
+    with pytest.raises(SvhnJaxError, match="num_classes must be at least 2, got 1"):
+        model.make_spec((4,), num_classes=1)
+    with pytest.raises(SvhnJaxError, match="positive integers"):
+        model.make_spec((4, -1))
+    with pytest.raises(SvhnJaxError, match="positive integers"):
+        model.make_spec((2.5,))

@@ -513,3 +513,67 @@ def test_wrong_state_type_and_integer_params():
 def test_errors_are_value_errors():
     with pytest.raises(ValueError):
         optim.get("nope", 0.1)
+
+
+# ---------------------------------------------------------------------------
+# documented defaults (issue 13, item 5)
+
+DOCUMENTED = {
+    "sgd": {},
+    "momentum": {"mu": 0.9},
+    "nesterov": {"mu": 0.9},
+    "rmsprop": {"decay": 0.9, "eps": 1e-8},
+    "adam": {"b1": 0.9, "b2": 0.999, "eps": 1e-8},
+}
+# each documented value changed to a plausible other convention's
+OTHER = {"mu": 0.99, "decay": 0.99, "eps": 1e-7, "b1": 0.8, "b2": 0.99}
+
+
+def _defaults_problem():
+    """Gradients of order 1 on "w" and 1e-8 on "b", where eps is as large as sqrt(s)."""
+    params, grads = _problem(seed=13)
+    return params, [{"w": g["w"], "b": 1e-8 * g["b"]} for g in grads]
+
+
+@pytest.mark.parametrize("name", list(optim.OPTIMIZERS))
+def test_documented_defaults_are_the_ones_used(name):
+    params, grads = _defaults_problem()
+    with jax.enable_x64(True):
+        default, _ = _run(optim.get(name, 0.01), params, grads)
+        explicit, _ = _run(optim.get(name, 0.01, **DOCUMENTED[name]), params, grads)
+        others = {k: _run(optim.get(name, 0.01, **dict(DOCUMENTED[name], **{k: OTHER[k]})), params, grads)[0]
+                  for k in DOCUMENTED[name]}
+    for a, b in zip(default, explicit):
+        for k in SHAPES:
+            np.testing.assert_array_equal(a[k], b[k])
+    _assert_trajectories_close(default, REFERENCES[name](params, grads, lambda t: 0.01, **DOCUMENTED[name]))
+    for k, other in others.items():   # every documented value matters on this problem
+        diff = max(np.max(np.abs(np.asarray(other[-1][leaf]) - np.asarray(default[-1][leaf]))) for leaf in SHAPES)
+        assert diff > 1e-6, f"{name}: changing {k} to {OTHER[k]} changed nothing"
+
+
+def test_cosine_decays_to_zero_by_default():
+    steps = np.arange(0, 25)
+    want = 0.3 * 0.5 * (1 + np.cos(np.pi * np.minimum(steps, 10) / 10))   # final 0
+    for schedule in (optim.cosine(0.3, total_steps=10), optim.make_schedule("cosine", 0.3, total_steps=10),
+                     optim.cosine(0.3, total_steps=10, final=0.0)):
+        np.testing.assert_allclose(_values(schedule, steps), want, rtol=1e-6, atol=1e-8)
+    assert _values(optim.cosine(0.3, total_steps=10), [10, 24]) == [0.0, 0.0]
+
+
+def test_warmup_semantics_on_a_trajectory():
+    """The first update uses lr0 / steps, update number `steps` uses lr0, then the wrapped
+    schedule starts from its own step 0: sgd with constant gradients moves by sum(lr_t)."""
+    base = optim.step_decay(0.4, rate=0.5, every=2)
+    lrs = [0.1, 0.2, 0.3, 0.4, 0.4, 0.4, 0.2, 0.2, 0.1]   # 4 warm-up steps, then 0.4 * 0.5 ** (t // 2)
+    with jax.enable_x64(True):
+        opt = optim.sgd(optim.warmup(base, steps=4))
+        p, state = {"w": jnp.zeros(2)}, None
+        state = opt.init(p)
+        seen = []
+        for _ in lrs:
+            new, state = opt.update({"w": jnp.ones(2)}, state, p)
+            seen.append(float(p["w"][0] - new["w"][0]))
+            p = new
+    np.testing.assert_allclose(seen, lrs, rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(p["w"]), -sum(lrs), rtol=1e-12)
