@@ -35,8 +35,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import model
-from .gradcheck import (FD_STEP, _compare, _random_params, _report, float64, leaf_names,
-                        rel_error)
+from .gradcheck import (FD_STEP, FiniteDiff, _amplification, _compare, _random_params, _report,
+                        float64, path_namer, rel_error)
 
 TOL_AUTODIFF = 1e-12  # sharded hand VJP vs jax.grad of the global loss, float64
 AXIS = "data"
@@ -56,27 +56,34 @@ def _both(flat, state, x, y, *, unravel, spec, reg, train, mesh, manual, check_v
     return hand(params, state, x, y), (loss_ref, g_auto, state_ref)
 
 
-def _finite_diff(loss, flat, sizes, h, samples, seed):
-    """Central differences of loss(flat) on all (or `samples` random) entries of
-    each leaf, the leaves being consecutive runs of `sizes` entries of flat:
-    (indices per leaf, values per leaf). Two calls of one compiled program per
-    entry: for the small models checked here, cheaper than compiling
-    gradcheck.finite_diff's mapped program around a sharded one."""
+def _finite_diff(loss, flat, sizes, h, samples, rng) -> FiniteDiff:
+    """gradcheck.finite_diff's extrapolated central differences R(h) and their spread
+    |R(h) - R(2h)| (see nn/finitediff.py) of loss(flat), on all (or `samples` random)
+    entries of each leaf, the leaves being consecutive runs of `sizes` entries of
+    flat. Six calls of one compiled program per entry: for the small models checked
+    here, cheaper than compiling finite_diff's mapped program around a sharded one."""
     flat = np.asarray(flat)
-    rng = np.random.default_rng(seed)
     picks = [np.arange(n) if samples is None or samples >= n
              else np.sort(rng.choice(n, samples, replace=False)) for n in sizes]
 
-    def at(i, delta):
-        moved = flat.copy()
-        moved[i] += delta
-        return float(loss(moved))
+    def central(i, step):
+        up, down = flat.copy(), flat.copy()
+        up[i] += step
+        down[i] -= step
+        return (float(loss(up)) - float(loss(down))) / (2 * step)
 
-    offset, values = 0, []
+    def extrapolated(i):
+        d1, d2, d4 = central(i, h), central(i, 2 * h), central(i, 4 * h)
+        r1, r2 = (4 * d1 - d2) / 3, (4 * d2 - d4) / 3
+        return r1, abs(r1 - r2)
+
+    offset, values, spread = 0, [], []
     for n, pick in zip(sizes, picks):
-        values.append(np.array([(at(offset + i, h) - at(offset + i, -h)) / (2 * h) for i in pick]))
+        r = np.array([extrapolated(offset + i) for i in pick]).reshape(-1, 2)
+        values.append(r[:, 0])
+        spread.append(r[:, 1])
         offset += n
-    return picks, values
+    return FiniteDiff(picks, values, spread, float(loss(flat)))
 
 
 def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True, seed=0,
@@ -93,10 +100,11 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
     """
     n_dev = mesh.shape[AXIS]
     with float64():
-        kp, kx, ky = jax.random.split(jax.random.key(seed), 3)
-        params, state = _random_params(kp, spec, in_dim)
-        x = jax.random.normal(kx, (batch, in_dim), jnp.float64)
-        y = jax.random.randint(ky, (batch,), 0, spec[-1][1])
+        rng = np.random.default_rng(seed)
+        params, state = _random_params(rng, spec, in_dim)
+        x = jnp.asarray(rng.normal(size=(batch, in_dim)))
+        y = jnp.asarray(rng.integers(0, spec[-1][1], batch))
+        amp = float(_amplification(spec, params, state, x, train))
         state = jax.device_put(state, NamedSharding(mesh, P()))
         x, y = jax.device_put((x, y), NamedSharding(mesh, P(AXIS)))
         flat, unravel = ravel_pytree(params)
@@ -104,10 +112,10 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
         both = jax.jit(partial(_both, unravel=unravel, spec=spec, reg=reg, train=train, mesh=mesh,
                                manual=manual or model.loss_and_grads_manual, check_vma=check_vma))
         (loss_m, g_manual, state_m), (loss_ref, g_auto, state_ref) = both(flat, state, x, y)
-        picks, fd = _finite_diff(lambda v: both(v, state, x, y)[0][0], flat,
-                                 [leaf.size for leaf in jax.tree.leaves(params)], h, fd_samples, seed)
-
-        rows, failures = _compare(leaf_names(spec, params), g_manual, g_auto, picks, fd)
+        fd = _finite_diff(lambda v: both(v, state, x, y)[0][0], flat,
+                          [leaf.size for leaf in jax.tree.leaves(params)], h, fd_samples, rng)
+        namer = path_namer(tuple(f"{i}.{layer}" for i, (layer, _) in enumerate(spec)))
+        rows, failures = _compare(namer, g_manual, g_auto, fd, amp)
         # `not (e <= tol)`: a NaN error fails too
         failures += [f"{r['name']}: sharded hand gradient differs from jax.grad of the global loss "
                      f"(rel error {r['manual_vs_autodiff']:.2e} > {TOL_AUTODIFF:.0e})"
