@@ -203,7 +203,7 @@ def compare(args) -> int:
                      "f32_worst_leaf": leaf_names[int(rel.argmax())],
                      "f64_manual_vs_autodiff": f64["manual_vs_autodiff"],
                      "f64_directional_fd": f64["directional_fd"], "f64_smooth": f64["smooth"]})
-        state, (ce, _) = train.run_steps(state, hp, X, y, order, pos, cfg, 1)
+        state, (ce, *_) = train.run_steps(state, hp, X, y, order, pos, cfg, 1)
         if not np.all(np.isfinite(np.asarray(ce))) or not np.isfinite(float(loss)):
             diverged = runs.Diverged(f"diverged at step {s + 1} (loss {float(np.asarray(ce)[0])}); "
                                      f"lower --lr (now {c.lr:g}); the steps so far are in {out}")

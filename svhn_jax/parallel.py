@@ -192,7 +192,8 @@ def steps(state, hp, X, y, order, start, cfg: train.StepConfig, count: int, mesh
             return train.checked_step(state, hp, xb, yb, i, cfg, loss_and_grads=grads_fn)
         return train.train_step(state, hp, xb, yb, cfg, loss_and_grads=grads_fn)
 
-    return jax.lax.scan(body, state, start + jnp.arange(count))
+    state, outs = jax.lax.scan(body, state, start + jnp.arange(count))
+    return state, outs + train.final_grads(state, hp, X, y, order, start + count - 1, cfg, grads_fn)
 
 
 _run_steps = jax.jit(steps, static_argnames=("cfg", "count", "mesh"), donate_argnums=(0,))

@@ -51,7 +51,8 @@ def step_config(c: RunConfig, steps_per_epoch: int) -> train.StepConfig:
         spec=model.make_spec(c.hidden, batchnorm=c.batchnorm),
         optimizer=c.optimizer, schedule=(c.schedule, tuple(sorted(opts.items()))),
         batch=c.batch, grad_mode=c.grad, shift=c.shift,
-        image_shape=(32, 32, 1 if c.grayscale else 3), check_every=c.gradcheck_every)
+        image_shape=(32, 32, 1 if c.grayscale else 3), check_every=c.gradcheck_every,
+        keep_grads=c.tensorboard and c.histograms > 0 and c.ensemble == 1)
 
 
 def hyper(c: RunConfig) -> train.Hyper:
@@ -231,9 +232,10 @@ def _loop(run: _Run, state, prog: Progress, stop_after_steps: int | None):
                 count = _segment_length(pos, spe, c)
                 if stop_after_steps is not None:
                     count = min(count, start_step + stop_after_steps - int(state.step))
-                state, (ce, correct, *checks) = _run_steps(run, state, order, pos, count)
-                if checks:
-                    prog = _judge_checks(run, state, prog, stepcheck.records(checks[0], epoch + 1))
+                state, (ce, correct, *rest) = _run_steps(run, state, order, pos, count)
+                if run.cfg.check_every:
+                    prog = _judge_checks(run, state, prog, stepcheck.records(rest[0], epoch + 1))
+                grads = rest[-1] if run.cfg.keep_grads else None
                 ce = np.asarray(ce)
                 if not np.all(np.isfinite(ce)):
                     _diverged(run, state, prog, ce, count)
@@ -246,7 +248,7 @@ def _loop(run: _Run, state, prog: Progress, stop_after_steps: int | None):
                 if stop or (c.checkpoint_every and pos < spe):
                     break
             if pos == spe:  # the epoch is complete: evaluate it before anything else
-                prog = _end_epoch(run, state, prog, epoch)
+                prog = _end_epoch(run, state, prog, epoch, grads)
                 progress.say_epoch(prog, c.epochs, c.epochs * spe - int(state.step),
                                    int(state.step) - start_step, time.perf_counter() - wall0,
                                    run.quiet)
@@ -323,7 +325,7 @@ def _judge_checks(run: _Run, state, prog: Progress, rows: list[dict]) -> Progres
     return prog
 
 
-def _end_epoch(run: _Run, state, prog: Progress, epoch: int) -> Progress:
+def _end_epoch(run: _Run, state, prog: Progress, epoch: int, grads=None) -> Progress:
     """Evaluate the finished epoch, keep the best parameters, rewrite history.csv, log it."""
     c, step = run.c, int(state.step)
     loss, acc, _ = train.evaluate(state.params, state.bn_state, run.val, run.cfg.spec)
@@ -343,7 +345,7 @@ def _end_epoch(run: _Run, state, prog: Progress, epoch: int) -> Progress:
     runfolder.write_csv(run.out / "history.csv", list(prog.history))
     tblog.log_epoch(run.tb, row)
     if c.histograms and (epoch + 1) % c.histograms == 0:
-        tblog.log_layers(run.tb, step, run.cfg.spec, state.params)
+        tblog.log_layers(run.tb, step, run.cfg.spec, state.params, grads)
     return prog
 
 

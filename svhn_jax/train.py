@@ -43,6 +43,7 @@ class StepConfig(NamedTuple):
     shift: int = 0                    # random-shift augmentation, pixels (0: off)
     image_shape: tuple = (32, 32, 3)  # how a row of X unflattens, for augmentation
     check_every: int = 0              # gradient check on steps i % check_every == 0 of an epoch (0: off)
+    keep_grads: bool = False          # also return the gradient at the segment's end (TensorBoard)
 
 
 class Hyper(NamedTuple):
@@ -205,12 +206,23 @@ def steps(state: TrainState, hp: Hyper, X, y, order, start, cfg: StepConfig, cou
     """Steps start .. start+count-1 of an epoch whose batch order is `order`.
 
     X (N, D) float32, y (N,) int32, order from epoch_order. Returns the new
-    state and per-step (cross-entropy (count,), correct (count,)), and with
-    cfg.check_every a third member, a stepcheck.StepCheck of arrays (count,)
-    (stepcheck.records turns it into rows).
+    state and per-step (cross-entropy (count,), correct (count,)), then with
+    cfg.check_every a stepcheck.StepCheck of arrays (count,) (stepcheck.records
+    turns it into rows), then with cfg.keep_grads the gradient of final_grads.
     """
     body = lambda state, i: _step(state, hp, X, y, order, i, cfg)
-    return jax.lax.scan(body, state, start + jnp.arange(count))
+    state, outs = jax.lax.scan(body, state, start + jnp.arange(count))
+    return state, outs + final_grads(state, hp, X, y, order, start + count - 1, cfg)
+
+
+def final_grads(state: TrainState, hp: Hyper, X, y, order, i, cfg: StepConfig, loss_and_grads=None):
+    """With cfg.keep_grads, (the gradient at the new parameters on the segment's last
+    batch, i,) for TensorBoard's histograms; else (). One extra forward and backward
+    pass per segment, inside the same program: nothing recompiles, nothing is trained."""
+    if not cfg.keep_grads:
+        return ()
+    xb, yb = get_batch(X, y, order, i, state.key, state.step - 1, cfg)
+    return (gradients(state, hp, xb, yb, cfg, loss_and_grads)[0],)
 
 
 # One compiled scan per (config, count). The state's buffers are donated: the

@@ -325,6 +325,8 @@ def test_a_run_writes_history_and_checks_as_events(tmp_path, npz):
     assert scalars(ea, "gradcheck/manual_vs_autodiff") == \
         [(int(r["step"]), f32(r["manual_vs_autodiff"])) for r in checks]
     assert [e.step for e in ea.Histograms("weights/0.dense.W")] == [int(hist[1]["step"])]
+    assert [e.step for e in ea.Histograms("gradients/2.dense.b")] == [int(hist[1]["step"])]
+    assert [s for s, v in scalars(ea, "grad_norm/total") if v > 0] == [int(hist[1]["step"])]
     assert {"images/confusion", "images/misclassified"} <= set(ea.Tags()["images"])
     assert "settings/text_summary" in ea.Tags()["tensors"]
 
