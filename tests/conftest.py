@@ -7,10 +7,18 @@ the fixtures below, which skip when it is missing (tests/test_fresh_clone.py
 checks that no test names its path any other way).
 """
 
+import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+# GPUs multiply float32 matrices with reduced precision by default (TF32: a 10-bit
+# mantissa); TPUs with bfloat16 passes. Many tests compare float32 results with
+# tolerances that assume full float32 products, as a CPU computes them. The whole
+# suite, and every subprocess it starts, therefore runs with full-precision products:
+# a no-op on a CPU. (Set here, before JAX is imported, so JAX reads it at start.)
+os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 _SVHN_8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "svhn_test_8k.npz"
 

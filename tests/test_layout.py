@@ -99,3 +99,11 @@ def test_the_real_slice_is_reached_only_through_the_skipping_fixtures():
     offenders = [f"{p.name}:{i}" for p in tests if p.name not in ("conftest.py", Path(__file__).name)
                  for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def test_the_suite_runs_with_full_precision_products():
+    """conftest.py sets it for every backend (a GPU defaults to TF32): the float32
+    tolerances of the suite assume it."""
+    import jax
+
+    assert str(jax.config.jax_default_matmul_precision).lower() == "highest"
