@@ -239,11 +239,7 @@ def compare(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return compare(args)
-    except errors.SvhnJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
+    return errors.run(compare, args)
 
 
 if __name__ == "__main__":

@@ -134,14 +134,7 @@ def run_grid(args) -> int:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run_grid(args)
-    except errors.SvhnJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return errors.EXIT_INTERRUPTED
+    return errors.run(run_grid, args)
 
 
 if __name__ == "__main__":

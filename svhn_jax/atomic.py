@@ -64,3 +64,15 @@ def _finite(obj):
 
 def write_json(path, obj) -> Path:
     return write_text(path, strict_json(obj) + "\n")
+
+
+def make_dir(path, fix: str) -> Path:
+    """mkdir -p, or an error that says what to do (`fix`) instead of an OSError."""
+    from .errors import SvhnJaxError
+
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SvhnJaxError(f"cannot write to {path} ({e.strerror}); {fix}") from None
+    return path

@@ -178,6 +178,8 @@ def cmd_sweep(args) -> int:
     return errors.EXIT_OK
 
 
+# The add_* functions below are argparse declarations: alike in shape to cli_tools'
+# (duplicates lists them), with nothing shared to factor out.
 def add_sweep(sub):
     p = sub.add_parser("sweep", help="many configurations on validation (vmapped), one final test",
                        description="Every sweepable setting takes a comma-separated list or, for "
@@ -240,14 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except errors.SvhnJaxError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:  # outside training's own handler: nothing to save yet
-        print("interrupted", file=sys.stderr)
-        return errors.EXIT_INTERRUPTED
+    return errors.run(args.func, args)
 
 
 if __name__ == "__main__":

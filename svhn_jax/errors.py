@@ -5,6 +5,8 @@ what to do) and exits with `exit_code`, so no user mistake ends in a traceback.
 All of them are `ValueError`s, so library callers can catch them that way.
 """
 
+import sys
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1   # a gradient check crossed its threshold
 EXIT_USAGE = 2          # bad argument or bad array passed in
@@ -42,3 +44,16 @@ class Interrupted(SvhnJaxError):
     """Ctrl-C during training, after a checkpoint was written."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+def run(fn, *args) -> int:
+    """fn(*args) for a command line: a user's mistake becomes one `error:` line on stderr
+    and its exit code, Ctrl-C outside training (nothing to save yet) exit code 130."""
+    try:
+        return fn(*args)
+    except SvhnJaxError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -27,6 +27,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
+from . import atomic
 from .errors import SvhnJaxError
 
 PROFILE_SUBDIR = Path("plugins") / "profile"
@@ -43,12 +44,7 @@ def profile_steps(step: Callable[[Any, int], Any], carry, logdir, *, steps: int 
     if steps < 1 or warmup < 0:
         raise SvhnJaxError(f"--profile needs at least one traced step and warmup >= 0, "
                            f"got steps={steps}, warmup={warmup}")
-    logdir = Path(logdir)
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SvhnJaxError(f"cannot write a profile to {logdir} ({e.strerror}); "
-                           f"choose a writable --profile folder") from None
+    logdir = atomic.make_dir(logdir, "choose a writable --profile folder")
     before = _traces(logdir)
     for i in range(warmup):
         carry = jax.block_until_ready(step(carry, i))

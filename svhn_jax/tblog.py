@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import atomic
 from .errors import SvhnJaxError
 from .nn.gradcheck import leaf_names
 
@@ -89,12 +90,7 @@ def open_writer(logdir, *, start_step: int = 0, history=(), enabled: bool = True
     """
     if not enabled:
         return None
-    logdir = Path(logdir)
-    try:
-        logdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SvhnJaxError(f"cannot write TensorBoard events to {logdir} ({e.strerror}); "
-                           f"choose a writable --out or pass --no-tensorboard") from None
+    logdir = atomic.make_dir(logdir, "choose a writable --out or pass --no-tensorboard")
     writer = _tensorboardx().SummaryWriter(
         str(logdir), purge_step=int(start_step), flush_secs=FLUSH_SECS, max_queue=MAX_QUEUE,
         filename_suffix=f".{int(start_step):010d}.{os.getpid()}")
