@@ -36,7 +36,7 @@ def test_gradcheck_fails_loudly_on_a_wrong_backward(monkeypatch, capsys):
 def test_readable_table(capsys):
     assert cli.main(ARGS) == 0
     out = capsys.readouterr().out
-    assert "hand~grad" in out and "0.dense.W" in out and out.strip().endswith("PASS")
+    assert "hand~grad" in out and "aside" in out and "0.dense.W" in out and out.strip().endswith("PASS")
 
 
 def test_bad_batch_is_a_usage_error():

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from svhn_jax.nn import gradcheck, layers, model, stepcheck
+from svhn_jax.nn import gradcheck, layers, losses, model, stepcheck
 from svhn_jax.nn.gradcheck import GradCheckError
 
 TOL_AUTODIFF = 1e-10
@@ -180,3 +180,14 @@ def test_a_layer_backward_with_a_wrong_tree_is_named():
     with pytest.raises(GradCheckError, match=r"^x has shape \(8, 5\) in the hand-written gradient "
                                              r"but \(8, 6\) in the jax\.grad gradient$"):
         gradcheck.check_layer("dense", backward=wrong_dx)
+
+
+def test_a_function_patched_after_a_check_is_seen_by_the_next_one(monkeypatch):
+    """The checks reuse compilations per layout; a replaced function must not hit a stale one."""
+    spec = model.make_spec((4,))
+    assert gradcheck.check_model(spec, in_dim=3, batch=3)["ok"]
+    original = losses.softmax_cross_entropy_backward
+    double = lambda cache: 2 * original(cache)
+    monkeypatch.setattr(losses, "softmax_cross_entropy_backward", double)
+    r = gradcheck.check_model(spec, in_dim=3, batch=3)
+    assert not r["ok"] and any(f.startswith("2.dense.b: hand-written gradient differs") for f in r["failures"])

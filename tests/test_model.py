@@ -200,9 +200,31 @@ def test_batchnorm_trains_at_its_smallest_legal_batch(bn):
 
 def test_make_spec_limits():
     assert model.make_spec((), num_classes=2) == (("dense", 2),)        # the smallest legal model
+    assert model.make_spec((1,), num_classes=2) == (("dense", 1), ("relu", 1), ("dense", 2))
     with pytest.raises(SvhnJaxError, match="num_classes must be at least 2, got 1"):
         model.make_spec((4,), num_classes=1)
     with pytest.raises(SvhnJaxError, match="positive integers"):
         model.make_spec((4, -1))
     with pytest.raises(SvhnJaxError, match="positive integers"):
         model.make_spec((2.5,))
+
+
+def test_documented_defaults_no_l2_and_train_mode():
+    """loss, loss_and_grads_manual and loss_and_grads_autodiff default to reg=0 and train=True."""
+    spec = model.make_spec((6,), batchnorm="before")
+    with jax.enable_x64(True):
+        params, state = model.init(jax.random.key(5), spec, 4, jnp.float64)
+        x, y = _batch(5, 4, 6, jnp.float64)
+        logits, train_state, _ = model.forward(params, state, x, spec, train=True)
+        m = np.max(np.asarray(logits), 1, keepdims=True)
+        ce = float(np.mean(m[:, 0] + np.log(np.exp(np.asarray(logits) - m).sum(1))
+                           - np.asarray(logits)[np.arange(5), np.asarray(y)]))
+        assert float(model.loss(params, state, x, y, spec)[0]) == pytest.approx(ce, rel=1e-13)
+        for fn in model.GRAD_MODES.values():
+            value, grads, new_state, _ = fn(params, state, x, y, spec)
+            value0, grads0, state0, _ = fn(params, state, x, y, spec, 0.0, train=True)
+            assert float(value) == pytest.approx(ce, rel=1e-13) and float(value) == float(value0)
+            for a, b in zip(jax.tree.leaves((grads, new_state)), jax.tree.leaves((grads0, state0))):
+                np.testing.assert_array_equal(a, b)
+            for a, b in zip(jax.tree.leaves(new_state), jax.tree.leaves(train_state)):
+                np.testing.assert_array_equal(a, b)     # train mode: the running statistics moved

@@ -189,14 +189,6 @@ def _random_params(rng, spec, in_dim):
     return fill(params), fill(state)
 
 
-# Each check below builds its loss and its gradients once per layout and keeps
-# them (functools.lru_cache), so that jax.jit sees the same function objects
-# and reuses its compilations. The layer functions in use are part of the cache
-# key, so a replaced layer (the tests patch in broken ones) is traced afresh;
-# the loss depends on the forward passes only, so a replaced backward leaves
-# the compiled finite differences alone.
-
-
 def _amplification(spec, params, state, x, train):
     """The factor by which BatchNorm in train mode can amplify rounding: the product
     over its layers of max(1, max_j max_n |x_nj| / sqrt(var_j + eps)), for x the
@@ -208,6 +200,24 @@ def _amplification(spec, params, state, x, train):
             amp = amp * jnp.maximum(1.0, jnp.max(kappa))
         x = layers.LAYERS[name].forward(p, s, x, train)[0]
     return amp
+
+
+# Each check below builds its loss and its gradients once per layout and keeps
+# them (functools.lru_cache), so that jax.jit sees the same function objects and
+# reuses its compilations. Every function the compiled code reads from a module
+# is part of the cache key, so a replaced one (the tests patch in broken ones) is
+# traced afresh; the loss reads the forward passes only, so a replaced backward
+# pass leaves the compiled finite differences alone.
+
+
+def _forward_fns(spec):
+    return tuple(layers.LAYERS[name].forward for name, _ in spec) + (
+        model.forward, model.loss, losses.softmax_cross_entropy, losses.l2_penalty)
+
+
+def _backward_fns(spec):
+    return tuple(layers.LAYERS[name].backward for name, _ in spec) + (
+        model.backward, losses.softmax_cross_entropy_backward, losses.l2_penalty_grad)
 
 
 @functools.lru_cache(maxsize=64)
@@ -239,7 +249,8 @@ def check_layer(layer: str, *, batch=8, in_dim=6, out_dim=5, train=True, seed=0,
     """
     with float64():
         fns = layers.LAYERS[layer]
-        loss, grads = _layer_loss(fns.forward, train), _layer_grads(layer, fns.forward, backward or fns.backward, train)
+        loss = _layer_loss(fns.forward, train)
+        grads = _layer_grads(layer, fns.forward, backward or fns.backward, train)
         rng = np.random.default_rng(seed)
         width = out_dim if layer == "dense" else in_dim
         params, state = _random_params(rng, ((layer, width),), in_dim)
@@ -280,8 +291,8 @@ def check_loss(*, batch=8, num_classes=10, seed=0, scale=1.0):
 
 
 @functools.lru_cache(maxsize=64)
-def _model_loss(spec, train: bool, forwards: tuple):
-    del forwards  # cache key only
+def _model_loss(spec, train: bool, forward_fns: tuple):
+    del forward_fns  # cache key only
 
     def loss(params, state, x, y, reg):
         return model.loss(params, state, x, y, spec, reg, train=train)[0]
@@ -289,8 +300,9 @@ def _model_loss(spec, train: bool, forwards: tuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _model_grads(spec, train: bool, manual, layer_fns: tuple):
-    loss = _model_loss(spec, train, tuple(f.forward for f in layer_fns))
+def _model_grads(spec, train: bool, manual, forward_fns: tuple, backward_fns: tuple):
+    loss = _model_loss(spec, train, forward_fns)
+    del backward_fns  # cache key only
 
     @jax.jit
     def grads(params, state, x, y, reg):
@@ -307,9 +319,9 @@ def check_model(spec, *, in_dim=12, batch=8, reg=0.1, train=True, seed=0, fd_sam
     check a replacement (the tests pass deliberately broken ones).
     """
     with float64():
-        layer_fns = tuple(layers.LAYERS[name] for name, _ in spec)
-        loss = _model_loss(spec, train, tuple(f.forward for f in layer_fns))
-        grads = _model_grads(spec, train, manual or model.loss_and_grads_manual, layer_fns)
+        loss = _model_loss(spec, train, _forward_fns(spec))
+        grads = _model_grads(spec, train, manual or model.loss_and_grads_manual, _forward_fns(spec),
+                             _backward_fns(spec))
         rng = np.random.default_rng(seed)
         params, state = _random_params(rng, spec, in_dim)
         x = jnp.asarray(rng.normal(size=(batch, in_dim)))
