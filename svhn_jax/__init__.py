@@ -1,14 +1,24 @@
-"""svhn_jax: a purely functional MLP for SVHN whose backward passes are derived by hand.
+"""svhn_jax: a purely functional JAX MLP for SVHN whose backward passes are derived by
+hand and proved right, trained fast on one device or many.
 
-Modules, in the direction data flows:
-    errors    user-facing error types and exit codes
-    layers    Dense, ReLU, BatchNorm: init / forward / hand-derived backward
-    losses    softmax cross-entropy and L2 penalty with hand-derived gradients
-    model     an MLP from those layers: forward, hand backward, autodiff reference
-    optim     SGD, Momentum/Nesterov, RMSprop, Adam as (init, update) pairs; schedules
-    gradcheck hand VJP vs jax.grad vs finite differences
-    data      SVHN from tensorflow-datasets, .mat files, .npz files; splits
-    train     jitted training, evaluation, checkpoints
+What it offers, from the inside out:
+
+    nn/          the maths: layers with hand-derived VJPs, losses, the MLP, optimizers,
+                 schedules, and the gradient checks (per layer, whole model, every
+                 training step, sharded over devices); imports nothing else of the package
+    data/        SVHN without TensorFlow (download, tensorflow-datasets builder, .mat,
+                 .npz, synthetic), splits, preprocessing, image fingerprints
+    config       RunConfig: every setting of a run, once
+    train        the jitted step and whole-epoch lax.scan, with the per-step check inside
+    parallel     data-parallel training on a device mesh, over one or several processes
+    runs         a training run and its folder (with progress, runfolder, rundata,
+                 checkpoint, evaluate, tblog for TensorBoard, profiling)
+    ensemble     K seeds trained at once, spread over devices (models_axis), one model
+    tune         sweeps on validation (vmapped), lrfind
+    bench, plots benchmarks and figures
+    cli          the `svhn-jax` command (flags built from RunConfig)
+
+README.md, "Python API", shows the ten lines that train and check a model in a notebook.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -230,7 +230,7 @@ def test_out_that_is_a_file_or_unwritable(tmp_path, capsys, tiny_npz):
     assert f.read_text() == "x"
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(st.sampled_from([
     ["--hidden", "8"], ["--hidden", "0"], ["--hidden", "8,4"], ["--hidden", "-3"], ["--hidden", "abc"],
     ["--batchnorm", "on"], ["--batchnorm", "after"], ["--batchnorm", "sideways"],

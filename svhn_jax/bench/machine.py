@@ -46,8 +46,8 @@ def peak_gflops(n: int = 2048, repeats: int = 5, dtype=np.float32) -> float:
 
     2 n^3 flops per product; the best of `repeats` timed runs after one warm-up
     run, each ended by `block_until_ready`. This is the number the bench
-    reports as the machine's peak (about 174 GFLOP/s at n=2048 on a quiet 2-core
-    machine here; another busy process roughly halves it).
+    reports as the machine's peak (README, "Measured numbers"; another busy
+    process roughly halves it).
     """
     import jax
 

@@ -287,8 +287,8 @@ def flops_per_epoch(n: int, in_dim: int, hidden: int, classes: int = CLASSES) ->
     so an epoch is 2 forward + 2 n H K, and with H K << D H that is about
     2 x forward; this returns exactly 2 x forward = 4 n (D H + H K). Elementwise
     work (bias, ReLU, softmax, Adam) is left out: it is O(n (H + K) + D H), under
-    1% here. At D=3072, H=128, n=73,257 the forward is 57.8 GFLOP, the epoch
-    115.6 GFLOP: 0.66 s at 174 GFLOP/s. Pass n = images actually processed
+    1% here. (At D=3072, H=128, n=73,257: a 57.8 GFLOP forward, a 115.6 GFLOP
+    epoch: arithmetic, not a measurement.) Pass n = images actually processed
     (len(X) // batch * batch when the tail is dropped) for an exact count.
     """
     forward = 2.0 * n * (in_dim * hidden + hidden * classes)
