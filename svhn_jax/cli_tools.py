@@ -142,6 +142,10 @@ def cmd_bench(args) -> int:
                            eager_steps=args.eager_steps, gradcheck_every=args.gradcheck_every,
                            progress=progress)
     print(json.dumps(report) if args.json else bench.format_report(report))
+    if args.profile:
+        session = bench.profile(args.hidden[0], args.batch[0], args.n, args.profile, args.seed)
+        print(f"profile of 5 scan_manual steps (hidden {args.hidden[0]}, batch {args.batch[0]}): "
+              f"{session} (tensorboard --logdir {args.profile}, or ui.perfetto.dev)", file=sys.stderr)
     return errors.EXIT_OK
 
 
@@ -165,6 +169,8 @@ def add_bench(sub):
     p.add_argument("--eager-steps", type=int, default=20,
                    help="timed steps per block in eager mode (its epoch is extrapolated)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--profile", metavar="DIR", help="then trace 5 steps of the first hidden size "
+                   "and batch with jax.profiler into DIR (TensorBoard's profile tab, or Perfetto)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_bench)

@@ -251,6 +251,11 @@ def _finish(run: _Run, parts: dict, template, states, prog: Progress) -> dict:
     extra = {"best_params_sha256": checkpoint.fingerprint(best["params"]),
              "member_val_acc": meta["member_val_acc"]}
     plots.curves(list(prog.history), out / "loss.png", out / "accuracy.png")
+    if run.tb is not None:   # each member as an HParams session, beside the ensemble's curves
+        tblog.log_sweep(out / tblog.TB_DIR / "members", [
+            {"config": config.to_json(run.c.replace(seed=run.c.seed + i, ensemble=1)),
+             "history": [], "status": "completed", "best_val_acc": v, "final_val_acc": v,
+             "final_val_loss": float("nan")} for i, v in enumerate(meta["member_val_acc"])])
     if "test" in parts:
         X_te, y_te = parts["test"]
         es = train.make_eval_set(preprocess.apply(X_te, run.derived["preprocessing"]), y_te)

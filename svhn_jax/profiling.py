@@ -116,5 +116,6 @@ def profile_training(state, hp, X, y, cfg, n: int, logdir, steps: int = 5) -> Pa
     from . import train
 
     order = train.epoch_order(state.key, 0, n, cfg.batch)
+    cfg = cfg._replace(keep_grads=False)   # once per segment in a run: not part of a step
     step = lambda s, i: train.run_steps(s, hp, X, y, order, i, cfg, 1)[0]
     return profile_steps(step, jax.tree.map(jnp.copy, state), logdir, steps=steps)[1]

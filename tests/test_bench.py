@@ -179,3 +179,10 @@ def test_library_validation():
         bench.check_args((0,), (8,), 1, 16)
     assert bench.parse_modes("numpy,scan_manual") == ("scan_manual", "numpy")
     assert cli_tools.MODES_FOR_HELP == bench.MODES
+
+
+def test_profile_writes_a_trace(tmp_path, capsys):
+    assert cli.main(["bench", "--modes", "scan_manual", "--hidden", "8", "--batch", "16", "--n", "64",
+                     "--epochs", "1", "--quiet", "--profile", str(tmp_path / "prof")]) == 0
+    assert list((tmp_path / "prof").rglob("*.xplane.pb"))
+    assert "profile of 5 scan_manual steps" in capsys.readouterr().err

@@ -84,7 +84,8 @@ def ens(tmp_path_factory, device_jobs):
         mp.setattr(train, "_step", lambda *a, **k: traces.append(1) or step(*a, **k))
         mp.setattr(train, "run_steps", forbidden)
         train.run_steps_many.clear_cache()
-        metrics = runs.train_run(config.make(**SETTINGS, ensemble=K), out, quiet=True)
+        metrics = runs.train_run(config.make(**{**SETTINGS, "tensorboard": True}, ensemble=K), out,
+                                 quiet=True)
     return out, metrics, len(traces)
 
 
@@ -247,3 +248,20 @@ def test_models_axis_spreads_members_and_sweeps_over_devices(device_jobs, ens, s
         assert _rel(first(state.params), one_device.params) <= TOL
         assert _rel(first(state.bn_state), one_device.bn_state) <= TOL
         assert np.allclose(r["sweep_val_loss"][:K], single_val_loss, rtol=TOL, atol=0)
+
+
+def test_members_are_hparams_sessions_in_tensorboard(ens):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out, metrics, _ = ens
+    sessions = sorted((out / "tb" / "members").iterdir())
+    assert len(sessions) == K
+    for i, folder in enumerate(sessions):
+        ea = EventAccumulator(str(folder))
+        ea.Reload()
+        start = plugin_data_pb2.HParamsPluginData.FromString(
+            ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info
+        assert start.hparams["seed"].number_value == i
+        acc = ea.Scalars("metrics/best_val_acc")[0].value
+        assert acc == pytest.approx(metrics["member_val_acc"][i], abs=1e-6)

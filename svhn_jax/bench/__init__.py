@@ -65,3 +65,16 @@ from .suite import MODES, RATIO_PAIRS, check_args, device_name, format_report, p
 __all__ = ["MODES", "JAX_MODES", "RATIO_PAIRS", "Measurement", "parse_modes", "check_args", "make_data",
            "jax_setup", "measure_jax", "measure_ref", "ratios", "device_name", "run", "format_report",
            "measure_load", "peak_gflops"]
+
+
+def profile(hidden: int, batch: int, n: int, folder, seed: int = 0):
+    """A jax.profiler trace of 5 steps of the `scan_manual` mode (the steps `svhn-jax
+    train` runs) on n synthetic images, after one compiling step; returns its folder."""
+    import jax.numpy as jnp
+
+    from .. import profiling, train
+
+    cfg, hp = jax_setup(hidden, batch, "manual", seed)
+    X, y = make_data(n, seed)
+    state = train.init_state(seed, cfg, X.shape[1], hp)
+    return profiling.profile_training(state, hp, jnp.asarray(X), jnp.asarray(y), cfg, n, folder)
