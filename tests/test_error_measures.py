@@ -192,9 +192,9 @@ def test_compare_autodiff_floor_scales_with_the_largest_gradient_and_the_amplifi
     noise = gradcheck.autodiff_noise(2.0)                   # 1024 u 2, about 2.3e-13
     finite = gradcheck.FiniteDiff([np.arange(2)] * 2, [big, tiny], [np.zeros(2)] * 2, 1.0)
 
-    def errors(manual, amplification=1.0):
+    def errors(manual, *amplification):
         rows, failures = gradcheck._compare(gradcheck.path_namer(("big", "tiny")), manual, (big, tiny),
-                                            finite, amplification)
+                                            finite, *amplification)
         return [r["manual_vs_autodiff"] for r in rows], failures
 
     (e_big, e_tiny), failures = errors((big, tiny + [0.9 * noise, 0.0]))
@@ -202,7 +202,8 @@ def test_compare_autodiff_floor_scales_with_the_largest_gradient_and_the_amplifi
     (_, e_tiny), failures = errors((big, tiny + [1.1 * noise, 0.0]))
     assert e_tiny == pytest.approx(1.1e-10, rel=1e-9)
     assert failures == ["tiny: hand-written gradient differs from jax.grad (rel error 1.10e-10 > 1e-10)"]
-    (_, e_tiny), failures = errors((big, tiny + [1.1 * noise, 0.0]), amplification=2.0)
+    assert errors((big, tiny + [1.1 * noise, 0.0]), 1.0) == ([0.0, e_tiny], failures)   # A = 1 by default
+    (_, e_tiny), failures = errors((big, tiny + [1.1 * noise, 0.0]), 2.0)
     assert e_tiny == pytest.approx(0.55e-10, rel=1e-9) and failures == []
     (e_big, _), failures = errors((big * (1 + 2e-10), tiny))   # 4e-10 / 4: the relative tolerance
     assert e_big == pytest.approx(1e-10, rel=1e-6)

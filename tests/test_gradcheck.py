@@ -6,6 +6,7 @@ Tolerances: hand vs jax.grad <= 1e-10, hand vs finite differences <= 1e-6
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from svhn_jax.nn import gradcheck, layers, losses, model, stepcheck
@@ -39,6 +40,16 @@ def test_model_check_at_full_input_width_with_sampled_entries():
     assert r["max_rel_error_manual_vs_autodiff"] <= TOL_AUTODIFF
     assert r["max_rel_error_manual_vs_finite_diff"] <= TOL_FD
     assert [leaf["fd_entries"] for leaf in r["leaves"]] == [10, 10, 10, 10, 10]
+
+
+def test_random_inputs_keep_away_from_relu_kinks():
+    v = gradcheck._away_from_zero(np.random.default_rng(0), (1000,))
+    assert np.all((np.abs(v) >= 0.1) & (np.abs(v) <= 1.1)) and 400 < np.sum(v < 0) < 600
+
+
+def test_check_layer_defaults_to_train_mode():
+    assert gradcheck.check_layer("batchnorm", batch=3, in_dim=2)["check"] == "batchnorm (train mode)"
+    assert gradcheck.check_layer("batchnorm", batch=3, in_dim=2, train=False)["check"] == "batchnorm (eval mode)"
 
 
 def test_the_check_is_the_same_for_the_same_seed_and_differs_across_seeds():

@@ -13,6 +13,8 @@ L2 strengths are drawn per case. The maximum errors are printed (`pytest -rP` sh
 them) and recorded as test properties.
 """
 
+import json
+
 import numpy as np
 import pytest
 
@@ -41,7 +43,7 @@ def test_correct_code_never_fails_over_200_random_cases(record_property):
     rng = np.random.default_rng(9)
     layouts = _layouts(rng)
     worst = {"manual_vs_autodiff": (0.0, None), "manual_vs_finite_diff": (0.0, None)}
-    failures = []
+    failures, entries, set_aside = [], 0, 0
     for i in range(N_CASES):
         batch, hidden, in_dim, bn, train = layouts[i % len(layouts)]
         seed, reg = int(rng.integers(2**31)), float(rng.choice([0.0, 0.1]))
@@ -53,7 +55,10 @@ def test_correct_code_never_fails_over_200_random_cases(record_property):
                 worst[kind] = (r[f"max_rel_error_{kind}"], case)
         if not r["ok"]:
             failures.append((case, r["failures"]))
-    summary = (f"{N_CASES} cases over {len(layouts)} layouts: max hand vs jax.grad "
+        entries += sum(leaf["fd_entries"] + leaf["fd_set_aside"] for leaf in r["leaves"])
+        set_aside += sum(leaf["fd_set_aside"] for leaf in r["leaves"])
+    summary = (f"{N_CASES} cases over {len(layouts)} layouts, {entries} entries differentiated, "
+               f"{set_aside} set aside as non-smooth: max hand vs jax.grad "
                f"{worst['manual_vs_autodiff'][0]:.2e} (tolerance {gradcheck.TOL_AUTODIFF:.0e}) at "
                f"{worst['manual_vs_autodiff'][1]}; max hand vs finite differences "
                f"{worst['manual_vs_finite_diff'][0]:.2e} (tolerance {gradcheck.TOL_FINITE_DIFF:.0e}) at "
@@ -63,6 +68,7 @@ def test_correct_code_never_fails_over_200_random_cases(record_property):
         record_property(f"max_{kind}", value)
     assert not failures, f"{len(failures)} failures of correct code, first {failures[0]}; {summary}"
     assert worst["manual_vs_finite_diff"][0] > 0    # the comparison ran on something
+    assert set_aside <= 0.01 * entries, summary     # and kept nearly every entry
 
 
 def test_batchnorm_layer_at_batch_2_never_fails():
@@ -77,8 +83,14 @@ def test_batchnorm_layer_at_batch_2_never_fails():
 
 def test_the_command_that_failed_correct_code_passes(capsys):
     assert cli.main(["gradcheck", "--batchnorm", "--batch", "2", "--seed", "1", "--hidden", "16",
-                     "--in-dim", "12", "--fd-samples", "0"]) == 0
-    assert capsys.readouterr().out.strip().endswith("PASS")
+                     "--in-dim", "12", "--fd-samples", "0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is True and out["failures"] == []
+    # the command runs exactly check_all: same checks, same numbers
+    assert out["checks"] == gradcheck.check_all((16,), batchnorm=True, batch=2, in_dim=12, reg=0.1, seed=1)
+    assert [c["check"] for c in out["checks"]][-3:] == [
+        "model 12-16-10 +BN before ReLU (train), L2=0.1", "model 12-16-10 +BN before ReLU (eval), L2=0.1",
+        "model 12-16-10 +BN after ReLU (train), L2=0.1"]
 
 
 # ---------------------------------------------- every bug still fails, at batch 2

@@ -44,7 +44,10 @@ def test_layer_three_way(layer, train):
 
 
 def test_loss_three_way():
-    assert_report_within(gradcheck.check_loss(batch=9, seed=4))
+    report = gradcheck.check_loss(batch=9, seed=4)
+    assert_report_within(report)
+    assert [leaf["name"] for leaf in report["leaves"]] == ["softmax_ce.logits", "l2.W", "l2.b"]
+    assert report["leaves"][0]["size"] == 90
 
 
 @settings(max_examples=5, deadline=None)

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
