@@ -216,13 +216,19 @@ def steps(state: TrainState, hp: Hyper, X, y, order, start, cfg: StepConfig, cou
 
 
 def final_grads(state: TrainState, hp: Hyper, X, y, order, i, cfg: StepConfig, loss_and_grads=None):
-    """With cfg.keep_grads, (the gradient at the new parameters on the segment's last
-    batch, i,) for TensorBoard's histograms; else (). One extra forward and backward
-    pass per segment, inside the same program: nothing recompiles, nothing is trained."""
+    """With cfg.keep_grads, (the gradient at the new parameters on batch i, the
+    segment's last,) for TensorBoard's histograms; else (). Computed only when the
+    segment ends the epoch (zeros otherwise): one extra forward and backward pass per
+    epoch, inside the same program, so nothing recompiles and nothing is trained."""
     if not cfg.keep_grads:
         return ()
-    xb, yb = get_batch(X, y, order, i, state.key, state.step - 1, cfg)
-    return (gradients(state, hp, xb, yb, cfg, loss_and_grads)[0],)
+
+    def grads():
+        xb, yb = get_batch(X, y, order, i, state.key, state.step - 1, cfg)
+        return gradients(state, hp, xb, yb, cfg, loss_and_grads)[0]
+
+    ends_epoch = (i + 1) * cfg.batch == order.shape[0]
+    return (jax.lax.cond(ends_epoch, grads, lambda: jax.tree.map(jnp.zeros_like, state.params)),)
 
 
 # One compiled scan per (config, count). The state's buffers are donated: the
