@@ -216,8 +216,8 @@ def test_amplification_is_the_product_of_batchnorm_condition_numbers():
         params = ({"gamma": jnp.array([1.0, 2.0]), "beta": jnp.array([0.0, 3.0])},) * 2
         state = ({"mean": jnp.zeros(2), "var": jnp.ones(2)},) * 2
         x = jnp.array([[1.0, 5.0], [1.0, 5.001], [1.0, 4.999]])
-        amp = float(gradcheck._amplification(spec, params, state, x, True))
-        eval_amp = float(gradcheck._amplification(spec, params, state, x, False))
+        amp = float(gradcheck.rounding_amplification(spec, params, state, x, True))
+        eval_amp = float(gradcheck.rounding_amplification(spec, params, state, x, False))
     xn = np.asarray(x)
     k1 = np.max(np.max(np.abs(xn), 0) / np.sqrt(xn.var(0) + 1e-5))    # unit 0 is constant: 1 / sqrt(eps)
     y = (xn - xn.mean(0)) / np.sqrt(xn.var(0) + 1e-5) * [1.0, 2.0] + [0.0, 3.0]

@@ -3,7 +3,9 @@
 Before: `svhn-jax gradcheck --batchnorm --batch 2 --seed 1 --hidden 16 --in-dim 12
 --fd-samples 0` failed on correct code (hand vs finite differences 2.1e-6 > 1e-6 on
 0.dense.W). The cause was truncation, not rounding: halving the step quartered the
-error. gradcheck now extrapolates (Richardson) and forgives a derived rounding floor.
+error. gradcheck now extrapolates (Richardson), sets aside the rare entries whose
+difference is not smooth, and forgives derived rounding floors, for hand vs jax.grad
+too (which reached 7.8e-10 > 1e-10 on correct code at batch 2, BatchNorm after ReLU).
 
 The sweep draws 200 cases (seed, batch 2..16, widths, BatchNorm none/before/after,
 train/eval, L2 0 or 0.1) from a fixed generator. To stay fast, the layouts (the

@@ -59,9 +59,10 @@ from .finitediff import FD_ROUNDING, FD_STEP, UNIT_ROUNDOFF, FiniteDiff, fd_nois
 from .treecheck import path_namer, tree_mismatch
 
 __all__ = ["TOL_AUTODIFF", "TOL_FINITE_DIFF", "AD_ROUNDING", "FD_ROUNDING", "FD_STEP", "UNIT_ROUNDOFF",
-           "GradCheckError", "float64", "rel_error", "autodiff_noise", "fd_noise", "finite_diff",
-           "FiniteDiff", "path_namer", "tree_mismatch", "check_tree", "leaf_names", "assert_ok",
-           "check_layer", "check_loss", "check_model", "check_layers", "check_all", "format_table"]
+           "GradCheckError", "float64", "rel_error", "autodiff_noise", "rounding_amplification", "fd_noise",
+           "finite_diff", "FiniteDiff", "path_namer", "tree_mismatch", "check_tree", "leaf_names",
+           "assert_ok", "check_layer", "check_loss", "check_model", "check_layers", "check_all",
+           "format_table"]
 
 TOL_AUTODIFF = 1e-10     # hand VJP vs jax.grad, float64
 TOL_FINITE_DIFF = 1e-6   # hand VJP vs finite differences, float64
@@ -190,7 +191,7 @@ def _random_params(rng, spec, in_dim):
     return fill(params), fill(state)
 
 
-def _amplification(spec, params, state, x, train):
+def rounding_amplification(spec, params, state, x, train):
     """The factor by which BatchNorm in train mode can amplify rounding: the product
     over its layers of max(1, max_j max_n |x_nj| / sqrt(var_j + eps)), for x the
     layer's input (module docstring). 1 without BatchNorm or in eval mode."""
@@ -236,7 +237,7 @@ def _layer_grads(name: str, forward, backward, train: bool):
     def grads(p, state, x, dy):
         _, _, cache = forward(p, state, x, train)
         return (backward(p, cache, dy), jax.grad(loss)((p, x), state, dy),
-                _amplification(((name, None),), (p,), (state,), x, train))
+                rounding_amplification(((name, None),), (p,), (state,), x, train))
     return grads
 
 
@@ -307,8 +308,9 @@ def _model_grads(spec, train: bool, manual, forward_fns: tuple, backward_fns: tu
 
     @jax.jit
     def grads(params, state, x, y, reg):
-        return (manual(params, state, x, y, spec, reg, train=train)[1], jax.grad(loss)(params, state, x, y, reg),
-                _amplification(spec, params, state, x, train))
+        return (manual(params, state, x, y, spec, reg, train=train)[1],
+                jax.grad(loss)(params, state, x, y, reg),
+                rounding_amplification(spec, params, state, x, train))
     return grads
 
 
@@ -369,7 +371,8 @@ def format_table(reports) -> str:
     for r in reports:
         lines.append(f"{r['check']}{'' if r['ok'] else '   <-- FAILED'}")
         for leaf in r["leaves"]:
-            lines.append(f"  {leaf['name']:<42} {leaf['size']:>7} {leaf['fd_entries']:>4} {leaf['fd_set_aside']:>5}  "
+            lines.append(f"  {leaf['name']:<42} {leaf['size']:>7} {leaf['fd_entries']:>4} "
+                         f"{leaf['fd_set_aside']:>5}  "
                          f"{leaf['manual_vs_autodiff']:>9.1e}  {leaf['manual_vs_finite_diff']:>9.1e}  "
                          f"{leaf['autodiff_vs_finite_diff']:>9.1e}")
     return "\n".join(lines)
