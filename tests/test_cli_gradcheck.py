@@ -33,6 +33,16 @@ def test_gradcheck_fails_loudly_on_a_wrong_backward(monkeypatch, capsys):
     assert "x: hand-written gradient differs from jax.grad" in out
 
 
+def test_a_backward_that_drops_a_leaf_fails_with_its_name(monkeypatch, capsys):
+    init, fwd, bwd = layers.LAYERS["dense"]
+    drop_bias = lambda p, cache, dy: ({k: v for k, v in bwd(p, cache, dy)[0].items() if k != "b"},
+                                      bwd(p, cache, dy)[1])
+    monkeypatch.setitem(layers.LAYERS, "dense", layers.Layer(init, fwd, drop_bias))
+    assert cli.main(ARGS) == EXIT_CHECK_FAILED
+    err = capsys.readouterr().err
+    assert err.startswith("FAIL: ") and "dense.b" in err and "Traceback" not in err
+
+
 def test_readable_table(capsys):
     assert cli.main(ARGS) == 0
     out = capsys.readouterr().out

@@ -295,8 +295,9 @@ def test_stop_at_an_epoch_boundary_keeps_that_epoch(tmp_path, tiny_npz):
 
 def test_overwrite_removes_the_previous_runs_files(tmp_path, tiny_npz):
     out = tmp_path / "run"
-    cfg = config.make(data=str(tiny_npz), hidden=[16], epochs=1, batch=32)
+    cfg = config.make(data=str(tiny_npz), hidden=[16], epochs=2, batch=32)
     runs.train_run(cfg, out, quiet=True)
+    assert (out / "best.npz").exists() and (out / "checkpoint.prev.npz").exists()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(runs.Diverged):
         runs.train_run(cfg.replace(optimizer="sgd", lr=1e6), out, overwrite=True, quiet=True)

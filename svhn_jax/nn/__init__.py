@@ -9,5 +9,8 @@ package imports nothing from the rest of svhn_jax except the error types.
     optim       SGD, Momentum/Nesterov, RMSprop, Adam as (init, update) pairs
     schedules   learning-rate schedules
     gradcheck   hand VJP vs jax.grad vs finite differences, per layer and model
-    stepcheck   the cheap check run during training
+    finitediff  extrapolated central differences that estimate their own error
+    treecheck   tree structure and leaf shapes compared before any number
+    stepcheck   the check inside the compiled training step
+    distcheck   gradcheck for the data-parallel (sharded) backward
 """

@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import model
-from .gradcheck import (FD_STEP, FiniteDiff, _amplification, _compare, _random_params, _report,
+from .gradcheck import (FD_STEP, FiniteDiff, _compare, _random_params, _report, rounding_amplification,
                         float64, path_namer, rel_error)
 
 TOL_AUTODIFF = 1e-12  # sharded hand VJP vs jax.grad of the global loss, float64
@@ -104,7 +104,7 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
         params, state = _random_params(rng, spec, in_dim)
         x = jnp.asarray(rng.normal(size=(batch, in_dim)))
         y = jnp.asarray(rng.integers(0, spec[-1][1], batch))
-        amp = float(_amplification(spec, params, state, x, train))
+        amp = float(rounding_amplification(spec, params, state, x, train))
         state = jax.device_put(state, NamedSharding(mesh, P()))
         x, y = jax.device_put((x, y), NamedSharding(mesh, P(AXIS)))
         flat, unravel = ravel_pytree(params)
