@@ -188,9 +188,14 @@ def _check_ensemble(c: RunConfig) -> None:
                                f"at every epoch's end); drop one of them")
 
 
+def kind(name: str) -> str:
+    """A field's value kind, from its annotation: int, float, bool, str or tuple."""
+    return FIELDS[name].type.split(" ")[0]
+
+
 def _type_name(f) -> str:
     return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
-            "tuple": "a list of positive integers"}.get(f.type.split(" ")[0], f.type)
+            "tuple": "a list of positive integers"}.get(kind(f.name), f.type)
 
 
 def _check(f, v):
@@ -201,13 +206,13 @@ def _check(f, v):
         if f.default is None:
             return None
         raise SvhnJaxError(f"{flag} needs a value")
-    kind = f.type.split(" ")[0]
+    k = kind(name)
     bad_type = SvhnJaxError(f"{flag} must be {_type_name(f)}, got {v!r}")
-    if kind == "bool":
+    if k == "bool":
         if not isinstance(v, bool):
             raise bad_type
         return v
-    if kind == "str":
+    if k == "str":
         if not isinstance(v, str):
             raise bad_type
         if name == "batchnorm":
@@ -216,18 +221,18 @@ def _check(f, v):
             raise SvhnJaxError(f"unknown {name.replace('_', ' ')} {v!r}; choose one of "
                                f"{', '.join(m['choices'])}")
         return v
-    if kind == "tuple":
+    if k == "tuple":
         if not isinstance(v, (list, tuple)) or not all(
                 isinstance(h, int) and not isinstance(h, bool) and 1 <= h <= INT_MAX for h in v):
             raise SvhnJaxError(f"{flag} must be a list of positive integers, e.g. 128 or 1024,512; "
                                f"got {v!r}")
         return tuple(v)
-    if kind == "int":
+    if k == "int":
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             raise bad_type
-    elif kind == "float":
+    elif k == "float":
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise bad_type
         v = float(v)

@@ -44,7 +44,7 @@ def add_settings(p, command: str, *, lists: bool = False) -> None:
         m = f.metadata
         if command not in m["commands"]:
             continue
-        kind = f.type.split(" ")[0]
+        kind = config.kind(name)
         extra = [f"one of {', '.join(m['choices'])}"] if m["choices"] else []
         if f.default is not None:
             extra.append(f"default {','.join(map(str, f.default)) if kind == 'tuple' else f.default}")

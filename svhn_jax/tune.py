@@ -33,10 +33,6 @@ from .errors import SvhnJaxError
 from .nn import stepcheck
 
 
-def _kind(name: str) -> str:
-    return config.FIELDS[name].type.split(" ")[0]
-
-
 def parse_values(name: str, text: str) -> list | tuple:
     """'1e-3,1e-2' -> [0.001, 0.01]; '1e-4:1e-1:log:4' -> 4 log-spaced values.
 
@@ -46,7 +42,7 @@ def parse_values(name: str, text: str) -> list | tuple:
     """
     if name not in config.SWEEPABLE:
         raise SvhnJaxError(f"cannot sweep {name}; sweepable: {', '.join(config.SWEEPABLE)}")
-    kind = _kind(name)
+    kind = config.kind(name)
     text = str(text).strip()
     if kind in ("int", "float") and text.count(":") == 3:
         lo, hi, scale, n = text.split(":")
@@ -84,7 +80,7 @@ def _grid_points(spec, name=None):
     if isinstance(spec, tuple):
         _, lo, hi, scale, n = spec
         pts = np.geomspace(lo, hi, n) if scale == "log" else np.linspace(lo, hi, n)
-        return [int(round(p)) if name and _kind(name) == "int" else float(p) for p in pts]
+        return [int(round(p)) if name and config.kind(name) == "int" else float(p) for p in pts]
     return list(spec)
 
 
@@ -92,7 +88,7 @@ def _sample(spec, rng, name):
     if isinstance(spec, tuple):
         _, lo, hi, scale, _ = spec
         v = math.exp(rng.uniform(math.log(lo), math.log(hi))) if scale == "log" else rng.uniform(lo, hi)
-        return int(round(v)) if name and _kind(name) == "int" else float(v)
+        return int(round(v)) if name and config.kind(name) == "int" else float(v)
     return spec[rng.integers(len(spec))]
 
 

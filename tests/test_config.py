@@ -45,14 +45,14 @@ def test_json_round_trip_and_clear_errors_for_unknown_or_ill_typed_keys():
         config.from_json({"grayscale": 1})
 
 
-NUMBERS = [f.name for f in dataclasses.fields(config.RunConfig) if f.type.split(" ")[0] in ("int", "float")]
+NUMBERS = [f.name for f in dataclasses.fields(config.RunConfig) if config.kind(f.name) in ("int", "float")]
 
 
 @pytest.mark.parametrize("name", NUMBERS)
 def test_every_bounded_field_rejects_values_outside_its_range(name):
     """Boundary values from the field's own metadata: the limit itself passes, one
     step beyond it fails with a message naming the flag."""
-    m, kind = config.FIELDS[name].metadata, config.FIELDS[name].type.split(" ")[0]
+    m, kind = config.FIELDS[name].metadata, config.kind(name)
     assert any(m[k] is not None for k in ("low", "high", "above", "below")), "unbounded"
     base = config.make(schedule="warmup-constant") if name == "warmup_epochs" else config.RunConfig()
     step = 1 if kind == "int" else 1e-9

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
-TOL_DEVICES = 2e-6     # largest parameter difference between device counts (see parallel_cases)
+from parallel_cases import TOL_DEVICES   # largest parameter difference between device counts
 
 
 def _free_port() -> int:
