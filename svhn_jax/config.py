@@ -62,6 +62,8 @@ class RunConfig:
                         ".mat files, an .npz with X and y, or synthetic")
     data_dir: str | None = setting(None, "tensorflow-datasets folder (default $TFDS_DATA_DIR or "
                                    "~/tensorflow_datasets)")
+    extra: bool = setting(False, "also train on SVHN's 531,131 extra images (--data svhn; get them "
+                          "with svhn-jax download --extra)")
     synthetic_n: int = setting(73257, "images of --data synthetic", low=10, high=INT_MAX)
     val_fraction: float = setting(0.1, "validation part of the training data", above=0.0, below=1.0)
     test_fraction: float = setting(0.2, "test part, for data without an official test split",
@@ -122,6 +124,10 @@ class RunConfig:
     def __post_init__(self):
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(f, getattr(self, f.name)))
+        if self.extra and self.data != "svhn":
+            raise SvhnJaxError(f"--extra adds SVHN's extra images to --data svhn, not to "
+                               f"{self.data!r}; use --data svhn (after svhn-jax download --extra) "
+                               f"or drop --extra")
         if self.val_fraction + self.test_fraction >= 1:
             raise SvhnJaxError("val fraction + test fraction must be below 1, leaving images to "
                                "train on; e.g. --val-fraction 0.1 --test-fraction 0.2")

@@ -74,14 +74,15 @@ def stacked(template, k: int):
 # ----------------------------------------------------------------- scoring
 
 
-@partial(jax.jit, static_argnames=("spec", "k"))
-def _score(params, bn_state, es: train.EvalSet, spec, k: int):
+@partial(jax.jit, static_argnames=("spec", "k", "prep"))
+def _score(params, bn_state, es: train.EvalSet, spec, k: int, prep):
     """Over the first k stacked members: mean NLL of the averaged probabilities,
     its accuracy, its predictions (C*B,), and each member's own accuracy (k,)."""
     params, bn_state = jax.tree.map(lambda a: a[:k], (params, bn_state))
 
     def one(chunk):
         x, y, m = chunk
+        x = train.features(x, prep)
         logits = jax.vmap(lambda p, s: model.forward(p, s, x, spec, train=False)[0])(params, bn_state)
         log_avg = jax.scipy.special.logsumexp(jax.nn.log_softmax(logits, axis=-1), axis=0) - jnp.log(k)
         nll = -jnp.take_along_axis(log_avg, y[:, None], axis=1)[:, 0]
@@ -94,11 +95,12 @@ def _score(params, bn_state, es: train.EvalSet, spec, k: int):
     return nll.sum() / n, correct.sum() / n, pred.reshape(-1), member_correct.sum(axis=0) / n
 
 
-def evaluate(params, bn_state, es: train.EvalSet, spec, k: int | None = None):
+def evaluate(params, bn_state, es: train.EvalSet, spec, k: int | None = None, prep=None):
     """(loss, accuracy, predictions (N,), member accuracies [k]) of the ensemble of the
-    first k (default all) members stacked in params/bn_state, BatchNorm in eval mode."""
+    first k (default all) members stacked in params/bn_state, BatchNorm in eval mode;
+    prep as in train.evaluate."""
     k = jax.tree.leaves(params)[0].shape[0] if k is None else k
-    loss, acc, pred, members = _score(params, bn_state, es, spec, k)
+    loss, acc, pred, members = _score(params, bn_state, es, spec, k, prep)
     return (float(loss), float(acc), np.asarray(pred)[: int(es.mask.sum())],
             [float(a) for a in np.asarray(members)])
 
@@ -136,18 +138,19 @@ def train_members(c: RunConfig, derived: dict, parts: dict, out: Path, cfg: trai
     (or, resuming, a checkpoint). Returns the metrics; raises Diverged or Interrupted
     after writing them. stop_after_steps (tests) stops at the end of the epoch in
     which that many steps were done, as a Ctrl-C would."""
-    prep = derived["preprocessing"]
     place = models_axis.placement(c.ensemble)
+    X_tr, y_tr = parts["train"]
     X, y, val = models_axis.replicate(
-        (jnp.asarray(preprocess.apply(parts["train"][0], prep)), jnp.asarray(parts["train"][1], jnp.int32),
-         train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1])), place)
-    template = jax.eval_shape(lambda: {"state": init_members(c, cfg, X.shape[1])})
+        (train.put_images(X_tr), jnp.asarray(y_tr, jnp.int32),
+         train.make_eval_set(*parts["val"])), place)
+    in_dim = preprocess.input_dim(derived["preprocessing"])
+    template = jax.eval_shape(lambda: {"state": init_members(c, cfg, in_dim)})
     if resume:
         tree, meta = checkpoint.load(out / "checkpoint.npz", template, warn=say)
         states, prog = tree["state"], progress.from_json(meta["progress"])
         say(f"resuming {out} at step {int(states.step[0])}", quiet=quiet)
     else:
-        states, prog = init_members(c, cfg, X.shape[1]), Progress()
+        states, prog = init_members(c, cfg, in_dim), Progress()
     k = c.ensemble
     hps = train.Hyper(jnp.full((k,), c.lr, jnp.float32), jnp.full((k,), c.reg, jnp.float32))
     states, hps = models_axis.spread((states, hps), place)
@@ -218,7 +221,8 @@ def _diverged(run: _Run, states, prog: Progress, ce: np.ndarray, epoch: int):
 def _end_epoch(run: _Run, states, prog: Progress, epoch: int, ce, correct, seconds) -> Progress:
     """Score the ensemble on validation, keep the best epoch, rewrite history.csv, log it."""
     c, step = run.c, (epoch + 1) * run.spe
-    loss, acc, _, members = evaluate(states.params, states.bn_state, run.val, run.cfg.spec, c.ensemble)
+    loss, acc, _, members = evaluate(states.params, states.bn_state, run.val, run.cfg.spec, c.ensemble,
+                                     run.cfg.prep)
     name, options = run.cfg.schedule
     row = {"epoch": epoch + 1, "step": step,
            "train_loss": float(ce.astype(np.float64).mean()),
@@ -258,8 +262,9 @@ def _finish(run: _Run, parts: dict, template, states, prog: Progress) -> dict:
              "final_val_loss": float("nan")} for i, v in enumerate(meta["member_val_acc"])])
     if "test" in parts:
         X_te, y_te = parts["test"]
-        es = train.make_eval_set(preprocess.apply(X_te, run.derived["preprocessing"]), y_te)
-        loss, acc, pred, members = evaluate(best["params"], best["bn_state"], es, run.cfg.spec)
+        es = train.make_eval_set(X_te, y_te)
+        loss, acc, pred, members = evaluate(best["params"], best["bn_state"], es, run.cfg.spec,
+                                            prep=run.cfg.prep)
         conf = train.confusion_matrix(y_te, pred)
         extra.update(test_loss=loss, test_acc=acc, member_test_acc=members,
                      test_confusion=conf.tolist())

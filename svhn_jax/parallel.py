@@ -139,7 +139,8 @@ def local_rows(n: int, mesh) -> slice:
 
 
 def shard_rows(X, y, mesh, n: int | None = None):
-    """The training arrays X (float32) and y (int32) split by rows over the mesh.
+    """The training arrays X (uint8 images (N, 3072), kept uint8; anything else
+    becomes float32) and y (int32) split by rows over the mesh.
 
     n is the size of the whole training set (default len(y)). X and y are
     either the whole set or, with several processes, just this process's rows
@@ -153,8 +154,9 @@ def shard_rows(X, y, mesh, n: int | None = None):
         X, y = X[part.start:min(part.stop, n)], y[part.start:min(part.stop, n)]
     rows = padded_rows(n, mesh)
     sharding = NamedSharding(mesh, P(DATA))
+    x_dtype = np.uint8 if np.asarray(X[:0]).dtype == np.uint8 else np.float32
     local = [_pad_rows(np.asarray(a, dtype), part.stop - part.start)
-             for a, dtype in ((X, np.float32), (y, np.int32))]
+             for a, dtype in ((X, x_dtype), (y, np.int32))]
     return tuple(jax.make_array_from_process_local_data(sharding, a, (rows,) + a.shape[1:])
                  for a in local)
 

@@ -15,19 +15,28 @@ from .config import RunConfig
 
 
 def load(c: RunConfig, *, download: bool = False, spec: str | None = None, data_dir=None) -> dict:
-    """{split: (X uint8, y int32)} of `spec` (default the run's data); see data.load."""
+    """{split: (X uint8, y int32)} of `spec` (default the run's data, with its extra
+    images when c.extra); see data.load."""
     spec, data_dir = spec or c.data, data_dir or c.data_dir
-    data.ensure_available(spec, data_dir, download=download)
-    return data.load(spec, data_dir=data_dir, synthetic_n=c.synthetic_n, seed=c.split_seed)
+    extra = c.extra and spec == c.data
+    data.ensure_available(spec, data_dir, download=download, extra=extra)
+    return data.load(spec, data_dir=data_dir, synthetic_n=c.synthetic_n, seed=c.split_seed,
+                     extra=extra)
 
 
-def split(c: RunConfig, loaded: dict) -> dict:
+def split(c: RunConfig, loaded: dict, *, consume: bool = False) -> dict:
     """{"train", "val", "test": (X uint8, y int32)} as the configuration describes.
 
     Data with an official test split: its train part is split into train and
     validation (stratified, seeded with split_seed). Data without one (an .npz,
     synthetic): split into train/validation/test the same way. With train_on_val,
     validation images are trained on too (a final fit after choosing on validation).
+
+    consume: `loaded` is the caller's to give up, so the parts are rearranged inside
+    its image array instead of copied out of it (with SVHN's extra images a copy
+    of the training part alone would be 1.7 GB): the training part gathered into
+    its first rows, the other parts copied into the rows after them. Every part
+    is then a view of that one array.
     """
     if "all" in loaded:
         X, y = loaded["all"]
@@ -40,14 +49,39 @@ def split(c: RunConfig, loaded: dict) -> dict:
                          data.stratified_split(y, (1 - c.val_fraction, c.val_fraction), c.split_seed)))
     if c.train_on_val:
         parts["train"] = np.sort(np.concatenate([parts["train"], parts["val"]]))
-    out = {k: (X[i], y[i]) for k, i in parts.items()}
+    out = {k: (X[i], y[i]) for k, i in parts.items() if k != "train"}
+    i = parts["train"]
+    if consume and X.flags.writeable and X.flags.c_contiguous:
+        used = len(i)
+        out["train"] = (gather_in_place(X, i), y[i])
+        for k, (Xk, yk) in list(out.items())[:-1]:  # the copies move into the free rows
+            if used + len(Xk) <= len(X):   # (all of them unless train_on_val repeats val)
+                X[used:used + len(Xk)] = Xk
+                out[k] = (X[used:used + len(Xk)], yk)
+                used += len(Xk)
+    else:
+        out["train"] = (X[i], y[i])
     if "test" in loaded:
         out["test"] = loaded["test"]
     return out
 
 
 def load_split(c: RunConfig, *, download: bool = False) -> dict:
-    return split(c, load(c, download=download))
+    return split(c, load(c, download=download), consume=True)
+
+
+def gather_in_place(X: np.ndarray, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """X[idx] for sorted, distinct indices, written over X's first len(idx) rows (a
+    view of them is returned; X's other rows are left as they were).
+
+    Safe in place: sorted distinct indices have idx[j] >= j, so the rows a chunk
+    reads were not yet overwritten by earlier chunks (which wrote rows below its
+    start), and within a chunk the gather is copied before it is written.
+    """
+    for s in range(0, len(idx), chunk):
+        rows = idx[s:s + chunk]
+        X[s:s + len(rows)] = X[rows]
+    return X[:len(idx)]
 
 
 def split_overlaps(parts: dict, train_fingerprints: np.ndarray) -> dict:

@@ -39,8 +39,10 @@ from .runfolder import say
 
 
 
-def step_config(c: RunConfig, steps_per_epoch: int) -> train.StepConfig:
-    """The static part of a configuration; the schedule's length depends on the data size."""
+def step_config(c: RunConfig, steps_per_epoch: int, prep: dict | None = None) -> train.StepConfig:
+    """The static part of a configuration; the schedule's length depends on the data size.
+    prep: the run's fitted preprocessing (derived["preprocessing"]), applied per batch
+    to uint8 images on the device; None for float32 features prepared beforehand."""
     total = max(2, c.epochs * steps_per_epoch)
     base = c.schedule.removeprefix("warmup-")
     opts = {"constant": {}, "cosine": {"total_steps": total},
@@ -52,7 +54,8 @@ def step_config(c: RunConfig, steps_per_epoch: int) -> train.StepConfig:
         optimizer=c.optimizer, schedule=(c.schedule, tuple(sorted(opts.items()))),
         batch=c.batch, grad_mode=c.grad, shift=c.shift,
         image_shape=(32, 32, 1 if c.grayscale else 3), check_every=c.gradcheck_every,
-        keep_grads=c.tensorboard and c.histograms > 0 and c.ensemble == 1)
+        keep_grads=c.tensorboard and c.histograms > 0 and c.ensemble == 1,
+        prep=preprocess.device_prep(prep) if prep is not None else None)
 
 
 def hyper(c: RunConfig) -> train.Hyper:
@@ -162,7 +165,7 @@ class _Run(NamedTuple):
     out: Path
     cfg: train.StepConfig
     hp: train.Hyper
-    X: Any                 # (n_train, D) float32 on the device
+    X: Any                 # (n_train, 3072) uint8 on the device (cfg.prep normalises batches)
     y: Any                 # (n_train,) int32
     val: train.EvalSet
     spe: int               # steps per epoch
@@ -176,15 +179,15 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: Path 
     """resume: the run folder to resume from (None: a new run)."""
     n, prep = derived["n_train"], derived["preprocessing"]
     spe = train.steps_per_epoch(n, c.batch)
-    cfg = step_config(c, spe)
+    cfg = step_config(c, spe, prep)
     if c.ensemble > 1:   # K seeds trained at once and scored as one model
         from . import ensemble
         return ensemble.train_members(c, derived, parts, out, cfg, resume=resume, quiet=quiet,
                                       stop_after_steps=stop_after_steps)
     hp = hyper(c)
     mesh = _mesh(c)
-    X, y = _place(parts["train"], prep, n, mesh)
-    val = train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1])
+    X, y = _place(parts["train"], n, mesh)
+    val = train.make_eval_set(*parts["val"])
     in_dim = preprocess.input_dim(prep)
     template = jax.eval_shape(lambda: {"state": train.init_state(c.seed, cfg, in_dim, hp)})
     quiet = quiet or not parallel.is_main_process()
@@ -270,15 +273,13 @@ def _mesh(c: RunConfig):
     return mesh
 
 
-def _place(train_part, prep, n: int, mesh):
-    """The preprocessed training set on the device, or split by rows over the mesh
-    (with several processes each one preprocesses only its own rows)."""
+def _place(train_part, n: int, mesh):
+    """The training images (uint8 rows) on the device, or split by rows over the mesh
+    (with several processes each one places only its own rows)."""
     X_tr, y_tr = train_part
     if mesh is None:
-        return jnp.asarray(preprocess.apply(X_tr, prep)), jnp.asarray(y_tr, jnp.int32)
-    rows = parallel.local_rows(n, mesh)
-    mine = slice(rows.start, min(rows.stop, n))
-    return parallel.shard_rows(preprocess.apply(X_tr[mine], prep), y_tr[mine], mesh, n)
+        return train.put_images(X_tr), jnp.asarray(y_tr, jnp.int32)
+    return parallel.shard_rows(X_tr.reshape(len(X_tr), -1), y_tr, mesh, n)
 
 
 def _run_steps(run: _Run, state, order, pos: int, count: int):
@@ -328,7 +329,7 @@ def _judge_checks(run: _Run, state, prog: Progress, rows: list[dict]) -> Progres
 def _end_epoch(run: _Run, state, prog: Progress, epoch: int, grads=None) -> Progress:
     """Evaluate the finished epoch, keep the best parameters, rewrite history.csv, log it."""
     c, step = run.c, int(state.step)
-    loss, acc, _ = train.evaluate(state.params, state.bn_state, run.val, run.cfg.spec)
+    loss, acc, _ = train.evaluate(state.params, state.bn_state, run.val, run.cfg.spec, run.cfg.prep)
     s = prog.sums
     row = {"epoch": epoch + 1, "step": step,
            "train_loss": s.loss / max(s.steps, 1), "train_acc": s.correct / max(s.seen, 1),
@@ -362,8 +363,7 @@ def _finish(run: _Run, parts: dict, template, state, prog: Progress) -> dict:
         plots.gradcheck(list(prog.gradchecks), out / "gradchecks.png", tol_fd=tol, tol_autodiff=tol)
     if "test" in parts:
         X_te, y_te = parts["test"]
-        loss, acc, pred = evaluate_on_test(best, X_te, y_te, run.derived["preprocessing"],
-                                           run.cfg.spec)
+        loss, acc, pred = evaluate_on_test(best, X_te, y_te, run.cfg)
         conf = train.confusion_matrix(y_te, pred)
         extra.update(test_loss=loss, test_acc=acc, test_confusion=conf.tolist())
         plots.confusion(conf, out / "confusion.png")
@@ -374,11 +374,11 @@ def _finish(run: _Run, parts: dict, template, state, prog: Progress) -> dict:
     return _write_outputs(run, state, prog, "completed", extra)
 
 
-def evaluate_on_test(best, X_te, y_te, prep, spec):
+def evaluate_on_test(best, X_te, y_te, cfg: train.StepConfig):
     """The one evaluation on test of a run, with its best-validation parameters.
     (A function of its own so that tests can count how often test is touched.)"""
-    test = train.make_eval_set(preprocess.apply(X_te, prep), y_te)
-    return train.evaluate(best["params"], best["bn_state"], test, spec)
+    test = train.make_eval_set(X_te, y_te)
+    return train.evaluate(best["params"], best["bn_state"], test, cfg.spec, cfg.prep)
 
 
 def _write_outputs(run: _Run, state, prog: Progress, status: str, extra: dict | None = None) -> dict:

@@ -12,9 +12,12 @@ The pieces, all pure:
                  per-step gradient check inside it when `check_every` asks
     evaluate     loss, accuracy and predictions over a padded evaluation set
 
-Data live on the device as one float32 array (N, D) passed to `run_steps` as an
-argument (never closed over, which would bake it into the program); each step
-gathers its batch through the epoch's permutation. Every random choice (init,
+Data live on the device as one array passed to `run_steps` as an argument
+(never closed over, which would bake it into the program); each step gathers
+its batch through the epoch's permutation. With `StepConfig.prep` the array
+holds the uint8 images (N, 3072), a quarter of float32's memory, and each
+batch is normalised as it is gathered (data.preprocess.apply_device);
+without it, float32 features (N, D) ready to use. Every random choice (init,
 data order, augmentation) is derived from the seed and the step number, so a
 run resumed from a checkpoint repeats the uninterrupted run bit for bit.
 """
@@ -28,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .data import preprocess
+from .data.arrays import empty_aligned
 from .nn import losses, model, optim, stepcheck
 from .errors import SvhnJaxError
 
@@ -44,6 +49,7 @@ class StepConfig(NamedTuple):
     image_shape: tuple = (32, 32, 3)  # how a row of X unflattens, for augmentation
     check_every: int = 0              # gradient check on steps i % check_every == 0 of an epoch (0: off)
     keep_grads: bool = False          # also return the gradient at the segment's end (TensorBoard)
+    prep: Any = None                  # preprocess.DevicePrep: X is uint8, normalised per batch
 
 
 class Hyper(NamedTuple):
@@ -121,10 +127,29 @@ def _shift(xb, key, cfg: StepConfig):
     return jax.vmap(crop)(imgs, offsets).reshape(xb.shape)
 
 
+def features(x, prep):
+    """Rows of a data array as the model's float32 input (B, D): uint8 images
+    normalised with `prep` (a preprocess.DevicePrep), or float32 features as
+    they are (prep None)."""
+    if prep is not None:
+        return preprocess.apply_device(x, prep)
+    if x.dtype == jnp.uint8:
+        raise SvhnJaxError("uint8 images reached the model without their preprocessing: "
+                           "pass preprocess.device_prep(config) as StepConfig.prep / prep=")
+    return x
+
+
+def put_images(X):
+    """uint8 images (N, 32, 32, 3) as rows (N, 3072) on the default device. On a
+    CPU the device shares the host array's memory when it is 64-byte aligned, as
+    data.load allocates it: the training set is not held twice."""
+    return jax.device_put(X.reshape(len(X), -1))
+
+
 def get_batch(X, y, order, i, key, step, cfg: StepConfig):
     """Batch i of an epoch (augmented with the key of global `step`): xb (B, D), yb (B,)."""
     idx = jax.lax.dynamic_slice_in_dim(order, i * cfg.batch, cfg.batch)
-    xb, yb = X[idx], y[idx]
+    xb, yb = features(X[idx], cfg.prep), y[idx]
     if cfg.shift:
         xb = _shift(xb, jax.random.fold_in(jax.random.fold_in(key, 2), step), cfg)
     return xb, yb
@@ -205,7 +230,8 @@ def _step(state, hp, X, y, order, i, cfg):
 def steps(state: TrainState, hp: Hyper, X, y, order, start, cfg: StepConfig, count: int):
     """Steps start .. start+count-1 of an epoch whose batch order is `order`.
 
-    X (N, D) float32, y (N,) int32, order from epoch_order. Returns the new
+    X (N, 3072) uint8 with cfg.prep, else (N, D) float32; y (N,) int32; order
+    from epoch_order. Returns the new
     state and per-step (cross-entropy (count,), correct (count,)), then with
     cfg.check_every a stepcheck.StepCheck of arrays (count,) (stepcheck.records
     turns it into rows), then with cfg.keep_grads the gradient of final_grads.
@@ -258,7 +284,8 @@ def run_steps_many(states, hps, X, y, orders, start, cfg: StepConfig, count: int
 
 
 class EvalSet(NamedTuple):
-    """An evaluation set padded to whole chunks: X (C, B, D), y (C, B), mask (C, B)."""
+    """An evaluation set padded to whole chunks: X (C, B, D), y (C, B), mask (C, B).
+    X is uint8 images (D = 3072, evaluated with a `prep`) or float32 features."""
 
     X: Any
     y: Any
@@ -266,24 +293,30 @@ class EvalSet(NamedTuple):
 
 
 def make_eval_set(X, y, chunk: int = 1024) -> EvalSet:
-    """Pad (N, D) / (N,) to a multiple of `chunk` once, so evaluating it every
-    epoch neither copies nor recompiles."""
+    """Pad X (N, ...) / y (N,) to a multiple of `chunk` once, so evaluating it every
+    epoch neither copies nor recompiles. uint8 images stay uint8 (rows of 3072);
+    anything else becomes float32. Padded on the host, in one aligned array that a
+    CPU device shares (see put_images)."""
+    X = np.asarray(X)
     n = X.shape[0]
     if n == 0:
         raise SvhnJaxError("cannot evaluate on an empty set")
     chunk = min(chunk, n)
     c = steps_per_epoch(n, chunk)
-    pad = c * chunk - n
-    Xp = jnp.pad(jnp.asarray(X, jnp.float32), ((0, pad), (0, 0))).reshape(c, chunk, -1)
-    yp = jnp.pad(jnp.asarray(y, jnp.int32), (0, pad)).reshape(c, chunk)
-    mask = (jnp.arange(c * chunk) < n).reshape(c, chunk)
-    return EvalSet(Xp, yp, mask)
+    rows = X.reshape(n, -1)
+    Xp = empty_aligned((c * chunk, rows.shape[1]), np.uint8 if X.dtype == np.uint8 else np.float32)
+    Xp[:n], Xp[n:] = rows, 0
+    yp = np.zeros(c * chunk, np.int32)
+    yp[:n] = y
+    mask = np.arange(c * chunk) < n
+    return EvalSet(*jax.device_put((Xp.reshape(c, chunk, -1), yp.reshape(c, chunk),
+                                    mask.reshape(c, chunk))))
 
 
-def _eval_sums(params, bn_state, es: EvalSet, spec):
+def _eval_sums(params, bn_state, es: EvalSet, spec, prep):
     def one(chunk):
         x, y, m = chunk
-        logits, _, _ = model.forward(params, bn_state, x, spec, train=False)
+        logits, _, _ = model.forward(params, bn_state, features(x, prep), spec, train=False)
         z = logits - logits.max(axis=1, keepdims=True)
         nll = jnp.log(jnp.exp(z).sum(axis=1)) - jnp.take_along_axis(z, y[:, None], axis=1)[:, 0]
         pred = jnp.argmax(logits, axis=1).astype(jnp.int32)
@@ -294,19 +327,20 @@ def _eval_sums(params, bn_state, es: EvalSet, spec):
     return nll.sum() / n, correct.sum() / n, pred.reshape(-1)
 
 
-_evaluate = jax.jit(_eval_sums, static_argnames=("spec",))
+_evaluate = jax.jit(_eval_sums, static_argnames=("spec", "prep"))
 
 
-def evaluate(params, bn_state, es: EvalSet, spec):
-    """(mean cross-entropy, accuracy, predictions (N,)) with BatchNorm in eval mode."""
-    loss, acc, pred = _evaluate(params, bn_state, es, spec)
+def evaluate(params, bn_state, es: EvalSet, spec, prep=None):
+    """(mean cross-entropy, accuracy, predictions (N,)) with BatchNorm in eval mode;
+    prep: the preprocess.DevicePrep of uint8 images (see features)."""
+    loss, acc, pred = _evaluate(params, bn_state, es, spec, prep)
     return float(loss), float(acc), np.asarray(pred)[: int(es.mask.sum())]
 
 
-@partial(jax.jit, static_argnames=("spec",))
-def evaluate_many(params, bn_state, es: EvalSet, spec):
+@partial(jax.jit, static_argnames=("spec", "prep"))
+def evaluate_many(params, bn_state, es: EvalSet, spec, prep=None):
     """Mean cross-entropy (K,) and accuracy (K,) of K stacked parameter sets."""
-    loss, acc, _ = jax.vmap(lambda p, s: _eval_sums(p, s, es, spec))(params, bn_state)
+    loss, acc, _ = jax.vmap(lambda p, s: _eval_sums(p, s, es, spec, prep))(params, bn_state)
     return loss, acc
 
 

@@ -121,30 +121,31 @@ def _label(c: RunConfig, swept) -> str:
 
 
 def _device_data(parts: dict, c: RunConfig, cache: dict):
-    """Preprocessed training data and validation set on the device, computed once
-    per preprocessing setting and shared by every group that uses it."""
+    """(training images, labels, validation set) on the device, uint8, placed once and
+    shared by every group; and the preprocessing fitted for c, once per setting."""
+    if "data" not in cache:
+        X_tr, y_tr = parts["train"]
+        cache["data"] = (train.put_images(X_tr), jnp.asarray(y_tr, jnp.int32),
+                         train.make_eval_set(*parts["val"]))
     key = (c.preprocess, c.grayscale)
     if key not in cache:
-        X_tr, y_tr = parts["train"]
-        prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
-        cache[key] = (jnp.asarray(preprocess.apply(X_tr, prep)), jnp.asarray(y_tr, jnp.int32),
-                      train.make_eval_set(preprocess.apply(parts["val"][0], prep), parts["val"][1]))
-    return cache[key]
+        cache[key] = preprocess.fit(parts["train"][0], mode=c.preprocess, grayscale=c.grayscale)
+    return cache["data"] + (cache[key],)
 
 
 def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None) -> list[dict]:
     """Train configurations that differ only in lr/reg/seed together; return one
     result per configuration (history, best and final validation numbers, status).
-    `cache` shares preprocessed data between calls."""
+    `cache` shares the data on the device and fitted preprocessing between calls."""
     c0 = configs[0]
     n = len(parts["train"][1])
     runs.check_batch(c0, n)
-    X, y, val = _device_data(parts, c0, {} if cache is None else cache)
+    X, y, val, prep = _device_data(parts, c0, {} if cache is None else cache)
     spe = train.steps_per_epoch(n, c0.batch)
-    cfg = runs.step_config(c0, spe)
+    cfg = runs.step_config(c0, spe, prep)
     hps = runs.hypers(configs)
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-    states = stack([train.init_state(c.seed, cfg, X.shape[1], runs.hyper(c))
+    states = stack([train.init_state(c.seed, cfg, preprocess.input_dim(prep), runs.hyper(c))
                     for c in configs])
     place = models_axis.placement(len(configs))   # K configurations, about K/D per device
     states, hps = models_axis.spread((states, hps), place)
@@ -161,7 +162,7 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
         te = time.perf_counter()
         states, (ce, correct, *checks) = train.run_steps_many(
             states, hps, X, y, orders(states.key, epoch, n, c0.batch), 0, cfg, spe)
-        val_loss, val_acc = train.evaluate_many(states.params, states.bn_state, val, cfg.spec)
+        val_loss, val_acc = train.evaluate_many(states.params, states.bn_state, val, cfg.spec, cfg.prep)
         ce, val_loss, val_acc = np.asarray(ce), np.asarray(val_loss), np.asarray(val_acc)
         correct = np.asarray(correct)
         seconds = time.perf_counter() - te

@@ -22,7 +22,22 @@ from ..errors import DataError
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 
-__all__ = ["NUM_CLASSES", "IMAGE_SHAPE", "validate_arrays", "read_mat"]
+__all__ = ["NUM_CLASSES", "IMAGE_SHAPE", "validate_arrays", "read_mat", "empty_aligned"]
+
+ALIGN = 64  # bytes: JAX's CPU client shares (does not copy) host arrays aligned to this
+
+
+def empty_aligned(shape: tuple, dtype) -> np.ndarray:
+    """np.empty(shape, dtype) whose data start on an ALIGN-byte boundary.
+
+    The large image arrays are allocated this way so that placing them on a
+    CPU device (jax.device_put) shares their memory instead of copying it.
+    """
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    buf = np.empty(nbytes + ALIGN, np.uint8)
+    start = -buf.ctypes.data % ALIGN
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def validate_arrays(X, y, source: str) -> tuple[np.ndarray, np.ndarray]:

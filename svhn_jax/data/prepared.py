@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import DataError, SvhnJaxError
-from .arrays import IMAGE_SHAPE, validate_arrays
+from .arrays import IMAGE_SHAPE, empty_aligned, validate_arrays
 from .cache import read_cache, write_cache
 from .fetch import BASE_URL, OFFICIAL, official, verify_file
 from .fetch import download as download_files
@@ -258,7 +258,7 @@ def load_prepared(data_dir: str | os.PathLike | None = None, *, extra: bool = Fa
     out = {}
     for name, splits in parts.items():
         n = sum(sizes[s] for s in splits)
-        X, y = np.empty((n,) + IMAGE_SHAPE, np.uint8), np.empty(n, np.int32)
+        X, y = empty_aligned((n,) + IMAGE_SHAPE, np.uint8), np.empty(n, np.int32)
         start = 0
         for s in splits:
             rows = slice(start, start + sizes[s])

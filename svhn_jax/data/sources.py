@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, SvhnJaxError
-from .arrays import IMAGE_SHAPE, NUM_CLASSES, read_mat, validate_arrays
+from .arrays import IMAGE_SHAPE, NUM_CLASSES, empty_aligned, read_mat, validate_arrays
 from .fetch import OFFICIAL
 from .hints import offline_options
 from .prepared import load_prepared
@@ -129,7 +129,7 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     bank = 1024
     banks = np.frombuffer(rng.bytes(3 * bank * d), np.uint8).reshape(3, bank, d)
     pick = rng.integers(0, bank, size=(3, n))
-    X = np.empty((n, d), np.uint8)
+    X = empty_aligned((n, d), np.uint8)
     chunk = 128  # 384 KiB of rows: the chunk and its scratch stay in the CPU cache
     tmp = np.empty((chunk, d), np.uint8)
     for s in range(0, n, chunk):
