@@ -257,6 +257,23 @@ def test_load_extra_appends_it_to_train_then_reads_the_cache(with_extra, monkeyp
     assert data.ensure_available("svhn", data_dir, download=False, extra=True) == data_dir
 
 
+def test_train_extra_setting_trains_on_the_extra_images(with_extra, tmp_path):
+    """`svhn-jax train --data svhn --extra` splits train+extra into its training and
+    validation parts; without --extra the same data give only the train images."""
+    from svhn_jax import config, rundata, runs
+
+    data_dir, expected = with_extra
+    base = config.make(data="svhn", data_dir=str(data_dir), hidden=(8,), batch=8, epochs=1,
+                       val_fraction=0.2, tensorboard=False)
+    n_train = len(expected["train"][1])
+    for extra, n in ((True, n_train), (False, n_train - 15)):
+        c = base.replace(extra=extra)
+        parts = rundata.load_split(c)
+        assert len(parts["train"][1]) + len(parts["val"][1]) == n
+        m = runs.train_run(c, tmp_path / f"extra_{extra}", quiet=True)
+        assert m["n_train"] + m["n_val"] == n and m["n_test"] == len(expected["test"][1])
+
+
 def test_extra_where_it_cannot_take_effect(prepared, monkeypatch):
     def no_download(*a, **k):
         raise AssertionError("downloaded although the dataset cannot be extended")
