@@ -100,7 +100,7 @@ class RunConfig:
                         high=SEED_MAX, sweep="vmap")
     devices: str = setting("1", "devices to train on, data-parallel: a number or all (the batch is "
                            "split over them; results equal one device's up to float32 rounding)",
-                           commands=(TRAIN,), metavar="N|all")
+                           commands=(TRAIN, LR_FIND), metavar="N|all")
     ensemble: int = setting(1, "train this many seeds (--seed, --seed + 1, ...) at once and score "
                             "their averaged probabilities as one model (1: a single model)",
                             low=1, high=4096, commands=(TRAIN,))

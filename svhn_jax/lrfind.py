@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, rundata, runfolder, runs, train
+from . import atomic, parallel, rundata, runfolder, runs, train
 from .data import preprocess
 from .config import RunConfig
 from .errors import SvhnJaxError
@@ -37,7 +38,8 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     n = len(y_tr)
     runs.check_batch(c, n)
     prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
-    X, y = train.put_images(X_tr), jnp.asarray(y_tr, jnp.int32)
+    mesh = runs.make_mesh(c)
+    X, y = runs.place_train(parts["train"], n, mesh)
     spe = train.steps_per_epoch(n, c.batch)
     cfg = runs.step_config(c, spe, prep)
     lrs = lr_min * (lr_max / lr_min) ** (np.arange(steps) / (steps - 1))
@@ -48,17 +50,23 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     epochs = -(-steps // spe)
     order = jnp.concatenate([train.epoch_order(key, e, n, c.batch) for e in range(epochs)])
 
+    loss_and_grads = model.GRAD_MODES[c.grad] if mesh is None else parallel.loss_and_grads(c.grad, mesh)
+    batch = train.get_batch if mesh is None else partial(parallel.get_batch, mesh=mesh)
+
     @jax.jit
-    def run(params, bn_state, opt_state):
+    def run(params, bn_state, opt_state, order):
         def body(carry, i):
             p, s, o = carry
-            xb, yb = train.get_batch(X, y, order, i, key, i, cfg)
-            loss, g, s, _ = model.GRAD_MODES[c.grad](p, s, xb, yb, cfg.spec, c.reg, train=True)
+            xb, yb = batch(X, y, order, i, key, i, cfg)
+            loss, g, s, _ = loss_and_grads(p, s, xb, yb, cfg.spec, c.reg, train=True)
             p, o = opt.update(g, o, p)
             return (p, s, o), loss
         return jax.lax.scan(body, (params, bn_state, opt_state), jnp.arange(steps))[1]
 
-    raw = np.asarray(run(params, bn_state, opt.init(params)), np.float64)
+    start = (params, bn_state, opt.init(params), order)
+    if mesh is not None:
+        start = parallel.replicate(start, mesh)
+    raw = np.asarray(run(*start), np.float64)
     smooth, avg, best, stop = [], 0.0, math.inf, steps
     for i, v in enumerate(raw):
         avg = beta * avg + (1 - beta) * (v if np.isfinite(v) else 1e30)
@@ -76,6 +84,7 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
             for i in range(len(smooth))]
     runfolder.write_csv(out / "lr_find.csv", rows)
     result = {"suggested_lr": suggestion, "lr_at_min_loss": float(lrs[i_min]),
-              "min_smoothed_loss": float(smooth[i_min]), "steps_read": stop, "optimizer": c.optimizer}
+              "min_smoothed_loss": float(smooth[i_min]), "steps_read": stop, "optimizer": c.optimizer,
+              "devices": 1 if mesh is None else parallel.size(mesh)}
     atomic.write_json(out / "lr_find.json", result)
     return result

@@ -11,6 +11,7 @@ stored sharded (each device holds n / P of its rows).
     local_rows       the training rows this process's devices hold
     shard_rows       put the training arrays on the mesh, split by rows
     loss_and_grads   model.GRAD_MODES[mode] for a global batch sharded on the mesh
+    get_batch        train.get_batch laid out along the mesh
     run_steps        train.run_steps on a mesh: count steps in one compiled scan
     initialize       join several processes (jax.distributed), from flags or env
 
@@ -178,18 +179,22 @@ def loss_and_grads(grad_mode: str, mesh):
     return manual
 
 
+def get_batch(X, y, order, i, key, step, cfg: train.StepConfig, mesh):
+    """train.get_batch, laid out along `data`: each device gets its rows of the batch."""
+    batch = train.get_batch(X, y, order, i, key, step, cfg)
+    return jax.lax.with_sharding_constraint(batch, NamedSharding(mesh, P(DATA)))
+
+
 def steps(state, hp, X, y, order, start, cfg: train.StepConfig, count: int, mesh):
     """train.steps on the mesh: steps start .. start+count-1 of an epoch.
 
     The batch is taken from the global order exactly as on one device, then
     laid out along `data`, so every device trains on its share of it.
     """
-    batch_sharding = NamedSharding(mesh, P(DATA))
     grads_fn = loss_and_grads(cfg.grad_mode, mesh)
 
     def body(state, i):
-        xb, yb = train.get_batch(X, y, order, i, state.key, state.step, cfg)
-        xb, yb = jax.lax.with_sharding_constraint((xb, yb), batch_sharding)
+        xb, yb = get_batch(X, y, order, i, state.key, state.step, cfg, mesh)
         if cfg.check_every:   # the check differentiates the global-batch loss: it proves the sharded step
             return train.checked_step(state, hp, xb, yb, i, cfg, loss_and_grads=grads_fn)
         return train.train_step(state, hp, xb, yb, cfg, loss_and_grads=grads_fn)

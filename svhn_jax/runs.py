@@ -185,8 +185,8 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: Path 
         return ensemble.train_members(c, derived, parts, out, cfg, resume=resume, quiet=quiet,
                                       stop_after_steps=stop_after_steps)
     hp = hyper(c)
-    mesh = _mesh(c)
-    X, y = _place(parts["train"], n, mesh)
+    mesh = make_mesh(c)
+    X, y = place_train(parts["train"], n, mesh)
     val = train.make_eval_set(*parts["val"])
     in_dim = preprocess.input_dim(prep)
     template = jax.eval_shape(lambda: {"state": train.init_state(c.seed, cfg, in_dim, hp)})
@@ -263,7 +263,7 @@ def _loop(run: _Run, state, prog: Progress, stop_after_steps: int | None):
                                   f"written. Resume with: svhn-jax train --resume {run.out}")
 
 
-def _mesh(c: RunConfig):
+def make_mesh(c: RunConfig):
     """The device mesh of a data-parallel run; None on one device in one process,
     which then runs train.run_steps exactly as before meshes existed."""
     if c.devices == "1" and jax.process_count() == 1:
@@ -273,7 +273,7 @@ def _mesh(c: RunConfig):
     return mesh
 
 
-def _place(train_part, n: int, mesh):
+def place_train(train_part, n: int, mesh):
     """The training images (uint8 rows) on the device, or split by rows over the mesh
     (with several processes each one places only its own rows)."""
     X_tr, y_tr = train_part

@@ -78,3 +78,27 @@ def test_four_devices_then_one_equal_one_device(tmp_path):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["diff"] <= TOL_DEVICES, got
     assert got["val"][0] == got["val"][1]
+
+
+LR_FIND = """
+import csv, json, sys
+from svhn_jax import config, lrfind
+out = sys.argv[1]
+losses = {}
+for d in ("1", "2"):
+    c = config.make(data="synthetic", synthetic_n=600, hidden=[16], batchnorm="before", batch=32,
+                    devices=d)
+    assert lrfind.lr_find(c, out + "/d" + d, lr_min=1e-4, lr_max=1e-1, steps=30)["devices"] == int(d)
+    losses[d] = [float(r["loss"]) for r in csv.DictReader(open(out + "/d" + d + "/lr_find.csv"))]
+print(json.dumps(losses))
+"""
+
+
+def test_lr_find_on_two_devices_equals_one_device(tmp_path):
+    r = subprocess.run([sys.executable, "-c", LR_FIND, str(tmp_path)], capture_output=True, text=True,
+                       env=dict(_env(), JAX_NUM_CPU_DEVICES="2"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(got["1"]) == len(got["2"]) == 30
+    diff = max(abs(a - b) / abs(b) for a, b in zip(got["2"], got["1"]))
+    assert diff <= TOL_DEVICES, diff     # the loss of the same parameters, summed in another order
