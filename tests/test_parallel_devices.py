@@ -218,3 +218,46 @@ def test_a_checkpoint_from_4_devices_resumes_on_1_and_2(runs, tmp_path):
         resumed, _ = cases.run("manual", parallel.make_mesh(n), loaded, start_step=cases.SEGMENT)
         assert int(resumed.step) == cases.RUN_STEPS
         assert cases.max_diff(resumed.params, runs["manual", 4][0].params) <= cases.TOL_DEVICES
+
+
+# ------------------------------------------------ the per-step check on a mesh
+
+
+def _checked_segment(mesh):
+    """One segment of manual-mode training on the mesh with the per-step check on
+    every step -> (state, StepCheck rows)."""
+    from svhn_jax.nn import stepcheck
+
+    c = cases.cfg("manual")._replace(check_every=1)
+    X, y = parallel.shard_rows(*cases.data()[:2], mesh)
+    state = train.init_state(0, c, 48, cases.HP)
+    order = train.epoch_order(state.key, 0, cases.N_TRAIN, cases.BATCH)
+    state, (_, _, checks) = parallel.run_steps(state, cases.HP, X, y, order, 0, c, cases.SEGMENT, mesh)
+    return state, stepcheck.records(checks, 1)
+
+
+def test_the_per_step_check_proves_the_sharded_step(runs):
+    """--gradcheck-every on 4 devices: every check passes and training is unchanged."""
+    from svhn_jax.nn import stepcheck
+
+    state, rows = _checked_segment(parallel.make_mesh(4))
+    assert len(rows) == cases.SEGMENT and stepcheck.first_failure(rows) is None
+    plain, _ = cases.run("manual", parallel.make_mesh(4), stop_step=cases.SEGMENT)
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_per_step_check_catches_a_gradient_averaged_over_devices(monkeypatch):
+    """The hand reduction made a mean instead of a sum: each device's share of the
+    gradient is then 1/4 of what it should be, and every checked step fails."""
+    from svhn_jax.nn import stepcheck
+
+    monkeypatch.setattr(model, "allreduce_grads", lambda g, axis: jax.lax.pmean(g, axis))
+    jax.clear_caches()
+    try:
+        _, rows = _checked_segment(parallel.make_mesh(4))
+    finally:
+        monkeypatch.undo()
+        jax.clear_caches()
+    assert len(rows) == cases.SEGMENT
+    assert not any(stepcheck.passed(r) for r in rows)
