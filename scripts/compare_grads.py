@@ -168,15 +168,15 @@ def compare(args) -> int:
     runfolder.ensure_run_dir(out, overwrite=args.overwrite)
 
     prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
-    X = jnp.asarray(preprocess.apply(X_tr, prep))
+    X = train.put_images(X_tr)    # uint8, normalised per batch as `svhn-jax train` does
     y = jnp.asarray(y_tr, jnp.int32)
     spe = train.steps_per_epoch(n, c.batch)
     # The steps follow `svhn-jax train` with the same settings (same initialisation,
     # batches and schedule); the schedule is stretched only if --steps outruns it.
     c = c.replace(epochs=max(c.epochs, -(-args.steps // spe)))
-    cfg = runs.step_config(c, spe)
+    cfg = runs.step_config(c, spe, prep)
     hp = runs.hyper(c)
-    state = train.init_state(c.seed, cfg, X.shape[1], hp)
+    state = train.init_state(c.seed, cfg, preprocess.input_dim(prep), hp)
     leaf_names = gradcheck.leaf_names(cfg.spec, state.params)
     diffs = _float32_diffs_fn(cfg.spec, jnp.float32(c.reg))
     batch_of = jax.jit(train.get_batch, static_argnames=("cfg",))

@@ -1,7 +1,8 @@
 """Where one training step of the mission network spends its time, from a jax.profiler trace.
 
 Trains the mission network (1024 grayscale inputs, Dense 128, ReLU, Dense 10, Adam,
-shifts of 2 pixels, batch 64) on N synthetic images one step at a time
+shifts of 2 pixels, batch 64) on N synthetic uint8 images, normalised per batch in
+the step as in training, one step at a time
 (`train.run_steps` with count 1), profiles --steps steps after a warm-up, and sums
 each XLA operation's self time by the jax primitive it came from (dot_general is
 the matrix products; gather is the batch gather with the shift; transpose is x^T
@@ -19,9 +20,9 @@ import statistics
 from collections import Counter
 
 import jax.numpy as jnp
-import numpy as np
 
-from svhn_jax import config, profiling, runs, train
+from svhn_jax import config, data, profiling, runs, train
+from svhn_jax.data import preprocess
 
 
 def main(argv=None) -> None:
@@ -33,12 +34,12 @@ def main(argv=None) -> None:
     a = ap.parse_args(argv)
     c = config.make("mission", data="synthetic", synthetic_n=a.n)
     spe = train.steps_per_epoch(a.n, c.batch)
-    cfg = runs.step_config(c, spe)
+    images, labels = data.synthetic(a.n, 0)
+    fitted = preprocess.fit(images, mode=c.preprocess, grayscale=c.grayscale)
+    cfg = runs.step_config(c, spe, fitted)   # uint8 images normalised in the step, as in training
     hp = runs.hyper(c)
-    rng = np.random.default_rng(0)
-    X = jnp.asarray(rng.standard_normal((a.n, 1024)), jnp.float32)
-    y = jnp.asarray(rng.integers(0, 10, a.n), jnp.int32)
-    state = train.init_state(c.seed, cfg, 1024, hp)
+    X, y = train.put_images(images), jnp.asarray(labels)
+    state = train.init_state(c.seed, cfg, preprocess.input_dim(fitted), hp)
     order = train.epoch_order(state.key, 0, a.n, c.batch)
     step = lambda s, i: train.run_steps(s, hp, X, y, order, i % spe, cfg, 1)[0]
     state, session = profiling.profile_steps(step, state, a.out, steps=a.steps, warmup=2)
