@@ -217,8 +217,8 @@ def measure_jax(mode: str, hidden: int, batch: int, X, y, *, epochs: int = 3, se
             last = np.asarray(jax.numpy.stack(losses[-eager_steps:]))
     step_losses = np.concatenate([np.atleast_1d(np.asarray(v, np.float32)) for v in losses])
     record = make_record(mode, hidden, batch, n, spe * batch, compile_s, times, load,
-                     loss=float(np.mean(last, dtype=np.float64)), loss_includes_l2=False,
-                     extrapolated=mode == "eager", runs_on=jax.default_backend())
+                         loss=float(np.mean(last, dtype=np.float64)), loss_includes_l2=False,
+                         extrapolated=mode == "eager", runs_on=jax.default_backend())
     if mode == "eager":
         record["eager_steps"] = eager_steps
     params = jax.tree.map(np.asarray, state.params)
@@ -246,8 +246,8 @@ def measure_ref(mode: str, hidden: int, batch: int, X: np.ndarray, y: np.ndarray
             times.append(dt)
             losses.append(loss)
     record = make_record(mode, hidden, batch, n, n // batch * batch, 0.0, times, load,
-                     loss=float(losses[-1]), loss_includes_l2=True, extrapolated=False,
-                     runs_on="cpu")
+                         loss=float(losses[-1]), loss_includes_l2=True, extrapolated=False,
+                         runs_on="cpu")
     return Measurement(record, np.asarray(losses, np.float32), None)
 
 
@@ -255,7 +255,7 @@ def measure_ref(mode: str, hidden: int, batch: int, X: np.ndarray, y: np.ndarray
 
 
 def make_record(mode, hidden, batch, n, images, compile_s, times, load, *, loss, loss_includes_l2,
-            extrapolated, runs_on) -> dict:
+                extrapolated, runs_on) -> dict:
     s = statistics.median(times)
     return {"mode": mode, "hidden": int(hidden), "batch": int(batch), "n": int(n),
             "images_per_epoch": int(images), "compile_s": max(0.0, float(compile_s)),

@@ -99,7 +99,7 @@ def cpu_note(backend: str, counts: Sequence[int]) -> str | None:
     if backend != "cpu":
         return None
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return (f"CPU backend: the {max(counts)} devices are forced host devices (JAX_NUM_CPU_DEVICES) "
+    return (f"CPU backend: the devices are forced host devices (JAX_NUM_CPU_DEVICES={max(counts)}) "
             f"sharing this machine's {cores} cores, so these figures measure the overhead of data "
             f"parallelism, not a speed-up")
 
@@ -126,6 +126,7 @@ def _measure_mesh(mode: str, hidden: int, batch: int, mesh, X, y, n: int, *, epo
 
 
 def _fields(record: dict, devices: int, mesh: bool) -> dict:
+    """The fields of a modes.make_record record that apply here, and the device count's."""
     keep = ("mode", "hidden", "batch", "n", "images_per_epoch", "compile_s", "s_per_epoch",
             "samples_per_s", "epoch_s", "loss", "other_busy_cores", "busy")
     return {**{k: record[k] for k in keep}, "devices": devices, "mesh": mesh,
@@ -201,12 +202,13 @@ def format_section(section: dict | None) -> list[str]:
             f"{'vs no mesh':>10s} {'max |dloss|':>11s}")
     lines = ["", "data-parallel scaling: the global batch split over a mesh of D devices; "
                  "efficiency = (t_1 / t_D) / D against the 1-device mesh", head]
-    opt = lambda v, spec: "-" if v is None else format(v, spec)
     for r in section["records"]:
+        speedup, efficiency = ((f"{r['speedup']:.2f}x", f"{r['efficiency']:.2f}") if r["mesh"]
+                               else ("-", "-"))
         lines.append(f"  {r['mode']:14s} {r['hidden']:5d} {r['batch']:5d} "
                      f"{str(r['devices']) if r['mesh'] else 'no mesh':>7s} {r['per_device_batch']:5d} "
-                     f"{r['s_per_epoch']:8.3f} {r['samples_per_s']:10.0f} {r['samples_per_s_per_device']:10.0f} "
-                     f"{opt(r['speedup'], '7.2f') + ('x' if r['mesh'] else ''):>8s} {opt(r['efficiency'], '6.2f'):>6s} "
+                     f"{r['s_per_epoch']:8.3f} {r['samples_per_s']:10.0f} "
+                     f"{r['samples_per_s_per_device']:10.0f} {speedup:>8s} {efficiency:>6s} "
                      f"{r['speedup_vs_no_mesh']:9.2f}x {r['max_loss_diff_vs_1']:11.1e}"
                      + ("  BUSY" if r["busy"] else ""))
     lines.append(f"  losses agree across device counts: largest |loss_D - loss_1| over every step "
