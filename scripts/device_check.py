@@ -8,6 +8,10 @@ also works on a machine whose Python cannot install the project. Writes:
 
     device.json      backend, devices, jax version
     bench.json       svhn-jax bench --batch 64,512 (--modes scan_manual,scan_autodiff with --quick)
+    scaling.json     with several devices: svhn-jax bench --devices all --modes none, the scan
+                     modes on 1, 2, 4, ... and all devices, same batches (per-device throughput,
+                     scaling efficiency); a device count that does not divide 64 measures
+                     1 and all devices at global batches 64 and 512 per device instead
     gradcheck.json   svhn-jax gradcheck --batchnorm (and --devices all when there are several)
     pytest.txt       the test suite's output (tests that need a package the machine lacks skip
                      or fail there: read the summary line)
@@ -61,17 +65,21 @@ def main(argv=None) -> int:
          "devices": [str(d) for d in devices],
          "kind": getattr(devices[0], "device_kind", "")}, indent=2) + "\n")
     cli = [sys.executable, "-m", "svhn_jax.cli"]
-    bench = cli + ["bench", "--batch", "64,512", "--json", "--quiet"]
-    if args.quick:
-        bench += ["--modes", "scan_manual,scan_autodiff", "--epochs", "2", "--n", "8192"]
+    bench = cli + ["bench", "--json", "--quiet"] + (["--epochs", "2", "--n", "8192"] if args.quick else [])
+    parts = [("bench", bench + ["--batch", "64,512"]
+              + (["--modes", "scan_manual,scan_autodiff"] if args.quick else []))]
     gradcheck = cli + ["gradcheck", "--batchnorm", "--json"]
     if len(devices) > 1:
-        gradcheck += ["--devices", "all", "--batch", str(8 * len(devices))]
+        d = len(devices)
+        gradcheck += ["--devices", "all", "--batch", str(8 * d)]
+        parts.append(("scaling", bench + ["--modes", "none"] + (
+            ["--devices", "all", "--batch", "64,512"] if 64 % d == 0
+            else ["--devices", f"1,{d}", "--batch", f"{64 * d},{512 * d}"])))
     tests = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
     if args.quick:
         tests += ["tests/test_layers.py", "tests/test_optim.py", "tests/test_gradcheck.py"]
-    summary = {name: _run(name, cmd, out, args.timeout)
-               for name, cmd in (("bench", bench), ("gradcheck", gradcheck), ("pytest", tests))}
+    parts += [("gradcheck", gradcheck), ("pytest", tests)]
+    summary = {name: _run(name, cmd, out, args.timeout) for name, cmd in parts}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary, indent=2))
     return 0 if all(s["exit_code"] == 0 for s in summary.values()) else 1

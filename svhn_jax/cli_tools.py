@@ -138,7 +138,7 @@ def cmd_bench(args) -> int:
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         report = bench.run(args.hidden, args.batch, args.epochs, args.n, modes, args.seed,
                            eager_steps=args.eager_steps, gradcheck_every=args.gradcheck_every,
-                           progress=progress)
+                           devices=args.devices, progress=progress)
     print(json.dumps(report) if args.json else bench.format_report(report))
     if args.profile:
         session = bench.profile(args.hidden[0], args.batch[0], args.n, args.profile, args.seed)
@@ -164,6 +164,12 @@ def add_bench(sub):
                         "with the per-step gradient check every N steps against the same training "
                         "without it, alternately, and print the ratio (0: off; with --modes none, "
                         "only this)")
+    p.add_argument("--devices", metavar="N,M,...|all",
+                   help="also time the scan modes data-parallel on a mesh of each number of devices "
+                        "(the global batch split over them; 1 is always measured, as the reference) "
+                        "and print the per-device throughput and the scaling efficiency (t1/tD)/D; "
+                        "on CPU set JAX_NUM_CPU_DEVICES=N first, and the figures then measure "
+                        "overhead, not speed-up (forced devices share the cores)")
     p.add_argument("--eager-steps", type=int, default=20,
                    help="timed steps per block in eager mode (its epoch is extrapolated)")
     p.add_argument("--seed", type=int, default=0)

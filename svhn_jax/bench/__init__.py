@@ -50,21 +50,28 @@ machines: compare the ratios, which come from one run, and heed busy_warning.
 `--gradcheck-every N` adds the cost of the per-step gradient check on the
 mission's own network and settings (module `checks`).
 
+`--devices 1,2,4` (or all) adds the data-parallel scaling of the scan modes:
+per device count, seconds per epoch, samples/s in all and per device, and the
+scaling efficiency (t_1 / t_D) / D (module `scaling`; on a CPU it measures the
+overhead of data parallelism, not a speed-up).
+
 Modules: `suite` (arguments, the run, ratios, the table), `modes` (the JAX
 modes and one mode's measurement), `refs` (NumPy and PyTorch references, the
-FLOP model), `machine` (peak and load), `checks` (the gradient check's cost).
+FLOP model), `machine` (peak and load), `checks` (the gradient check's cost),
+`scaling` (the scan modes on device meshes).
 
 Nothing here depends on the backend; on a GPU the NumPy and PyTorch references
 still run on the CPU (runs_on).
 """
 
+from . import scaling
 from .machine import measure_load, peak_gflops
 from .modes import JAX_MODES, Measurement, jax_setup, make_data, measure_jax, measure_ref
 from .suite import MODES, RATIO_PAIRS, check_args, device_name, format_report, parse_modes, ratios, run
 
 __all__ = ["MODES", "JAX_MODES", "RATIO_PAIRS", "Measurement", "parse_modes", "check_args", "make_data",
            "jax_setup", "measure_jax", "measure_ref", "ratios", "device_name", "run", "format_report",
-           "measure_load", "peak_gflops"]
+           "measure_load", "peak_gflops", "scaling"]
 
 
 def profile(hidden: int, batch: int, n: int, folder, seed: int = 0):

@@ -96,18 +96,21 @@ def _timed(fn):
     return time.perf_counter() - t0, out
 
 
-def _run_scan(state, hp, X, y, orders, cfg, spe, epochs):
-    """Epoch 0 (with compilation), epoch 1 (warm-up), then `epochs` timed epochs."""
+def run_scan(state, hp, X, y, orders, cfg, spe, epochs, run_steps=None):
+    """Epoch 0 (with compilation), epoch 1 (warm-up), then `epochs` timed epochs of
+    `run_steps` (default `train.run_steps`; the scaling bench passes a mesh's)."""
     import jax
 
     from .. import train
+
+    run_steps = run_steps or train.run_steps
 
     def epoch(e):
         nonlocal state
         order = orders[e]
 
         def go():
-            s, out = train.run_steps(state, hp, X, y, order, 0, cfg, spe)
+            s, out = run_steps(state, hp, X, y, order, 0, cfg, spe)
             return jax.block_until_ready((s, out))
 
         dt, (state, (ce, _)) = _timed(go)
@@ -203,7 +206,7 @@ def measure_jax(mode: str, hidden: int, batch: int, X, y, *, epochs: int = 3, se
                           -(-eager_total // spe) if mode == "eager" else 2 + epochs)
     with machine.measure_load() as load:
         if mode.startswith("scan"):
-            state, compile_s, times, losses = _run_scan(state, hp, X, y, orders, cfg, spe, epochs)
+            state, compile_s, times, losses = run_scan(state, hp, X, y, orders, cfg, spe, epochs)
             last = np.asarray(losses[-1])
         elif mode.startswith("jit"):
             state, compile_s, times, losses = _run_jit(state, hp, X, y, orders, cfg, spe, epochs)
@@ -213,9 +216,9 @@ def measure_jax(mode: str, hidden: int, batch: int, X, y, *, epochs: int = 3, se
                                                          eager_steps)
             last = np.asarray(jax.numpy.stack(losses[-eager_steps:]))
     step_losses = np.concatenate([np.atleast_1d(np.asarray(v, np.float32)) for v in losses])
-    record = _record(mode, hidden, batch, n, spe * batch, compile_s, times, load,
-                     loss=float(np.mean(last, dtype=np.float64)), loss_includes_l2=False,
-                     extrapolated=mode == "eager", runs_on=jax.default_backend())
+    record = make_record(mode, hidden, batch, n, spe * batch, compile_s, times, load,
+                         loss=float(np.mean(last, dtype=np.float64)), loss_includes_l2=False,
+                         extrapolated=mode == "eager", runs_on=jax.default_backend())
     if mode == "eager":
         record["eager_steps"] = eager_steps
     params = jax.tree.map(np.asarray, state.params)
@@ -242,17 +245,17 @@ def measure_ref(mode: str, hidden: int, batch: int, X: np.ndarray, y: np.ndarray
             dt, loss = fn(X, y)
             times.append(dt)
             losses.append(loss)
-    record = _record(mode, hidden, batch, n, n // batch * batch, 0.0, times, load,
-                     loss=float(losses[-1]), loss_includes_l2=True, extrapolated=False,
-                     runs_on="cpu")
+    record = make_record(mode, hidden, batch, n, n // batch * batch, 0.0, times, load,
+                         loss=float(losses[-1]), loss_includes_l2=True, extrapolated=False,
+                         runs_on="cpu")
     return Measurement(record, np.asarray(losses, np.float32), None)
 
 
 # ------------------------------------------------------------------- records
 
 
-def _record(mode, hidden, batch, n, images, compile_s, times, load, *, loss, loss_includes_l2,
-            extrapolated, runs_on) -> dict:
+def make_record(mode, hidden, batch, n, images, compile_s, times, load, *, loss, loss_includes_l2,
+                extrapolated, runs_on) -> dict:
     s = statistics.median(times)
     return {"mode": mode, "hidden": int(hidden), "batch": int(batch), "n": int(n),
             "images_per_epoch": int(images), "compile_s": max(0.0, float(compile_s)),

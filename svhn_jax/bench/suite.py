@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import SvhnJaxError
-from . import checks, machine
+from . import checks, machine, scaling
 from .modes import JAX_MODES, measure_jax, measure_ref, make_data
 
 MODES = JAX_MODES + ("numpy", "torch_eager")
@@ -98,16 +98,21 @@ def device_name() -> str:
 def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs: int = 3,
         n: int = 73257, modes: Sequence[str] | str = MODES, seed: int = 0, *,
         eager_steps: int = 20, peak_size: int = 2048, gradcheck_every: int = 0,
+        devices: Sequence[int] | str | None = None,
         progress: Callable[[str], None] | None = None, keep: list | None = None) -> dict:
     """Measure every mode for every (hidden, batch); returns the JSON report:
 
     {"peak_gflops", "peak_gflops_start", "peak_gflops_end", "peak_busy", "device",
      "backend", "results": [record, ...], "skipped": [...], "ratios": {...},
-     "gradcheck": [record, ...], "busy_warning"}
+     "gradcheck": [record, ...], "scaling": {...} or null, "busy_warning"}
 
     gradcheck_every > 0 also times the mission's training with a gradient check
     every that many steps against the same training without (`checks.measure`,
     one record per (hidden, batch) in "gradcheck").
+
+    devices (device counts like (1, 2, 4), or "all"; None: off) also measures the
+    scan modes data-parallel on a mesh of each count (`scaling.measure`, in
+    "scaling", with the CPU caveat in its "note").
 
     `keep`, when given a list, receives every `Measurement` (with step losses and
     final parameters) in the order measured. `progress` gets one line per mode.
@@ -115,11 +120,16 @@ def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs
     hidden, batch = tuple(hidden), tuple(batch)
     modes = parse_modes(modes)
     check_args(hidden, batch, epochs, n, eager_steps, gradcheck_every)
-    if not modes and not gradcheck_every:
-        raise SvhnJaxError("nothing to measure: --modes none needs --gradcheck-every N")
+    if not modes and not gradcheck_every and devices is None:
+        raise SvhnJaxError("nothing to measure: --modes none needs --gradcheck-every N or --devices N")
+    devices = scaling.parse_devices(devices)
+    if devices not in (None, "all"):
+        scaling.check_batches(devices, batch)  # before JAX starts
     say = progress or (lambda msg: None)
 
     import jax
+
+    counts = None if devices is None else scaling.resolve(devices, batch)
 
     with machine.measure_load() as peak_load:
         peak_start = machine.peak_gflops(peak_size)
@@ -155,6 +165,11 @@ def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs
                 gradcheck.append(checks.measure(h, b, n, gradcheck_every, epochs=epochs, seed=seed))
                 say(f"gradcheck every {gradcheck_every} H={h} B={b}: {gradcheck[-1]['ratio']:.2f}x plain training")
 
+    section = None
+    if counts is not None:
+        section = scaling.measure(hidden, batch, counts, X_host, y_host, X, y, epochs=epochs, seed=seed,
+                                  progress=progress)
+
     with machine.measure_load() as end_load:
         peak_end = machine.peak_gflops(peak_size)
     peak = max(peak_start, peak_end)
@@ -164,7 +179,9 @@ def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs
     return {"peak_gflops": peak, "peak_gflops_start": peak_start, "peak_gflops_end": peak_end,
             "peak_busy": peak_busy, "device": device_name(), "backend": jax.default_backend(),
             "results": results, "skipped": skipped, "ratios": ratios(results), "gradcheck": gradcheck,
-            "busy_warning": peak_busy or any(bool(r["busy"]) for r in results + gradcheck)}
+            "scaling": section,
+            "busy_warning": peak_busy or any(bool(r["busy"]) for r in
+                                             results + gradcheck + (section["records"] if section else []))}
 
 
 # ---------------------------------------------------------------------- table
@@ -209,6 +226,7 @@ def format_report(report: dict) -> str:
         lines += ["", "loss: mean over the last timed epoch (eager: its last timed steps); "
                       "cross-entropy for JAX, + L2 for numpy/torch."]
     lines += checks.format_records(report.get("gradcheck", []))
+    lines += scaling.format_section(report.get("scaling"))
     if any(r["extrapolated"] for r in report["results"]):
         lines.append("eager: s/epoch extrapolated from the median of its timed steps.")
     if report["busy_warning"]:
