@@ -14,6 +14,7 @@ stored sharded (each device holds n / P of its rows).
     get_batch        train.get_batch laid out along the mesh
     run_steps        train.run_steps on a mesh: count steps in one compiled scan
     initialize       join several processes (jax.distributed), from flags or env
+    sum_over_processes, gather_rows   what one process holds, summed or joined over all
 
 The gradient modes, both over the global batch:
   autodiff: jax.grad of the global-batch loss under jit; XLA partitions the
@@ -267,3 +268,26 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *, timeout
 def is_main_process() -> bool:
     """Process 0 alone writes run folders, checkpoints and plots."""
     return jax.process_index() == 0
+
+
+def _allgather(a: np.ndarray) -> np.ndarray:
+    """(process_count, *a.shape): every process's `a`, of the same shape and dtype.
+    Sent as bytes: JAX would narrow 64-bit values (fingerprints, float64 sums) to 32."""
+    from jax.experimental import multihost_utils
+
+    a = np.ascontiguousarray(a)
+    raw = multihost_utils.process_allgather(a.reshape(-1).view(np.uint8))
+    return np.ascontiguousarray(raw).view(a.dtype).reshape((-1,) + a.shape)
+
+
+def sum_over_processes(a: np.ndarray) -> np.ndarray:
+    """The sum of a host array over every process (each passes its own, same shape)."""
+    return np.sum(_allgather(np.asarray(a)), axis=0)
+
+
+def gather_rows(local: np.ndarray, n: int, mesh) -> np.ndarray:
+    """Per-row values of the whole training set from each process's rows (local_rows
+    of it, clipped to n): every process gets all n, in row order."""
+    part = local_rows(n, mesh)
+    mine = _pad_rows(local, part.stop - part.start)   # every process: the same length
+    return _allgather(mine).reshape((-1,) + mine.shape[1:])[:n]

@@ -38,17 +38,8 @@ def split(c: RunConfig, loaded: dict, *, consume: bool = False) -> dict:
     its first rows, the other parts copied into the rows after them. Every part
     is then a view of that one array.
     """
-    if "all" in loaded:
-        X, y = loaded["all"]
-        f_val, f_test = c.val_fraction, c.test_fraction
-        parts = dict(zip(("train", "val", "test"),
-                         data.stratified_split(y, (1 - f_val - f_test, f_val, f_test), c.split_seed)))
-    else:
-        X, y = loaded["train"]
-        parts = dict(zip(("train", "val"),
-                         data.stratified_split(y, (1 - c.val_fraction, c.val_fraction), c.split_seed)))
-    if c.train_on_val:
-        parts["train"] = np.sort(np.concatenate([parts["train"], parts["val"]]))
+    source, parts = _partition(c, {k: y for k, (_, y) in loaded.items()})
+    X, y = loaded[source]
     out = {k: (X[i], y[i]) for k, i in parts.items() if k != "train"}
     i = parts["train"]
     if consume and X.flags.writeable and X.flags.c_contiguous:
@@ -68,6 +59,38 @@ def split(c: RunConfig, loaded: dict, *, consume: bool = False) -> dict:
 
 def load_split(c: RunConfig, *, download: bool = False) -> dict:
     return split(c, load(c, download=download), consume=True)
+
+
+def _partition(c: RunConfig, labels: dict) -> tuple[str, dict]:
+    """(the loaded split the parts are drawn from, {part: sorted row indices into it})."""
+    if "all" in labels:
+        f_val, f_test = c.val_fraction, c.test_fraction
+        source, names, fractions = "all", ("train", "val", "test"), (1 - f_val - f_test, f_val, f_test)
+    else:
+        source, names, fractions = "train", ("train", "val"), (1 - c.val_fraction, c.val_fraction)
+    parts = dict(zip(names, data.stratified_split(labels[source], fractions, c.split_seed)))
+    if c.train_on_val:
+        parts["train"] = np.sort(np.concatenate([parts["train"], parts["val"]]))
+    return source, parts
+
+
+def load_split_rows(c: RunConfig, train_rows, *, download: bool = False) -> tuple[dict, int]:
+    """`load_split` for a process that trains on some of the training rows: of the
+    training part only the rows train_rows(n_train) (a slice of it) are read (see
+    data.open_rows for the sources that can be read in part); validation and test
+    whole. Returns (parts, n_train), parts["train"] holding those rows alone."""
+    data.ensure_available(c.data, c.data_dir, download=download, extra=c.extra)
+    opened = data.open_rows(c.data, data_dir=c.data_dir, synthetic_n=c.synthetic_n,
+                            seed=c.split_seed, extra=c.extra)
+    source, parts = _partition(c, {k: rows.y for k, rows in opened.items()})
+    rows = opened[source]
+    n = len(parts["train"])
+    parts["train"] = parts["train"][train_rows(n)]
+    out = {k: (rows.take(i), rows.y[i]) for k, i in parts.items()}
+    if "test" in opened:
+        test = opened["test"]
+        out["test"] = (test.take(np.arange(len(test.y))), test.y)
+    return out, n
 
 
 def gather_in_place(X: np.ndarray, idx: np.ndarray, chunk: int = 4096) -> np.ndarray:

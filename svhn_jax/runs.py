@@ -96,13 +96,17 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
         raise SvhnJaxError("--profile traces a single model's steps; drop --profile or --ensemble")
     out = _writable(Path(out))
     runfolder.check_run_dir(out, overwrite=overwrite)
-    parts = rundata.load_split(c, download=download)
+    mesh = make_mesh(c)
+    parts, n = _load(c, mesh, download)
     runfolder.ensure_run_dir(out, overwrite=overwrite)
     X_tr = parts["train"][0]
-    check_batch(c, len(X_tr))
-    fps = data.image_fingerprints(X_tr)
-    derived = {"preprocessing": preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale),
-               "n_train": len(X_tr), "n_val": len(parts["val"][1]),
+    check_batch(c, n)
+    fps, sum_over = data.image_fingerprints(X_tr), None
+    if n != len(X_tr):   # this process holds some of the rows: statistics over all of them
+        fps, sum_over = parallel.gather_rows(fps, n, mesh), parallel.sum_over_processes
+    derived = {"preprocessing": preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale,
+                                               sum_over=sum_over),
+               "n_train": n, "n_val": len(parts["val"][1]),
                "n_test": len(parts["test"][1]) if "test" in parts else 0,
                **rundata.split_overlaps(parts, fps),
                "jax_version": jax.__version__, "backend": jax.default_backend()}
@@ -110,6 +114,16 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
     atomic.write_with(out / "train_fingerprints.npy", lambda f: np.save(f, fps))
     return _train(c, derived, parts, out, resume=None, quiet=quiet, profile=profile,
                   stop_after_steps=stop_after_steps)
+
+
+def _load(c: RunConfig, mesh, download: bool = False) -> tuple[dict, int]:
+    """(the run's parts, the training part's size). With several processes each one
+    reads only the training rows its devices hold (parallel.local_rows); an ensemble
+    replicates the whole set on every device."""
+    if jax.process_count() == 1 or c.ensemble > 1:
+        parts = rundata.load_split(c, download=download)
+        return parts, len(parts["train"][1])
+    return rundata.load_split_rows(c, lambda n: parallel.local_rows(n, mesh), download=download)
 
 
 def _writable(out: Path) -> Path:
@@ -140,9 +154,9 @@ def resume_run(out, *, quiet=False, devices: str | None = None,
         raise SvhnJaxError(f"{out} stopped before its first checkpoint, so there is nothing to "
                            f"resume; start it again with: svhn-jax train --config "
                            f"{out}/config.json --out {out} --overwrite")
-    parts = rundata.load_split(c)
-    if len(parts["train"][1]) != derived["n_train"]:
-        raise DataError(f"the data now give {len(parts['train'][1])} training images, the run "
+    parts, n = _load(c, make_mesh(c))
+    if n != derived["n_train"]:
+        raise DataError(f"the data now give {n} training images, the run "
                         f"was started with {derived['n_train']}: resume with the same data, or "
                         f"start a new run")
     write = _writable(out)

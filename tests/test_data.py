@@ -717,6 +717,43 @@ def test_synthetic_shape_and_determinism():
         data.synthetic(0, 0)
 
 
+def test_synthetic_rows_are_those_of_the_whole_set():
+    X, y = data.synthetic(500, seed=3)
+    rows = np.array([499, 0, 7, 7, 300])
+    Xr, yr = data.synthetic(500, seed=3, rows=rows)
+    np.testing.assert_array_equal(Xr, X[rows])
+    np.testing.assert_array_equal(yr, y[rows])
+    assert data.synthetic(500, seed=3, rows=[])[0].shape == (0, 32, 32, 3)
+    opened = data.open_rows("synthetic", synthetic_n=500, seed=3)
+    np.testing.assert_array_equal(opened["all"].y, y)
+    np.testing.assert_array_equal(opened["all"].take(rows), X[rows])
+
+
+def test_open_rows_of_prepared_svhn_reads_its_cache_in_part(with_extra, monkeypatch):
+    data_dir, expected = with_extra
+    data.load("svhn", data_dir=data_dir, extra=True)   # the cache exists from here on
+
+    def no_whole_load(*a, **k):
+        raise AssertionError("loaded every image instead of reading the rows asked for")
+
+    monkeypatch.setattr(prepared_mod, "load_prepared", no_whole_load)
+    opened = data.open_rows("svhn", data_dir=data_dir, extra=True)
+    rows = np.array([44, 3, 29, 30, 0])          # extra starts at row 30 of "train"
+    for split in ("train", "test"):
+        X, y = expected[split]
+        np.testing.assert_array_equal(opened[split].y, y)
+        np.testing.assert_array_equal(opened[split].take(rows[rows < len(y)]), X[rows[rows < len(y)]])
+
+
+def test_open_rows_decodes_first_when_there_is_no_cache(fake_mats, tmp_path):
+    data_dir = tmp_path / "tfds"
+    data.prepare(fake_mats[0], data_dir, verify=False)
+    opened = data.open_rows("svhn", data_dir=data_dir)
+    X, y = fake_mats[1]["test"]
+    np.testing.assert_array_equal(opened["test"].take(np.arange(len(y))), X)
+    assert len(list((data_dir / "svhn_cropped" / "3.1.0" / data.CACHE_DIRNAME).glob("*.npy"))) == 4
+
+
 def test_synthetic_needs_no_second_copy():
     """Peak memory is X itself plus a fixed few MB: no float or full-size uint8 copy.
 

@@ -166,3 +166,49 @@ def test_step_config_carries_the_fitted_preprocessing():
     fitted = {"mode": "image", "grayscale": True, "channels": 1, "eps": 1e-6}
     assert runs.step_config(c, 10, fitted).prep == preprocess.device_prep(fitted)
     assert runs.step_config(c, 10).prep is None
+
+
+@pytest.mark.parametrize("source", ["synthetic", "npz", "train_on_val"])
+def test_a_process_reads_only_its_training_rows(source, tmp_path, monkeypatch):
+    """load_split_rows (several processes: each its devices' rows) equals a slice of
+    load_split's training part, and synthetic data make no other training image."""
+    from svhn_jax.data import sources
+
+    settings = dict(data="synthetic", synthetic_n=900, train_on_val=source == "train_on_val")
+    if source == "npz":
+        X, y = sources.synthetic(900, 5)
+        np.savez(tmp_path / "d.npz", X=X, y=y)
+        settings = dict(data=str(tmp_path / "d.npz"))
+    c = config.make(**settings)
+    whole = rundata.load_split(c)
+    made = []
+    real = sources.synthetic
+    monkeypatch.setattr(sources, "synthetic",
+                        lambda n, seed, rows=None: made.append(len(rows)) or real(n, seed, rows))
+    mine = lambda n: slice(n // 2, n // 2 + 100)
+    parts, n = rundata.load_split_rows(c, mine)
+    assert n == len(whole["train"][1])
+    for k in whole:
+        want = (whole[k][0][mine(n)], whole[k][1][mine(n)]) if k == "train" else whole[k]
+        np.testing.assert_array_equal(parts[k][0], want[0], err_msg=k)
+        np.testing.assert_array_equal(parts[k][1], want[1], err_msg=k)
+    if source != "npz":   # the training images made: this process's 100 only
+        assert made == [100, len(parts["val"][1]), len(parts["test"][1])]
+
+
+def test_a_run_of_several_processes_reads_by_rows(monkeypatch):
+    """runs._load takes load_split_rows with the rows of this process's devices when
+    there are several processes (simulated: one process, told it is one of two)."""
+    from svhn_jax import parallel
+
+    calls = []
+    real = rundata.load_split_rows
+    monkeypatch.setattr(rundata, "load_split_rows",
+                        lambda c, rows, **k: calls.append(rows) or real(c, rows, **k))
+    c = config.make(data="synthetic", synthetic_n=300)
+    mesh = parallel.make_mesh(1)
+    assert runs._load(c, mesh)[1] == 210 and calls == []
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    parts, n = runs._load(c, mesh)
+    assert n == 210 and calls[0](n) == parallel.local_rows(n, mesh)
+    assert runs._load(c.replace(ensemble=2), mesh)[1] == 210 and len(calls) == 1   # replicated

@@ -102,3 +102,33 @@ def test_lr_find_on_two_devices_equals_one_device(tmp_path):
     assert len(got["1"]) == len(got["2"]) == 30
     diff = max(abs(a - b) / abs(b) for a, b in zip(got["2"], got["1"]))
     assert diff <= TOL_DEVICES, diff     # the loss of the same parameters, summed in another order
+
+
+def test_two_processes_each_with_half_the_rows_derive_what_one_process_does(tmp_path):
+    """Each process reads only its training rows; the fitted statistics (here per-channel
+    histograms) and the training images' fingerprints are joined over the processes
+    and equal those of a single process reading everything."""
+    port = _free_port()
+    common = ["train", "--data", "synthetic", "--synthetic-n", "1000", "--hidden", "8", "--epochs",
+              "1", "--preprocess", "channel", "--no-grayscale", "--no-tensorboard", "--json"]
+    procs = [subprocess.Popen([sys.executable, "-m", "svhn_jax.cli", *common, "--devices", "all",
+                               "--out", str(tmp_path / "two"), "--coordinator", f"localhost:{port}",
+                               "--num-processes", "2", "--process-id", str(i)],
+                              env=dict(_env(), JAX_NUM_CPU_DEVICES="2"), cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for p in procs:
+        try:
+            _, stderr = p.communicate(timeout=240)
+        finally:
+            p.kill()
+        assert p.returncode == 0, stderr
+    one = subprocess.run([sys.executable, "-m", "svhn_jax.cli", *common, "--out", str(tmp_path / "one")],
+                         env=_env(), capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr
+    derived = [json.loads((tmp_path / r / "config.json").read_text())["derived"] for r in ("two", "one")]
+    for key in ("preprocessing", "n_train", "n_val", "n_test", "overlap_train_val", "overlap_train_test"):
+        assert derived[0][key] == derived[1][key], key
+    import numpy as np
+    np.testing.assert_array_equal(np.load(tmp_path / "two" / "train_fingerprints.npy"),
+                                  np.load(tmp_path / "one" / "train_fingerprints.npy"))

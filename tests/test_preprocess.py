@@ -120,3 +120,29 @@ def test_bad_images_rejected(parts):
         pp.fit(parts[0].astype(np.float32), mode="scale")
     with pytest.raises(SvhnJaxError, match=r"got uint8 \(3, 32, 32\)"):
         pp.apply(parts[0][:3, ..., 0], pp.fit(parts[0], mode="scale"))
+
+
+@pytest.mark.parametrize("grayscale", [False, True])
+def test_statistics_summed_over_processes_equal_those_of_all_images(grayscale, parts):
+    """Two processes, each with half of the training images, simulated in one: the
+    second's sums are captured, then added to the first's by `sum_over`."""
+    X = parts[0]
+    k = len(X) // 3
+    captured = {}
+
+    def capture(a):
+        captured["sums"] = a.copy()
+        return a
+
+    pp.fit(X[k:], mode="channel", grayscale=grayscale, sum_over=capture)
+    split = pp.fit(X[:k], mode="channel", grayscale=grayscale,
+                   sum_over=lambda a: a + captured["sums"])
+    whole = pp.fit(X, mode="channel", grayscale=grayscale)
+    if grayscale:   # float64 sums, added in another order
+        np.testing.assert_allclose(split["mean"], whole["mean"], rtol=1e-12)
+        np.testing.assert_allclose(split["std"], whole["std"], rtol=1e-12)
+    else:           # integer histograms: exact
+        assert split == whole
+    # a process without training images of its own still gets the others' statistics
+    alone = pp.fit(X[:0], mode="channel", grayscale=grayscale, sum_over=lambda a: a + captured["sums"])
+    assert alone == pp.fit(X[k:], mode="channel", grayscale=grayscale)

@@ -12,7 +12,8 @@ Modules, in the order data flows:
     tfds_builder  the TensorFlow-free tensorflow-datasets builder (imported lazily)
     cache         decoded arrays kept as `.npy`
     prepared      the prepared tfds dataset: `prepare`, `ensure_available`, decoding
-    sources       `load(spec)` for "svhn", a `.mat` folder, a `.npz` file, "synthetic"
+    sources       `load(spec)` for "svhn", a `.mat` folder, a `.npz` file, "synthetic";
+                  `open_rows(spec)`, the same read only in the rows asked for
     splits        `stratified_split`
     fingerprint   one uint64 per image, to find training images among test images
     preprocess    `fit` / `apply` (NumPy) and `apply_device` (JAX, inside a step)
@@ -24,7 +25,7 @@ failure raises `DataError` (exit 3), `DownloadError` (exit 4) or `SvhnJaxError`
 """
 
 from . import preprocess
-from .arrays import IMAGE_SHAPE, NUM_CLASSES, read_mat, validate_arrays
+from .arrays import IMAGE_SHAPE, NUM_CLASSES, Rows, read_mat, validate_arrays
 from .fetch import OFFICIAL, download, sha256_file, verify_file
 from .fingerprint import count_overlap, fingerprint_digest, image_fingerprints
 from .hints import EIGHT_K_SLICE, offline_options
@@ -38,15 +39,15 @@ from .prepared import (
     prepare,
     prepared_splits,
 )
-from .sources import load, synthetic
+from .sources import load, open_rows, synthetic
 from .splits import stratified_split
 
 __all__ = [
-    "IMAGE_SHAPE", "NUM_CLASSES", "read_mat", "validate_arrays",
+    "IMAGE_SHAPE", "NUM_CLASSES", "Rows", "read_mat", "validate_arrays",
     "OFFICIAL", "download", "sha256_file", "verify_file",
     "count_overlap", "fingerprint_digest", "image_fingerprints",
     "EIGHT_K_SLICE", "offline_options",
     "CACHE_DIRNAME", "TFDS_NAME", "TFDS_VERSION", "dataset_dir", "default_data_dir",
     "ensure_available", "prepare", "prepared_splits",
-    "load", "synthetic", "stratified_split", "preprocess",
+    "load", "open_rows", "synthetic", "stratified_split", "preprocess",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -22,9 +23,20 @@ from ..errors import DataError
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 
-__all__ = ["NUM_CLASSES", "IMAGE_SHAPE", "validate_arrays", "read_mat", "empty_aligned"]
+__all__ = ["NUM_CLASSES", "IMAGE_SHAPE", "validate_arrays", "read_mat", "empty_aligned", "Rows"]
 
 ALIGN = 64  # bytes: JAX's CPU client shares (does not copy) host arrays aligned to this
+
+
+class Rows(NamedTuple):
+    """A split whose images are read only when asked for (data.open_rows).
+
+    y: int32 (N,), all the labels; take(idx) -> uint8 (len(idx), 32, 32, 3),
+    the images of the rows idx (an index array), in that order.
+    """
+
+    y: np.ndarray
+    take: Callable[[np.ndarray], np.ndarray]
 
 
 def empty_aligned(shape: tuple, dtype) -> np.ndarray:

@@ -18,14 +18,15 @@ import hashlib
 import json
 import os
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from ..errors import DataError, SvhnJaxError
-from .arrays import IMAGE_SHAPE, empty_aligned, validate_arrays
-from .cache import read_cache, write_cache
+from .arrays import IMAGE_SHAPE, Rows, empty_aligned, validate_arrays
+from .cache import cache_paths, read_cache, write_cache
 from .fetch import BASE_URL, OFFICIAL, official, verify_file
 from .fetch import download as download_files
 from .hints import offline_options
@@ -36,7 +37,7 @@ CACHE_DIRNAME = "svhn_jax_cache"
 
 __all__ = ["TFDS_NAME", "TFDS_VERSION", "CACHE_DIRNAME", "default_data_dir",
            "dataset_dir", "prepared_splits", "prepare", "ensure_available",
-           "load_prepared"]
+           "load_prepared", "open_prepared"]
 
 
 def default_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -247,13 +248,7 @@ def load_prepared(data_dir: str | os.PathLike | None = None, *, extra: bool = Fa
     Raises: DataError (not prepared, split missing, corrupt), with the fix.
     """
     data_dir = default_data_dir(data_dir)
-    if not _info_path(data_dir).is_file():  # before importing tfds: fast and clear
-        raise DataError(_not_prepared_message(data_dir))
-    sizes = prepared_splits(data_dir)
-    parts = {"train": ("train", "extra") if extra else ("train",), "test": ("test",)}
-    missing = [s for p in parts.values() for s in p if s not in sizes]
-    if missing:
-        raise _already_prepared(data_dir, sizes, missing, None)
+    sizes, parts = _parts(data_dir, extra)
     folder, key = dataset_dir(data_dir) / CACHE_DIRNAME, _cache_key(data_dir)
     out = {}
     for name, splits in parts.items():
@@ -267,4 +262,70 @@ def load_prepared(data_dir: str | os.PathLike | None = None, *, extra: bool = Fa
                 write_cache(folder, s, key, X[rows], y[rows])
             start = rows.stop
         out[name] = (X, y)
+    return out
+
+
+def _parts(data_dir: Path, extra: bool) -> tuple[dict, dict]:
+    """({split: size}, {"train": splits it is made of, "test": ("test",)}), or
+    DataError when the dataset or one of those splits is not prepared."""
+    if not _info_path(data_dir).is_file():  # before importing tfds: fast and clear
+        raise DataError(_not_prepared_message(data_dir))
+    sizes = prepared_splits(data_dir)
+    parts = {"train": ("train", "extra") if extra else ("train",), "test": ("test",)}
+    missing = [s for p in parts.values() for s in p if s not in sizes]
+    if missing:
+        raise _already_prepared(data_dir, sizes, missing, None)
+    return sizes, parts
+
+
+def open_prepared(data_dir: str | os.PathLike | None = None, *, extra: bool = False) -> dict:
+    """`load_prepared`'s {"train", "test"} as `Rows` whose images are read from the
+    memory-mapped decoded-array cache: taking some rows reads only those.
+
+    Where the cache is missing it is made first (`load_prepared` decodes and
+    writes it); where it cannot be written, the splits stay loaded whole.
+    """
+    data_dir = default_data_dir(data_dir)
+    opened = _open_cache(data_dir, extra)
+    if opened is None:
+        loaded = load_prepared(data_dir, extra=extra)
+        opened = _open_cache(data_dir, extra)
+        if opened is None:
+            return {k: Rows(y, X.__getitem__) for k, (X, y) in loaded.items()}
+    return opened
+
+
+def _open_cache(data_dir: Path, extra: bool) -> dict | None:
+    """{"train", "test"}: Rows over the memory-mapped cache files; None when a file is
+    missing, unreadable, of another shape, or holds labels outside 0..9."""
+    sizes, parts = _parts(data_dir, extra)
+    folder, key = dataset_dir(data_dir) / CACHE_DIRNAME, _cache_key(data_dir)
+    out = {}
+    for name, splits in parts.items():
+        maps, labels = [], []
+        for split in splits:
+            px, py = cache_paths(folder, split, key)
+            try:
+                X, y = np.load(px, mmap_mode="r"), np.load(py)
+            except (OSError, ValueError):
+                return None
+            if X.shape != (sizes[split],) + IMAGE_SHAPE or X.dtype != np.uint8 \
+                    or y.shape != (sizes[split],) or y.dtype != np.int32 \
+                    or not (y.min() >= 0 and y.max() < 10):
+                return None
+            maps.append(X)
+            labels.append(y)
+        out[name] = Rows(np.concatenate(labels), partial(_take_rows, tuple(maps)))
+    return out
+
+
+def _take_rows(maps: tuple, idx) -> np.ndarray:
+    """Rows idx of the concatenation of the arrays `maps`: uint8 (len(idx), 32, 32, 3)."""
+    idx = np.asarray(idx, np.int64)
+    out = np.empty((len(idx),) + IMAGE_SHAPE, np.uint8)
+    start = 0
+    for X in maps:
+        inside = (idx >= start) & (idx < start + len(X))
+        out[inside] = X[idx[inside] - start]
+        start += len(X)
     return out

@@ -76,42 +76,48 @@ def _to_float(Xc: np.ndarray, grayscale: bool) -> np.ndarray:
     return Xc.astype(np.float32)
 
 
-def _channel_stats(X: np.ndarray, grayscale: bool) -> tuple[list[float], list[float]]:
+def _channel_stats(X: np.ndarray, grayscale: bool, sum_over=None) -> tuple[list[float], list[float]]:
     """Per-channel mean and (population) std over all pixels of X, in pixel units.
 
     RGB: exact, from per-channel histograms of the uint8 values. Grayscale:
-    float64 sums of the float32 luminance, chunk by chunk.
+    float64 sums of the float32 luminance, chunk by chunk. sum_over adds the
+    sums of every process (see `fit`).
     """
+    sum_over = sum_over or (lambda a: a)
     if not grayscale:
         hist = np.zeros((3, 256), np.int64)
         for s in range(0, X.shape[0], CHUNK):
             px = X[s:s + CHUNK].reshape(-1, 3)
             for c in range(3):
                 hist[c] += np.bincount(px[:, c], minlength=256)
+        hist = sum_over(hist)
         v = np.arange(256, dtype=np.float64)
         count = hist[0].sum()
         mean = hist @ v / count
         var = hist @ (v * v) / count - mean ** 2
     else:
-        total = total_sq = 0.0
+        sums = np.zeros(3)   # pixels, their total, the total of their squares
         for s in range(0, X.shape[0], CHUNK):
             lum = _to_float(X[s:s + CHUNK], True).astype(np.float64)
-            total += lum.sum()
-            total_sq += np.square(lum).sum()
-        count = X.shape[0] * 32 * 32
+            sums += (lum.size, lum.sum(), np.square(lum).sum())
+        count, total, total_sq = sum_over(sums)
         mean = np.array([total / count])
         var = np.array([total_sq / count]) - mean ** 2
     std = np.sqrt(np.maximum(var, 0.0))
     return [float(x) for x in mean], [float(x) for x in std]
 
 
-def fit(X_train, *, mode: str, grayscale: bool = False) -> dict:
+def fit(X_train, *, mode: str, grayscale: bool = False, sum_over=None) -> dict:
     """Fit a preprocessing config on training images.
 
     Args:
       X_train: uint8 (N, 32, 32, 3) -- the training part only, never test data.
       mode: "scale", "channel" or "image".
       grayscale: convert to luminance first (C = 1 instead of 3).
+      sum_over: with several processes each holding some of the training
+        images, a function that sums an array over the processes
+        (parallel.sum_over_processes): the statistics are then those of all
+        of them. X_train may then be empty in some processes.
 
     Returns:
       a JSON-serialisable dict: {"mode", "grayscale", "channels"} plus, for
@@ -122,13 +128,13 @@ def fit(X_train, *, mode: str, grayscale: bool = False) -> dict:
         raise SvhnJaxError(f"unknown preprocessing mode {mode!r}. Fix: use one of "
                            f"{', '.join(MODES)}.")
     X = _check_images(X_train, "preprocess.fit")
-    if X.shape[0] == 0:
+    if X.shape[0] == 0 and sum_over is None:
         raise SvhnJaxError("preprocess.fit needs at least one training image.")
     grayscale = bool(grayscale)
     c = 1 if grayscale else 3
     config = {"mode": mode, "grayscale": grayscale, "channels": c}
     if mode == "channel":
-        mean, std = _channel_stats(X, grayscale)
+        mean, std = _channel_stats(X, grayscale, sum_over)
         config.update(mean=mean, std=std, eps=EPS["channel"])
     elif mode == "image":
         config["eps"] = EPS["image"]

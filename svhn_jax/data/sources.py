@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError, SvhnJaxError
-from .arrays import IMAGE_SHAPE, NUM_CLASSES, empty_aligned, read_mat, validate_arrays
+from .arrays import IMAGE_SHAPE, NUM_CLASSES, Rows, empty_aligned, read_mat, validate_arrays
 from .fetch import OFFICIAL
 from .hints import offline_options
-from .prepared import load_prepared
+from .prepared import load_prepared, open_prepared
 
-__all__ = ["load", "synthetic"]
+__all__ = ["load", "open_rows", "synthetic"]
 
 
 def load(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
@@ -107,7 +107,7 @@ def _load_npz(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {"all": validate_arrays(X, y, str(path))}
 
 
-def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def synthetic(n: int, seed: int, rows=None) -> tuple[np.ndarray, np.ndarray]:
     """Random SVHN-shaped data: X uint8 (n, 32, 32, 3), y int32 (n,) in 0..9.
 
     Each class has its own random template (values 0..127); an image is its
@@ -118,22 +118,29 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     plus a few MB, since everything is uint8 and built in place, chunk by
     chunk; no float or second full-size copy is ever made. Deterministic per
     seed (the chunk size does not change the result).
+
+    rows: indices of the images to make (default all): the result is then
+    (X[rows], y[rows]) of the whole set, without making the others.
     """
     n = int(n)
     if n < 1:
         raise SvhnJaxError(f"synthetic data needs n >= 1 images, got {n}.")
     d = 32 * 32 * 3
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, NUM_CLASSES, size=n, dtype=np.int32)
+    y = _synthetic_labels(rng, n)
     templates = rng.integers(0, 128, size=(NUM_CLASSES, d), dtype=np.uint8)
     bank = 1024
     banks = np.frombuffer(rng.bytes(3 * bank * d), np.uint8).reshape(3, bank, d)
     pick = rng.integers(0, bank, size=(3, n))
-    X = empty_aligned((n, d), np.uint8)
+    if rows is not None:
+        rows = np.asarray(rows, np.int64)
+        y, pick = y[rows], pick[:, rows]
+    m = len(y)
+    X = empty_aligned((m, d), np.uint8)
     chunk = 128  # 384 KiB of rows: the chunk and its scratch stay in the CPU cache
     tmp = np.empty((chunk, d), np.uint8)
-    for s in range(0, n, chunk):
-        e = min(s + chunk, n)
+    for s in range(0, m, chunk):
+        e = min(s + chunk, m)
         out, t = X[s:e], tmp[: e - s]
         np.take(banks[0], pick[0, s:e], axis=0, out=out)
         for b in (1, 2):
@@ -142,4 +149,29 @@ def synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
         out >>= 1
         np.take(templates, y[s:e], axis=0, out=t)
         out += t
-    return X.reshape((n,) + IMAGE_SHAPE), y
+    return X.reshape((m,) + IMAGE_SHAPE), y
+
+
+def _synthetic_labels(rng, n: int) -> np.ndarray:
+    """The first draw of `synthetic`: its labels, without making any image."""
+    return rng.integers(0, NUM_CLASSES, size=n, dtype=np.int32)
+
+
+def open_rows(spec: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
+              synthetic_n: int = 10_000, seed: int = 0,
+              extra: bool = False) -> dict[str, Rows]:
+    """`load`, with each split's images read only when asked for: {split: Rows}.
+
+    For a process that trains on some of the rows (several processes, each
+    holding its devices' share). Prepared SVHN reads the rows asked for from
+    its memory-mapped cache (`prepared.open_prepared`); synthetic data makes
+    only those rows. A `.npz` or a `.mat` folder cannot be read in part: it is
+    loaded whole, and `take` copies rows out of it.
+    """
+    if isinstance(spec, str) and spec == "svhn":
+        return open_prepared(data_dir, extra=extra)
+    if isinstance(spec, str) and spec == "synthetic" and not extra:
+        y = _synthetic_labels(np.random.default_rng(seed), int(synthetic_n))
+        return {"all": Rows(y, lambda idx: synthetic(synthetic_n, seed, rows=idx)[0])}
+    return {k: Rows(y, X.__getitem__) for k, (X, y) in
+            load(spec, data_dir=data_dir, synthetic_n=synthetic_n, seed=seed, extra=extra).items()}
