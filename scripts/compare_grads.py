@@ -149,6 +149,9 @@ def compare(args) -> int:
     if args.fd_eps is not None and not 0 < args.fd_eps < 1:
         raise errors.SvhnJaxError(f"--fd-eps must lie between 0 and 1, got {args.fd_eps}; e.g. 1e-5")
     c = flags.make_config(args, "lr-find")
+    if c.devices != "1":
+        raise errors.SvhnJaxError("compare_grads compares gradients on one device; drop --devices "
+                                  "(svhn-jax gradcheck --devices N proves the sharded backward)")
     if args.lr is not None:
         c = c.replace(lr=args.lr)
     out = Path(args.out)
@@ -159,12 +162,12 @@ def compare(args) -> int:
     import jax
     import jax.numpy as jnp
 
-    from svhn_jax import atomic, plots, runs, train
+    from svhn_jax import atomic, plots, runs, stepconfig, train
     from svhn_jax.data import preprocess
     from svhn_jax.nn import gradcheck, stepcheck
 
     n = len(y_tr)
-    runs.check_batch(c, n)
+    stepconfig.check_batch(c, n)
     runfolder.ensure_run_dir(out, overwrite=args.overwrite)
 
     prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
@@ -174,8 +177,8 @@ def compare(args) -> int:
     # The steps follow `svhn-jax train` with the same settings (same initialisation,
     # batches and schedule); the schedule is stretched only if --steps outruns it.
     c = c.replace(epochs=max(c.epochs, -(-args.steps // spe)))
-    cfg = runs.step_config(c, spe, prep)
-    hp = runs.hyper(c)
+    cfg = stepconfig.step_config(c, spe, prep)
+    hp = stepconfig.hyper(c)
     state = train.init_state(c.seed, cfg, preprocess.input_dim(prep), hp)
     leaf_names = gradcheck.leaf_names(cfg.spec, state.params)
     diffs = _float32_diffs_fn(cfg.spec, jnp.float32(c.reg))

@@ -4,9 +4,10 @@
         --preset mission --epochs 2 --out runs/big --overwrite
 
 The command's own output passes through; the last line is one JSON object:
-{"peak_rss_gb": ..., "wall_s": ..., "returncode": ...}. The peak is the largest
-RSS of the command's process (resource.getrusage of the waited-for child, Linux
-and macOS), read the same way as /usr/bin/time's "Maximum resident set size".
+{"peak_rss_gib": ..., "wall_s": ..., "returncode": ...}. The peak is the largest
+RSS of the command's process in GiB (2^30 bytes; resource.getrusage of the
+waited-for child, Linux and macOS), read the same way as /usr/bin/time's
+"Maximum resident set size".
 """
 
 from __future__ import annotations
@@ -23,11 +24,16 @@ def main(argv: list[str]) -> int:
         print(__doc__, file=sys.stderr)
         return 2
     t0 = time.perf_counter()
-    rc = subprocess.run(argv).returncode
+    try:
+        rc = subprocess.run(argv).returncode
+    except OSError as e:
+        print(f"error: cannot run {argv[0]!r} ({e.strerror}); pass a command, e.g. svhn-jax train ...",
+              file=sys.stderr)
+        return 2
     wall = time.perf_counter() - t0
     kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    gb = kb / 2**20 if sys.platform != "darwin" else kb / 2**30   # macOS reports bytes
-    print(json.dumps({"peak_rss_gb": round(gb, 3), "wall_s": round(wall, 1), "returncode": rc}))
+    gib = kb / 2**20 if sys.platform != "darwin" else kb / 2**30   # macOS reports bytes
+    print(json.dumps({"peak_rss_gib": round(gib, 3), "wall_s": round(wall, 1), "returncode": rc}))
     return rc
 
 

@@ -21,7 +21,7 @@ from collections import Counter
 
 import jax.numpy as jnp
 
-from svhn_jax import config, data, profiling, runs, train
+from svhn_jax import config, data, profiling, stepconfig, train
 from svhn_jax.data import preprocess
 
 
@@ -36,8 +36,8 @@ def main(argv=None) -> None:
     spe = train.steps_per_epoch(a.n, c.batch)
     images, labels = data.synthetic(a.n, 0)
     fitted = preprocess.fit(images, mode=c.preprocess, grayscale=c.grayscale)
-    cfg = runs.step_config(c, spe, fitted)   # uint8 images normalised in the step, as in training
-    hp = runs.hyper(c)
+    cfg = stepconfig.step_config(c, spe, fitted)   # uint8 images normalised in the step, as in training
+    hp = stepconfig.hyper(c)
     X, y = train.put_images(images), jnp.asarray(labels)
     state = train.init_state(c.seed, cfg, preprocess.input_dim(fitted), hp)
     order = train.epoch_order(state.key, 0, a.n, c.batch)

@@ -66,7 +66,7 @@ def cmd_train(args) -> int:
         c, out = make_config(args, "train"), Path(args.out)
         if not args.download:
             # Before importing JAX: a missing dataset is reported in a fraction of a second.
-            data.ensure_available(c.data, c.data_dir, download=False)
+            data.ensure_available(c.data, c.data_dir, download=False, extra=c.extra)
     from . import parallel, runs
 
     parallel.initialize(args.coordinator, args.num_processes, args.process_id)

@@ -38,7 +38,7 @@ def choose_images(c, loaded: dict, *, own: bool, split: str | None) -> tuple[str
     if split == "all":
         arrays = list(loaded.values())
         return split, (np.concatenate([X for X, _ in arrays]), np.concatenate([y for _, y in arrays]))
-    return split, rundata.split(c, loaded)[split]
+    return split, rundata.split(c, loaded, consume=True)[split]   # loaded is ours alone
 
 
 def evaluate_run(run, spec: str | None = None, *, split: str | None = None, data_dir=None) -> dict:

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, parallel, rundata, runfolder, runs, train
+from . import atomic, parallel, rundata, runfolder, runs, stepconfig, train
 from .data import preprocess
 from .config import RunConfig
 from .errors import SvhnJaxError
@@ -36,12 +36,12 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     runfolder.ensure_run_dir(out, overwrite=overwrite)
     X_tr, y_tr = parts["train"]
     n = len(y_tr)
-    runs.check_batch(c, n)
+    stepconfig.check_batch(c, n)
     prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
     mesh = runs.make_mesh(c)
     X, y = runs.place_train(parts["train"], n, mesh)
     spe = train.steps_per_epoch(n, c.batch)
-    cfg = runs.step_config(c, spe, prep)
+    cfg = stepconfig.step_config(c, spe, prep)
     lrs = lr_min * (lr_max / lr_min) ** (np.arange(steps) / (steps - 1))
     schedule = lambda step: lr_min * (lr_max / lr_min) ** (step / (steps - 1))
     opt = optim.get(c.optimizer, schedule)

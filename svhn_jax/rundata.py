@@ -12,6 +12,7 @@ import numpy as np
 
 from . import data
 from .config import RunConfig
+from .errors import SvhnJaxError
 
 
 def load(c: RunConfig, *, download: bool = False, spec: str | None = None, data_dir=None) -> dict:
@@ -35,8 +36,9 @@ def split(c: RunConfig, loaded: dict, *, consume: bool = False) -> dict:
     consume: `loaded` is the caller's to give up, so the parts are rearranged inside
     its image array instead of copied out of it (with SVHN's extra images a copy
     of the training part alone would be 1.7 GB): the training part gathered into
-    its first rows, the other parts copied into the rows after them. Every part
-    is then a view of that one array.
+    its first rows, the other parts copied into the rows after it while they fit
+    (with train_on_val the training part holds the validation images too, leaving
+    room for fewer). An official test split stays the array it was loaded as.
     """
     source, parts = _partition(c, {k: y for k, (_, y) in loaded.items()})
     X, y = loaded[source]
@@ -46,7 +48,7 @@ def split(c: RunConfig, loaded: dict, *, consume: bool = False) -> dict:
         used = len(i)
         out["train"] = (gather_in_place(X, i), y[i])
         for k, (Xk, yk) in list(out.items())[:-1]:  # the copies move into the free rows
-            if used + len(Xk) <= len(X):   # (all of them unless train_on_val repeats val)
+            if used + len(Xk) <= len(X):
                 X[used:used + len(Xk)] = Xk
                 out[k] = (X[used:used + len(Xk)], yk)
                 used += len(Xk)
@@ -101,6 +103,9 @@ def gather_in_place(X: np.ndarray, idx: np.ndarray, chunk: int = 4096) -> np.nda
     reads were not yet overwritten by earlier chunks (which wrote rows below its
     start), and within a chunk the gather is copied before it is written.
     """
+    if np.any(np.diff(idx) <= 0):
+        raise SvhnJaxError("gather_in_place needs sorted, distinct row indices "
+                           "(np.unique(idx) gives them)")
     for s in range(0, len(idx), chunk):
         rows = idx[s:s + chunk]
         X[s:s + len(rows)] = X[rows]

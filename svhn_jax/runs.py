@@ -29,55 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, checkpoint, config, data, parallel, progress, rundata, runfolder, tblog, train
+from . import atomic, checkpoint, config, data, parallel, progress, rundata, runfolder, stepconfig, tblog, train
 from .config import RunConfig
 from .data import preprocess
 from .errors import DataError, Diverged, Interrupted, SvhnJaxError  # callers catch runs.Diverged
-from .nn import model, optim, stepcheck
+from .nn import stepcheck
 from .progress import Progress
 from .runfolder import say
 
-
-
-def step_config(c: RunConfig, steps_per_epoch: int, prep: dict | None = None) -> train.StepConfig:
-    """The static part of a configuration; the schedule's length depends on the data size.
-    prep: the run's fitted preprocessing (derived["preprocessing"]), applied per batch
-    to uint8 images on the device; None for float32 features prepared beforehand."""
-    total = max(2, c.epochs * steps_per_epoch)
-    base = c.schedule.removeprefix("warmup-")
-    opts = {"constant": {}, "cosine": {"total_steps": total},
-            "step": {"rate": 0.1, "every": max(1, total // 3)}}[base]
-    if c.schedule != base:  # at least one warm-up step, and at least one after it
-        opts["warmup_steps"] = min(max(1, round(c.warmup * steps_per_epoch)), total - 1)
-    return train.StepConfig(
-        spec=model.make_spec(c.hidden, batchnorm=c.batchnorm),
-        optimizer=c.optimizer, schedule=(c.schedule, tuple(sorted(opts.items()))),
-        batch=c.batch, grad_mode=c.grad, shift=c.shift,
-        image_shape=(32, 32, 1 if c.grayscale else 3), check_every=c.gradcheck_every,
-        keep_grads=c.tensorboard and c.histograms > 0 and c.ensemble == 1,
-        prep=preprocess.device_prep(prep) if prep is not None else None)
-
-
-def hyper(c: RunConfig) -> train.Hyper:
-    """The traced hyperparameters of a configuration: every train.Hyper field is read
-    from the RunConfig field of the same name, so a new one needs no code here."""
-    return train.Hyper(*(jnp.float32(getattr(c, f)) for f in train.Hyper._fields))
-
-
-def hypers(configs) -> train.Hyper:
-    """hyper() of several configurations, stacked along a leading axis (a vmapped sweep)."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *map(hyper, configs))
-
-
-def check_batch(c: RunConfig, n_train: int) -> None:
-    if c.batch > n_train:
-        raise SvhnJaxError(f"batch size {c.batch} is larger than the training part "
-                           f"({n_train} images); use --batch {max(1, n_train // 4)} or more data")
-
-
-def lr_at(cfg: train.StepConfig, lr, step: int) -> float:
-    name, options = cfg.schedule
-    return float(optim.make_schedule(name, lr, **dict(options))(jnp.int32(max(step, 0))))
 
 
 # ----------------------------------------------------------------- entry points
@@ -100,7 +59,7 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
     parts, n = _load(c, mesh, download)
     runfolder.ensure_run_dir(out, overwrite=overwrite)
     X_tr = parts["train"][0]
-    check_batch(c, n)
+    stepconfig.check_batch(c, n)
     fps, sum_over = data.image_fingerprints(X_tr), None
     if n != len(X_tr):   # this process holds some of the rows: statistics over all of them
         fps, sum_over = parallel.gather_rows(fps, n, mesh), parallel.sum_over_processes
@@ -193,12 +152,12 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, *, resume: Path 
     """resume: the run folder to resume from (None: a new run)."""
     n, prep = derived["n_train"], derived["preprocessing"]
     spe = train.steps_per_epoch(n, c.batch)
-    cfg = step_config(c, spe, prep)
+    cfg = stepconfig.step_config(c, spe, prep)
     if c.ensemble > 1:   # K seeds trained at once and scored as one model
         from . import ensemble
         return ensemble.train_members(c, derived, parts, out, cfg, resume=resume, quiet=quiet,
                                       stop_after_steps=stop_after_steps)
-    hp = hyper(c)
+    hp = stepconfig.hyper(c)
     mesh = make_mesh(c)
     X, y = place_train(parts["train"], n, mesh)
     val = train.make_eval_set(*parts["val"])
@@ -347,7 +306,7 @@ def _end_epoch(run: _Run, state, prog: Progress, epoch: int, grads=None) -> Prog
     s = prog.sums
     row = {"epoch": epoch + 1, "step": step,
            "train_loss": s.loss / max(s.steps, 1), "train_acc": s.correct / max(s.seen, 1),
-           "val_loss": loss, "val_acc": acc, "lr": lr_at(run.cfg, c.lr, step - 1),
+           "val_loss": loss, "val_acc": acc, "lr": stepconfig.lr_at(run.cfg, c.lr, step - 1),
            "seconds": s.seconds, "images_per_s": s.seen / max(s.seconds, 1e-9)}
     prog = prog._replace(history=prog.history + (row,), sums=progress.EpochSums())
     # After train_on_val the validation images were trained on: keep the last epoch.

@@ -142,7 +142,8 @@ def features(x, prep):
 def put_images(X):
     """uint8 images (N, 32, 32, 3) as rows (N, 3072) on the default device. On a
     CPU the device shares the host array's memory when it is 64-byte aligned, as
-    data.load allocates it: the training set is not held twice."""
+    data.load allocates prepared SVHN, .mat and synthetic images: the training set
+    is not held twice. So never write to X afterwards: the device would see it."""
     return jax.device_put(X.reshape(len(X), -1))
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, config, data, models_axis, rundata, runfolder, runs, tblog, train
+from . import atomic, config, data, models_axis, rundata, runfolder, runs, stepconfig, tblog, train
 from .config import VMAPPED, RunConfig
 from .data import preprocess
 from .errors import SvhnJaxError
@@ -139,13 +139,13 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
     `cache` shares the data on the device and fitted preprocessing between calls."""
     c0 = configs[0]
     n = len(parts["train"][1])
-    runs.check_batch(c0, n)
+    stepconfig.check_batch(c0, n)
     X, y, val, prep = _device_data(parts, c0, {} if cache is None else cache)
     spe = train.steps_per_epoch(n, c0.batch)
-    cfg = runs.step_config(c0, spe, prep)
-    hps = runs.hypers(configs)
+    cfg = stepconfig.step_config(c0, spe, prep)
+    hps = stepconfig.hypers(configs)
     stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-    states = stack([train.init_state(c.seed, cfg, preprocess.input_dim(prep), runs.hyper(c))
+    states = stack([train.init_state(c.seed, cfg, preprocess.input_dim(prep), stepconfig.hyper(c))
                     for c in configs])
     place = models_axis.placement(len(configs))   # K configurations, about K/D per device
     states, hps = models_axis.spread((states, hps), place)
@@ -166,7 +166,7 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
         ce, val_loss, val_acc = np.asarray(ce), np.asarray(val_loss), np.asarray(val_acc)
         correct = np.asarray(correct)
         seconds = time.perf_counter() - te
-        lr_now = [runs.lr_at(cfg, c.lr, (epoch + 1) * spe - 1) for c in configs]
+        lr_now = [stepconfig.lr_at(cfg, c.lr, (epoch + 1) * spe - 1) for c in configs]
         for i, r in enumerate(results):
             if r["status"] != "completed":
                 continue

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from svhn_jax import cli, config, runfolder, runs
+from svhn_jax import cli, config, runfolder, stepconfig
 from svhn_jax.data import preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model, optim, schedules
@@ -73,9 +73,9 @@ def test_warm_up_settings():
         config.make(schedule="cosine", warmup_epochs=2.0)
     c = config.make(schedule="warmup-cosine")
     assert c.warmup_epochs is None and c.warmup == 1.0       # the documented default
-    name, opts = runs.step_config(c, steps_per_epoch=50).schedule
+    name, opts = stepconfig.step_config(c, steps_per_epoch=50).schedule
     assert name == "warmup-cosine" and dict(opts)["warmup_steps"] == 50
-    assert dict(runs.step_config(c.replace(warmup_epochs=2.5), 50).schedule[1])["warmup_steps"] == 125
+    assert dict(stepconfig.step_config(c.replace(warmup_epochs=2.5), 50).schedule[1])["warmup_steps"] == 125
     assert "(default 1)" in " ".join(cli.build_parser()._subparsers._group_actions[0]
                                      .choices["train"].format_help().split())
 
@@ -126,12 +126,12 @@ def test_config_and_preset_together_are_refused(tmp_path, capsys):
 
 
 def test_traced_hyperparameters_come_from_the_vmapped_fields():
-    """runs.hyper fills train.Hyper from the RunConfig fields of the same names: a new
+    """stepconfig.hyper fills train.Hyper from the RunConfig fields of the same names: a new
     sweepable float is its field plus its use (README, "Adding a setting")."""
     from svhn_jax import train
 
     assert set(train.Hyper._fields) <= set(config.VMAPPED)
     c = config.make(lr=2e-3, reg=5e-4)
-    assert [float(v) for v in runs.hyper(c)] == pytest.approx([2e-3, 5e-4])
-    stacked = runs.hypers([c, c.replace(lr=1e-2)])
+    assert [float(v) for v in stepconfig.hyper(c)] == pytest.approx([2e-3, 5e-4])
+    stacked = stepconfig.hypers([c, c.replace(lr=1e-2)])
     assert stacked.lr.shape == (2,) and float(stacked.lr[1]) == pytest.approx(1e-2)

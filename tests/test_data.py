@@ -260,7 +260,7 @@ def test_load_extra_appends_it_to_train_then_reads_the_cache(with_extra, monkeyp
 def test_train_extra_setting_trains_on_the_extra_images(with_extra, tmp_path):
     """`svhn-jax train --data svhn --extra` splits train+extra into its training and
     validation parts; without --extra the same data give only the train images."""
-    from svhn_jax import config, rundata, runs
+    from svhn_jax import config, evaluate, rundata, runs
 
     data_dir, expected = with_extra
     base = config.make(data="svhn", data_dir=str(data_dir), hidden=(8,), batch=8, epochs=1,
@@ -272,6 +272,10 @@ def test_train_extra_setting_trains_on_the_extra_images(with_extra, tmp_path):
         assert len(parts["train"][1]) + len(parts["val"][1]) == n
         m = runs.train_run(c, tmp_path / f"extra_{extra}", quiet=True)
         assert m["n_train"] + m["n_val"] == n and m["n_test"] == len(expected["test"][1])
+        scored = evaluate.evaluate_run(tmp_path / f"extra_{extra}")   # the same test images
+        assert (scored["accuracy"], scored["n"]) == (m["test_acc"], m["n_test"])
+        held_out = evaluate.evaluate_run(tmp_path / f"extra_{extra}", split="val")
+        assert held_out["n"] == m["n_val"] and held_out["overlap_with_training"] == 0
 
 
 def test_extra_where_it_cannot_take_effect(prepared, monkeypatch):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import config, rundata, runs, train
+from svhn_jax import config, rundata, runs, stepconfig, train
 from svhn_jax.data import arrays, preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
@@ -109,6 +109,8 @@ def test_gather_in_place_equals_fancy_indexing():
         got = rundata.gather_in_place(X, idx, chunk=64)
         np.testing.assert_array_equal(got, want)
         assert np.shares_memory(got, X)
+    with pytest.raises(SvhnJaxError, match="sorted, distinct"):
+        rundata.gather_in_place(np.zeros((3, 2)), np.array([1, 0]))
 
 
 @pytest.mark.parametrize("layout", ["all", "official", "train_on_val"])
@@ -164,8 +166,8 @@ def test_extra_needs_svhn_data():
 def test_step_config_carries_the_fitted_preprocessing():
     c = config.make("mission")
     fitted = {"mode": "image", "grayscale": True, "channels": 1, "eps": 1e-6}
-    assert runs.step_config(c, 10, fitted).prep == preprocess.device_prep(fitted)
-    assert runs.step_config(c, 10).prep is None
+    assert stepconfig.step_config(c, 10, fitted).prep == preprocess.device_prep(fitted)
+    assert stepconfig.step_config(c, 10).prep is None
 
 
 @pytest.mark.parametrize("source", ["synthetic", "npz", "train_on_val"])

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from svhn_jax import checkpoint, cli, config, ensemble, evaluate, plots, rundata, runfolder, runs, train
+from svhn_jax import checkpoint, cli, config, ensemble, evaluate, plots, rundata, runfolder, runs, stepconfig, train
 from svhn_jax.data import preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
@@ -35,7 +35,7 @@ TOL = 1e-5 if jax.default_backend() == "cpu" else 2e-3
 def _state(run):
     """The final train state in a run folder's checkpoint (members stacked if an ensemble)."""
     c, derived = runfolder.read_run(run)
-    cfg = runs.step_config(c, train.steps_per_epoch(derived["n_train"], c.batch))
+    cfg = stepconfig.step_config(c, train.steps_per_epoch(derived["n_train"], c.batch))
     dim = preprocess.input_dim(derived["preprocessing"])
     make = (lambda: ensemble.init_members(c, cfg, dim)) if c.ensemble > 1 else \
         (lambda: train.init_state(c.seed, cfg, dim, train.Hyper(c.lr, c.reg)))

@@ -75,8 +75,9 @@ __all__ = ["MODES", "JAX_MODES", "RATIO_PAIRS", "Measurement", "parse_modes", "c
 
 
 def profile(hidden: int, batch: int, n: int, folder, seed: int = 0):
-    """A jax.profiler trace of 5 steps of the `scan_manual` mode (the steps `svhn-jax
-    train` runs) on n synthetic images, after one compiling step; returns its folder."""
+    """A jax.profiler trace of 5 steps of the `scan_manual` mode (`svhn-jax train`'s
+    compiled step, on float32 features rather than uint8 images normalised in the
+    step) on n synthetic images, after one compiling step; returns its folder."""
     import jax.numpy as jnp
 
     from .. import profiling, train

@@ -165,5 +165,6 @@ def read_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                 f"{path}: labels must be 1..10 (10 meaning digit 0); found max "
                 f"{y.max()}. {fix}")
         y = y % 10  # official label 10 is digit 0
-    X = np.ascontiguousarray(np.moveaxis(X, -1, 0))
-    return validate_arrays(X, y, str(path))
+    rows = empty_aligned((n,) + IMAGE_SHAPE, X.dtype)   # the copy that reorders X, aligned
+    rows[:] = np.moveaxis(X, -1, 0)
+    return validate_arrays(rows, y, str(path))
