@@ -10,8 +10,10 @@ the device once and passed to every jitted function as an argument.
 Modes, in the order they run for each (hidden, batch):
 
     scan_manual, scan_autodiff   `train.run_steps` over a whole epoch: one compiled
-                                 lax.scan, exactly what `svhn-jax train` runs
-                                 (hand-written VJPs / jax.grad)
+                                 lax.scan, what `svhn-jax train` runs (hand-written
+                                 VJPs / jax.grad), here on float32 features, as
+                                 every mode gets (training keeps uint8 images and
+                                 normalises each batch in the step)
     jit_manual, jit_autodiff     one jitted step (batch gather + `train.train_step`,
                                  state donated) called from a Python loop; the
                                  device is waited for at the end of the epoch only
