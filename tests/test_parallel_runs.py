@@ -24,28 +24,39 @@ def _env():
     return {k: v for k, v in os.environ.items() if not k.startswith(("SVHN_JAX_", "JAX_NUM_CPU"))}
 
 
-def test_the_readme_two_process_commands_write_one_run_folder(tmp_path):
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"two local processes.*?```bash\n(.*?)```", text, re.S).group(1)
-    lines = [line.rstrip(" &") for line in block.strip().splitlines()]
-    assert len(lines) == 2 and all("--process-id" in line for line in lines)
-    port, out = _free_port(), tmp_path / "mp"
-    procs = []
-    for line in lines:
-        env_part, *cmd = line.replace("localhost:1234", f"localhost:{port}") \
-                             .replace("runs/mp", str(out)).split()
-        assert env_part == "JAX_NUM_CPU_DEVICES=2" and cmd[0] == "svhn-jax"
-        procs.append(subprocess.Popen([sys.executable, "-m", "svhn_jax.cli", *cmd[1:], "--json"],
-                                      env=dict(_env(), JAX_NUM_CPU_DEVICES="2"), cwd=tmp_path,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
+def _two_processes(argv_of, cwd) -> list[str]:
+    """Run `svhn-jax argv_of(i, port)` as processes i = 0, 1 of two with 2 CPU devices
+    each, joined at localhost:port; their stdouts."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "svhn_jax.cli", *argv_of(i, port)],
+                              env=dict(_env(), JAX_NUM_CPU_DEVICES="2"), cwd=cwd,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    outs = []
     for p in procs:
         try:
             stdout, stderr = p.communicate(timeout=240)
         finally:
             p.kill()
         assert p.returncode == 0, stderr
-        results.append(json.loads(stdout))    # stdout is the JSON object alone
+        outs.append(stdout)
+    return outs
+
+
+def test_the_readme_two_process_commands_write_one_run_folder(tmp_path):
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"two local processes.*?```bash\n(.*?)```", text, re.S).group(1)
+    lines = [line.rstrip(" &") for line in block.strip().splitlines()]
+    assert len(lines) == 2 and all("--process-id" in line for line in lines)
+    out = tmp_path / "mp"
+
+    def argv(i, port):
+        env_part, *cmd = lines[i].replace("localhost:1234", f"localhost:{port}") \
+                                 .replace("runs/mp", str(out)).split()
+        assert env_part == "JAX_NUM_CPU_DEVICES=2" and cmd[0] == "svhn-jax"
+        return [*cmd[1:], "--json"]
+
+    results = [json.loads(stdout) for stdout in _two_processes(argv, tmp_path)]  # JSON alone
     assert results[0]["params_sha256"] == results[1]["params_sha256"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "completed" and metrics["params_sha256"] == results[0]["params_sha256"]
@@ -108,21 +119,11 @@ def test_two_processes_each_with_half_the_rows_derive_what_one_process_does(tmp_
     """Each process reads only its training rows; the fitted statistics (here per-channel
     histograms) and the training images' fingerprints are joined over the processes
     and equal those of a single process reading everything."""
-    port = _free_port()
     common = ["train", "--data", "synthetic", "--synthetic-n", "1000", "--hidden", "8", "--epochs",
               "1", "--preprocess", "channel", "--no-grayscale", "--no-tensorboard", "--json"]
-    procs = [subprocess.Popen([sys.executable, "-m", "svhn_jax.cli", *common, "--devices", "all",
-                               "--out", str(tmp_path / "two"), "--coordinator", f"localhost:{port}",
-                               "--num-processes", "2", "--process-id", str(i)],
-                              env=dict(_env(), JAX_NUM_CPU_DEVICES="2"), cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for i in range(2)]
-    for p in procs:
-        try:
-            _, stderr = p.communicate(timeout=240)
-        finally:
-            p.kill()
-        assert p.returncode == 0, stderr
+    _two_processes(lambda i, port: [*common, "--devices", "all", "--out", str(tmp_path / "two"),
+                                    "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                                    "--process-id", str(i)], tmp_path)
     one = subprocess.run([sys.executable, "-m", "svhn_jax.cli", *common, "--out", str(tmp_path / "one")],
                          env=_env(), capture_output=True, text=True, timeout=240)
     assert one.returncode == 0, one.stderr
