@@ -10,7 +10,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import checkpoint, data, ensemble, rundata, runfolder, train
+from . import checkpoint, data, ensemble, rundata, runfolder, stepconfig, train
 from .data import preprocess
 from .errors import SvhnJaxError
 from .nn import model
@@ -50,20 +50,19 @@ def evaluate_run(run, spec: str | None = None, *, split: str | None = None, data
     loaded = rundata.load(c, spec=spec, data_dir=data_dir)
     split, (X, y) = choose_images(c, loaded, own=own, split=split)
     prep = derived["preprocessing"]
-    net = model.make_spec(c.hidden, batchnorm=c.batchnorm)
-    es = train.make_eval_set(X, y)
-    device_prep = preprocess.device_prep(prep)
+    cfg = stepconfig.step_config(c, 1, prep)   # the network and the per-batch preprocessing
+    net, es = cfg.spec, train.make_eval_set(X, y)
     extra = {}
     if c.ensemble > 1:   # the members' averaged probabilities, scored as one model
         best = ensemble.load_best(run, c, net, preprocess.input_dim(prep))
         loss, acc, pred, members = ensemble.evaluate(best["params"], best["bn_state"], es, net,
-                                                     prep=device_prep)
+                                                     prep=cfg.prep)
         extra = {"ensemble": c.ensemble, "member_accuracy": members}
     else:
         params, bn_state = jax.eval_shape(lambda: model.init(jax.random.key(0), net,
                                                              preprocess.input_dim(prep)))
         best, _ = checkpoint.load(run / "best.npz", {"params": params, "bn_state": bn_state})
-        loss, acc, pred = train.evaluate(best["params"], best["bn_state"], es, net, device_prep)
+        loss, acc, pred = train.evaluate(best["params"], best["bn_state"], es, net, cfg.prep)
     conf = train.confusion_matrix(y, pred)
     trained = run / "train_fingerprints.npy"
     overlap = (data.count_overlap(data.image_fingerprints(X), np.load(trained, allow_pickle=False))

@@ -156,7 +156,7 @@ def shard_rows(X, y, mesh, n: int | None = None):
         X, y = X[part.start:min(part.stop, n)], y[part.start:min(part.stop, n)]
     rows = padded_rows(n, mesh)
     sharding = NamedSharding(mesh, P(DATA))
-    x_dtype = np.uint8 if np.asarray(X[:0]).dtype == np.uint8 else np.float32
+    x_dtype = np.uint8 if X.dtype == np.uint8 else np.float32
     local = [_pad_rows(np.asarray(a, dtype), part.stop - part.start)
              for a, dtype in ((X, x_dtype), (y, np.int32))]
     return tuple(jax.make_array_from_process_local_data(sharding, a, (rows,) + a.shape[1:])
