@@ -24,7 +24,7 @@ def cmd_gradcheck(args) -> int:
     if args.fd_samples == 0:
         args.fd_samples = None
     if args.devices is not None:  # settle the mesh before the slow checks
-        from . import parallel
+        from .step import parallel
         from .nn import distcheck
 
         mesh = parallel.make_mesh(args.devices)

@@ -5,7 +5,7 @@ a worker can still call jax.distributed.initialize afterwards.
 
 import numpy as np
 
-from svhn_jax import parallel, train
+from svhn_jax.step import parallel, train
 from svhn_jax.nn import model
 
 N_TRAIN, N_VAL, BATCH, SEGMENT = 370, 200, 32, 6   # 12 steps per epoch, the last batch wraps

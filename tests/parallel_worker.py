@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from svhn_jax import parallel, train
+from svhn_jax.step import parallel, train
 
 import parallel_cases as cases
 

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from svhn_jax import cli, config, runfolder, stepconfig
+from svhn_jax import cli, config
+from svhn_jax.run import folder as runfolder
+from svhn_jax.step import settings as stepconfig
 from svhn_jax.data import preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model, optim, schedules
@@ -128,7 +130,7 @@ def test_config_and_preset_together_are_refused(tmp_path, capsys):
 def test_traced_hyperparameters_come_from_the_vmapped_fields():
     """stepconfig.hyper fills train.Hyper from the RunConfig fields of the same names: a new
     sweepable float is its field plus its use (README, "Adding a setting")."""
-    from svhn_jax import train
+    from svhn_jax.step import train
 
     assert set(train.Hyper._fields) <= set(config.VMAPPED)
     c = config.make(lr=2e-3, reg=5e-4)

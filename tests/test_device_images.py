@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import config, rundata, runs, stepconfig, train
+from svhn_jax import config
+from svhn_jax.run import parts as rundata, launch as runs
+from svhn_jax.step import settings as stepconfig, train
 from svhn_jax.data import arrays, preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
@@ -201,7 +203,7 @@ def test_a_process_reads_only_its_training_rows(source, tmp_path, monkeypatch):
 def test_a_run_of_several_processes_reads_by_rows(monkeypatch):
     """runs._load takes load_split_rows with the rows of this process's devices when
     there are several processes (simulated: one process, told it is one of two)."""
-    from svhn_jax import parallel
+    from svhn_jax.step import parallel
 
     calls = []
     real = rundata.load_split_rows

@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from svhn_jax import checkpoint, cli, config, ensemble, evaluate, plots, rundata, runfolder, runs, stepconfig, train
+from svhn_jax.run import checkpoint, ensemble, evaluate, parts as rundata, folder as runfolder, launch as runs
+from svhn_jax import cli, config, plots
+from svhn_jax.step import settings as stepconfig, train
 from svhn_jax.data import preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
@@ -199,7 +201,10 @@ def test_ensemble_settings_that_cannot_take_effect_are_refused(tmp_path, capsys)
 _SCRIPT = """
 import json, re, sys
 import jax
-from svhn_jax import config, models_axis, plots, rundata, runs, train, tune
+from svhn_jax import config, plots
+from svhn_jax.step import models_axis, train
+from svhn_jax.run import parts as rundata, launch as runs
+from svhn_jax.tune import sweep as tune
 per_device, programs, real = [], [], train.run_steps_many
 def spy(*a, **k):
     if not programs:   # the compiled program, before the call donates its state

@@ -16,7 +16,8 @@ import jax
 import numpy as np
 import pytest
 
-from svhn_jax import cli, parallel, train
+from svhn_jax import cli
+from svhn_jax.step import parallel, train
 from svhn_jax.errors import SvhnJaxError
 
 import parallel_cases as cases

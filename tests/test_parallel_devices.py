@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from svhn_jax import checkpoint, cli, parallel, train
+from svhn_jax.run import checkpoint
+from svhn_jax import cli
+from svhn_jax.step import parallel, train
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import distcheck, gradcheck, layers, model
 

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import train
+from svhn_jax.step import train
 from svhn_jax.nn import layers, model, stepcheck
 from svhn_jax.nn.gradcheck import GradCheckError
 

@@ -8,7 +8,9 @@ import pytest
 
 import jax
 
-from svhn_jax import cli, config, rundata, runs, tune
+from svhn_jax import cli, config
+from svhn_jax.run import parts as rundata, launch as runs
+from svhn_jax.tune import sweep as tune
 from svhn_jax.errors import SvhnJaxError
 
 BASE = dict(hidden=[16], epochs=2, batch=128, seed=0, split_seed=0)

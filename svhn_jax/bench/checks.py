@@ -45,7 +45,7 @@ def measure(hidden: int, batch: int, n: int, every: int, *, epochs: int = 3, see
     import jax
     import jax.numpy as jnp
 
-    from .. import train
+    from ..step import train
     from ..nn import model
 
     X8, y8 = make_data(n, seed)

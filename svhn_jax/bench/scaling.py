@@ -81,7 +81,7 @@ def resolve(devices, batch: Sequence[int]) -> tuple[int, ...]:
     asked for (the message says how to get them) or a batch does not split."""
     import jax
 
-    from .. import parallel
+    from ..step import parallel
 
     if devices == "all":
         available = jax.device_count()
@@ -109,7 +109,7 @@ def cpu_note(backend: str, counts: Sequence[int]) -> str | None:
 
 def _measure_mesh(mode: str, hidden: int, batch: int, mesh, X, y, n: int, *, epochs: int, seed: int):
     """One scan mode on the mesh, X and y from parallel.shard_rows -> (record, step losses)."""
-    from .. import parallel, train
+    from ..step import parallel, train
 
     cfg, hp = modes.jax_setup(hidden, batch, "autodiff" if mode.endswith("autodiff") else "manual", seed)
     spe = train.steps_per_epoch(n, batch)
@@ -147,7 +147,7 @@ def measure(hidden: Sequence[int], batch: Sequence[int], counts: Sequence[int], 
     """
     import jax
 
-    from .. import parallel
+    from ..step import parallel
 
     say = progress or (lambda msg: None)
     n = len(y_host)

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import NamedTuple
 
-from .runfolder import say
+from .folder import say
 
 
 class EpochSums(NamedTuple):

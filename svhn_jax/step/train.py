@@ -31,10 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .data import preprocess
-from .data.arrays import empty_aligned
-from .nn import losses, model, optim, stepcheck
-from .errors import SvhnJaxError
+from ..data import preprocess
+from ..data.arrays import empty_aligned
+from ..nn import losses, model, optim, stepcheck
+from ..errors import SvhnJaxError
 
 
 class StepConfig(NamedTuple):

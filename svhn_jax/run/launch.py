@@ -29,13 +29,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, checkpoint, config, data, parallel, progress, rundata, runfolder, stepconfig, tblog, train
-from .config import RunConfig
-from .data import preprocess
-from .errors import DataError, Diverged, Interrupted, SvhnJaxError  # callers catch runs.Diverged
-from .nn import stepcheck
+from .. import atomic, config, data
+from . import checkpoint, progress, parts as rundata, folder as runfolder, tblog
+from ..step import parallel, settings as stepconfig, train
+from ..config import RunConfig
+from ..data import preprocess
+from ..errors import DataError, Diverged, Interrupted, SvhnJaxError
+from ..nn import stepcheck
 from .progress import Progress
-from .runfolder import say
+from .folder import say
 
 
 
@@ -325,7 +327,7 @@ def _end_epoch(run: _Run, state, prog: Progress, epoch: int, grads=None) -> Prog
 
 def _finish(run: _Run, parts: dict, template, state, prog: Progress) -> dict:
     """Score the best-validation parameters once on test; final plots and metrics."""
-    from . import plots
+    from .. import plots
 
     out, t = run.out, template["state"]
     best, _ = checkpoint.load(out / "best.npz", {"params": t.params, "bn_state": t.bn_state})

@@ -46,13 +46,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, checkpoint, config, models_axis, progress, runfolder, tblog, train
-from .config import RunConfig
-from .data import preprocess
-from .errors import Diverged, Interrupted
-from .nn import model, optim
+from .. import atomic, config
+from . import checkpoint, progress, folder as runfolder, tblog
+from ..step import models_axis, train
+from ..config import RunConfig
+from ..data import preprocess
+from ..errors import Diverged, Interrupted
+from ..nn import model, optim
 from .progress import Progress
-from .runfolder import say
+from .folder import say
 
 
 def seeds(c: RunConfig) -> list[int]:
@@ -248,7 +250,7 @@ def _end_epoch(run: _Run, states, prog: Progress, epoch: int, ce, correct, secon
 
 def _finish(run: _Run, parts: dict, template, states, prog: Progress) -> dict:
     """Score the best epoch's ensemble once on test; final plots and metrics."""
-    from . import plots
+    from .. import plots
 
     out, t = run.out, template["state"]
     best, meta = checkpoint.load(out / "best.npz", {"params": t.params, "bn_state": t.bn_state})

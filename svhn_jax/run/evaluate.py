@@ -10,10 +10,12 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import checkpoint, data, ensemble, rundata, runfolder, stepconfig, train
-from .data import preprocess
-from .errors import SvhnJaxError
-from .nn import model
+from . import checkpoint, ensemble, parts as rundata, folder as runfolder
+from .. import data
+from ..step import settings as stepconfig, train
+from ..data import preprocess
+from ..errors import SvhnJaxError
+from ..nn import model
 
 SPLITS = ("train", "val", "test", "all")
 

@@ -10,11 +10,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, parallel, rundata, runfolder, runs, stepconfig, train
-from .data import preprocess
-from .config import RunConfig
-from .errors import SvhnJaxError
-from .nn import model, optim
+from .. import atomic
+from ..step import parallel, settings as stepconfig, train
+from ..run import parts as rundata, folder as runfolder, launch as runs
+from ..data import preprocess
+from ..config import RunConfig
+from ..errors import SvhnJaxError
+from ..nn import model, optim
 
 
 
@@ -78,7 +80,7 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     smooth = np.asarray(smooth)
     i_min = int(np.argmin(smooth))
     suggestion = float(lrs[i_min] / 10)
-    from . import plots
+    from .. import plots
     plots.lr_find(lrs[:stop], raw[:stop], out / "lr_find.png", suggestion=suggestion, smoothing=beta)
     rows = [{"step": i, "lr": float(lrs[i]), "loss": float(raw[i]), "smoothed": float(smooth[i])}
             for i in range(len(smooth))]

@@ -48,8 +48,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import train
-from .nn import model
-from .errors import SvhnJaxError
+from ..nn import model
+from ..errors import SvhnJaxError
 
 DATA = "data"
 

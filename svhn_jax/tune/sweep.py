@@ -26,11 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, config, data, models_axis, rundata, runfolder, runs, stepconfig, tblog, train
-from .config import VMAPPED, RunConfig
-from .data import preprocess
-from .errors import SvhnJaxError
-from .nn import stepcheck
+from .. import atomic, config, data
+from ..step import models_axis, settings as stepconfig, train
+from ..run import parts as rundata, folder as runfolder, launch as runs, tblog
+from ..config import VMAPPED, RunConfig
+from ..data import preprocess
+from ..errors import SvhnJaxError
+from ..nn import stepcheck
 
 
 def parse_values(name: str, text: str) -> list | tuple:
@@ -264,7 +266,7 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
 
 
 def _write_outputs(out: Path, rows, ranked, swept, axes):
-    from . import plots
+    from .. import plots
 
     runfolder.write_csv(out / "results.csv", rows)
     curves = [{"label": _label(r["config"], swept), "history": r["history"]} for r in ranked]

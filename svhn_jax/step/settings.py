@@ -7,10 +7,10 @@ import jax
 import jax.numpy as jnp
 
 from . import train
-from .config import RunConfig
-from .data import preprocess
-from .errors import SvhnJaxError
-from .nn import model, optim
+from ..config import RunConfig
+from ..data import preprocess
+from ..errors import SvhnJaxError
+from ..nn import model, optim
 
 
 def step_config(c: RunConfig, steps_per_epoch: int, prep: dict | None = None) -> train.StepConfig:
