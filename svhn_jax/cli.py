@@ -67,10 +67,10 @@ def cmd_train(args) -> int:
         if not args.download:
             # Before importing JAX: a missing dataset is reported in a fraction of a second.
             data.ensure_available(c.data, c.data_dir, download=False, extra=c.extra)
-    from .step import parallel
     from .run import launch as runs
+    from .run import processes
 
-    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    processes.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         # With --json, stdout carries the JSON object alone (tensorflow-datasets prints
         # while preparing, Gloo from C++ when processes connect): the rest goes to stderr.

@@ -75,7 +75,7 @@ def jax_setup(hidden: int, batch: int, grad_mode: str, seed: int = 0):
     from ..step import train
     from ..nn import model
 
-    cfg = train.StepConfig(model.make_spec((hidden,)), "adam", ("constant", ()), batch, grad_mode)
+    cfg = train.StepConfig(model.make_spec((hidden,)), "adam", batch=batch, grad_mode=grad_mode)
     train.check_config(cfg)
     return cfg, train.Hyper(jnp.float32(LR), jnp.float32(REG))
 

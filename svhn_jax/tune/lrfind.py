@@ -1,23 +1,22 @@
-"""The learning-rate range test (`svhn-jax lr-find`)."""
+"""The learning-rate range test (`svhn-jax lr-find`): a RANGE_TEST job of the engine."""
 
 from __future__ import annotations
 
 import math
-from functools import partial
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from .. import atomic
-from ..step import parallel, settings as stepconfig, train
-from ..run import parts as rundata, folder as runfolder, launch as runs
-from ..data import preprocess
 from ..config import RunConfig
+from ..data import preprocess
 from ..errors import SvhnJaxError
-from ..nn import model, optim
-
+from ..nn import schedules
+from ..run import engine, folder, launch
+from ..run import parts as run_parts
+from ..run.progress import Progress
+from ..step import mesh as meshes
+from ..step import settings, train
 
 
 def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98, overwrite=False,
@@ -29,47 +28,35 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     its bias-corrected exponential moving average (beta), and stops reading once
     the smoothed loss exceeds 4x its minimum. Suggestion: the learning rate at
     the smoothed minimum divided by 10, a conservative, commonly used rule.
+
+    It is a run like any other (same step, devices, per-step check), with the
+    schedule replaced and no validation; a non-finite loss ends it.
     """
     out = Path(out)
     if not (0 < lr_min < lr_max < math.inf) or steps < 10:
         raise SvhnJaxError("lr-find needs 0 < --lr-min < --lr-max and --steps >= 10")
-    runfolder.check_run_dir(out, overwrite=overwrite)
-    parts = rundata.load_split(c, download=download)
-    runfolder.ensure_run_dir(out, overwrite=overwrite)
+    folder.check_run_dir(out, overwrite=overwrite)
+    parts = run_parts.load_split(c, download=download)
+    folder.ensure_run_dir(out, overwrite=overwrite)
     X_tr, y_tr = parts["train"]
     n = len(y_tr)
-    stepconfig.check_batch(c, n)
+    settings.check_batch(c, n)
     prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
-    mesh = runs.make_mesh(c)
-    X, y = runs.place_train(parts["train"], n, mesh)
+    place = launch.place(c)
+    X, y = meshes.shard_rows(X_tr.reshape(n, -1), y_tr, place)
     spe = train.steps_per_epoch(n, c.batch)
-    cfg = stepconfig.step_config(c, spe, prep)
+    cfg = settings.step_config(c, spe, prep)._replace(schedule=schedules.ScheduleSpec(
+        "exponential", total_steps=steps - 1, ratio=lr_max / lr_min))
+    start = c.replace(lr=lr_min, epochs=-(-steps // spe))
+    state = launch.initial_states((start,), cfg, preprocess.input_dim(prep), stacked=False)
+    job = engine.Job(engine.RANGE_TEST, (start,), cfg, place,
+                     meshes.replicate(settings.hyper(start), place), X, y, n, None,
+                     quiet=True, max_steps=steps)
+    trace: list = []
+    _, (prog,), _ = engine.run(job, meshes.replicate(state, place), (Progress(),), 0, trace)
+    raw = np.concatenate([ce[0] for ce in trace]).astype(np.float64)
     lrs = lr_min * (lr_max / lr_min) ** (np.arange(steps) / (steps - 1))
-    schedule = lambda step: lr_min * (lr_max / lr_min) ** (step / (steps - 1))
-    opt = optim.get(c.optimizer, schedule)
-    fresh = train.init_state(c.seed, cfg, preprocess.input_dim(prep), train.Hyper(lr_min, c.reg))
-    params, bn_state, key = fresh.params, fresh.bn_state, fresh.key
-    epochs = -(-steps // spe)
-    order = jnp.concatenate([train.epoch_order(key, e, n, c.batch) for e in range(epochs)])
-
-    loss_and_grads = model.GRAD_MODES[c.grad] if mesh is None else parallel.loss_and_grads(c.grad, mesh)
-    batch = train.get_batch if mesh is None else partial(parallel.get_batch, mesh=mesh)
-
-    @jax.jit
-    def run(params, bn_state, opt_state, order):
-        def body(carry, i):
-            p, s, o = carry
-            xb, yb = batch(X, y, order, i, key, i, cfg)
-            loss, g, s, _ = loss_and_grads(p, s, xb, yb, cfg.spec, c.reg, train=True)
-            p, o = opt.update(g, o, p)
-            return (p, s, o), loss
-        return jax.lax.scan(body, (params, bn_state, opt_state), jnp.arange(steps))[1]
-
-    start = (params, bn_state, opt.init(params), order)
-    if mesh is not None:
-        start = parallel.replicate(start, mesh)
-    raw = np.asarray(run(*start), np.float64)
-    smooth, avg, best, stop = [], 0.0, math.inf, steps
+    smooth, avg, best, stop = [], 0.0, math.inf, len(raw)
     for i, v in enumerate(raw):
         avg = beta * avg + (1 - beta) * (v if np.isfinite(v) else 1e30)
         smooth.append(avg / (1 - beta ** (i + 1)))
@@ -84,9 +71,13 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     plots.lr_find(lrs[:stop], raw[:stop], out / "lr_find.png", suggestion=suggestion, smoothing=beta)
     rows = [{"step": i, "lr": float(lrs[i]), "loss": float(raw[i]), "smoothed": float(smooth[i])}
             for i in range(len(smooth))]
-    runfolder.write_csv(out / "lr_find.csv", rows)
+    folder.write_csv(out / "lr_find.csv", rows)
     result = {"suggested_lr": suggestion, "lr_at_min_loss": float(lrs[i_min]),
               "min_smoothed_loss": float(smooth[i_min]), "steps_read": stop, "optimizer": c.optimizer,
-              "devices": 1 if mesh is None else parallel.size(mesh)}
+              "devices": place.devices}
+    if prog.gradchecks:
+        from ..nn import stepcheck
+        folder.write_csv(out / "gradchecks.csv", list(prog.gradchecks))
+        result.update(stepcheck.summary(list(prog.gradchecks)))
     atomic.write_json(out / "lr_find.json", result)
     return result
