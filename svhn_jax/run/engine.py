@@ -162,7 +162,7 @@ def run(job: Job, states, progs: tuple, step: int, trace: list | None = None):
                     if limit:
                         count = min(count, limit - step)
                 states, outs = parallel.run_segment(states, job.hps, job.X, job.y, epoch_orders, pos,
-                                                    job.cfg, count, job.place)
+                                                    cfg=job.cfg, count=count, place=job.place)
                 seg = _host(job, outs)
                 pos, step = pos + count, step + count
                 if trace is not None:
