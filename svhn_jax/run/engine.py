@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from . import checkpoint, outputs, progress, tblog
+from . import agree, checkpoint, outputs, progress, tblog
 from ..config import RunConfig
 from ..errors import Diverged, Interrupted, SvhnJaxError
 from ..nn import stepcheck
@@ -165,6 +165,9 @@ def run(job: Job, states, progs: tuple, step: int, trace: list | None = None):
                                                     cfg=job.cfg, count=count, place=job.place)
                 seg = _host(job, outs)
                 pos, step = pos + count, step + count
+                # every process takes the same decisions: a stop request anywhere stops all
+                asked, why = agree.vote("segment", (seg.ce, seg.correct, *(seg.checks or ())),
+                                        flag.set, flag.signal)
                 if trace is not None:
                     trace.append(seg.ce)
                 if seg.checks is not None:
@@ -172,7 +175,7 @@ def run(job: Job, states, progs: tuple, step: int, trace: list | None = None):
                 seconds = time.perf_counter() - t0
                 progs = _diverged(job, states, progs, seg.ce, step - count)
                 progs = _add_segment(job, progs, seg, count, seconds)
-                stop = flag.set or bool(job.stop_after_steps and step - start >= job.stop_after_steps)
+                stop = asked or bool(job.stop_after_steps and step - start >= job.stop_after_steps)
                 if stop or (c.checkpoint_every and pos < spe) or _ended_early(job, progs, step):
                     break
             if pos == spe and job.val is not None:   # the epoch is complete: score it first
@@ -184,9 +187,8 @@ def run(job: Job, states, progs: tuple, step: int, trace: list | None = None):
                 save_checkpoint(job, states, progs)
             if stop:
                 outputs.write(job, states, progs, "interrupted", step)
-                why = f"{flag.signal} received" if flag.signal else "interrupted"
-                raise Interrupted(f"{why} at step {step}; a checkpoint was written. Resume with: "
-                                  f"svhn-jax train --resume {job.out}")
+                raise Interrupted(f"{why or 'interrupted'} at step {step}; a checkpoint was written. "
+                                  f"Resume with: svhn-jax train --resume {job.out}")
 
 
 def _ended_early(job: Job, progs, step: int) -> bool:
@@ -304,9 +306,10 @@ def scores(job: Job, states) -> list[tuple[float, float, dict]]:
 
 def _end_epoch(job: Job, states, progs, epoch: int, step: int, grads=None):
     """Score the finished epoch, keep each entry's best, rewrite history.csv, log it."""
-    c = job.c
+    c, scored = job.c, scores(job, states)
+    agree.vote("epoch", ([(loss, acc) for loss, acc, _ in scored],))
     out = []
-    for e, ((loss, acc, extra), members, p) in enumerate(zip(scores(job, states), job.entries, progs)):
+    for e, ((loss, acc, extra), members, p) in enumerate(zip(scored, job.entries, progs)):
         if p.status != "training":
             out.append(p)
             continue

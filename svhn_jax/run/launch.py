@@ -34,7 +34,7 @@ from ..nn import model
 from ..step import mesh as meshes
 from ..step import settings, train
 from ..step.evaluate import make_eval_set
-from . import checkpoint, engine, folder, outputs, parts as run_parts, processes, progress, tblog
+from . import agree, checkpoint, engine, folder, outputs, parts as run_parts, processes, progress, tblog
 from .folder import say
 
 __all__ = ["train_run", "resume_run", "load_best", "Diverged", "Interrupted"]
@@ -63,14 +63,16 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
     if profile and c.ensemble > 1:
         raise SvhnJaxError("--profile traces a single model's steps; drop --profile or --ensemble")
     out, main = Path(out), processes.is_main_process()
-    if main:
-        folder.check_run_dir(out, overwrite=overwrite)
-    where = place(c)
-    parts, n = _load(c, where, download)
-    if main:
-        folder.ensure_run_dir(out, overwrite=overwrite)
+    with agree.together("start"):   # with several processes: one fails, all stop, alike
+        if main:
+            folder.check_run_dir(out, overwrite=overwrite)
+        where = place(c)
+        parts, n = _load(c, where, download)
+        settings.check_batch(c, n)
+        if main:
+            folder.ensure_run_dir(out, overwrite=overwrite)
+    _same_everywhere(c, parts, n, out)
     X_tr = parts["train"][0]
-    settings.check_batch(c, n)
     fps, sum_over = data.image_fingerprints(X_tr), None
     if n != len(X_tr):   # this process holds some of the rows: statistics over all of them
         fps, sum_over = processes.gather_rows(fps, n, where), processes.sum_over_processes
@@ -116,14 +118,27 @@ def resume_run(out, *, quiet=False, devices: str | None = None,
         raise SvhnJaxError(f"{out} stopped before its first checkpoint, so there is nothing to "
                            f"resume; start it again with: svhn-jax train --config "
                            f"{out}/config.json --out {out} --overwrite")
-    where = place(c)
-    parts, n = _load(c, where)
-    if n != derived["n_train"]:
-        raise DataError(f"the data now give {n} training images, the run "
-                        f"was started with {derived['n_train']}: resume with the same data, or "
-                        f"start a new run")
+    with agree.together("resume"):
+        where = place(c)
+        parts, n = _load(c, where)
+        if n != derived["n_train"]:
+            raise DataError(f"the data now give {n} training images, the run "
+                            f"was started with {derived['n_train']}: resume with the same data, or "
+                            f"start a new run")
+    _same_everywhere(c, parts, n, out)
     return _train(c, derived, parts, out, where, resume=True, quiet=quiet, profile=None,
                   stop_after_steps=stop_after_steps)
+
+
+def _same_everywhere(c: RunConfig, parts: dict, n: int, out: Path) -> None:
+    """Several processes: the same settings (but where each finds its data) and the
+    same data (its validation images, which every process loads whole); and from now
+    on, a lost process tells how to resume."""
+    facts = {k: v for k, v in config.to_json(c).items() if k not in ("data", "data_dir")}
+    agree.same("settings", {**facts, "training images": n,
+                            "validation images": agree.digest(*parts["val"])})
+    agree.set_hint(f"The newest checkpoint in {out} is intact; resume with: svhn-jax train "
+                   f"--resume {out} (one process will do, or the processes that are left)")
 
 
 def initial_states(configs, cfg: train.StepConfig, in_dim: int, stacked: bool):
