@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(jax.device_count() < 4, reason="needs 4 devices:
 
 # Parameters of a 4-device run vs the one-device run, max |a - b| / max |b| per leaf,
 # after 2 epochs (36 steps) of this file's runs: measured 9.3e-7 (one model) and 2.4e-7
-# (the ensemble) here: float32 sums in another order. A margin of 10; a wrong reduction
-# or another data order is off by 1e-2 or more.
+# (the ensemble) here: float32 sums in another order. A margin of 10 (test_parallel_devices
+# shows wrong reductions caught; parallel_cases.TOL_DEVICES is the same bound after 18 steps).
 TOL = 1e-5
 
 
