@@ -162,10 +162,7 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, where: meshes.Pl
     template = jax.eval_shape(lambda: {"state": initial_states(configs, cfg, in_dim, stacked)})
     quiet = quiet or not main
     if resume:
-        tree, meta = checkpoint.load(out / "checkpoint.npz", template,
-                                     warn=lambda m: say(m, quiet=not main))
-        states, prog = tree["state"], progress.from_json(meta["progress"])
-        step = int(np.max(np.asarray(states.step)))
+        states, (prog,), step = engine.load_checkpoint(out, template, 1)
         say(f"resuming {out} at step {step}", quiet=quiet)
     else:
         states, prog, step = initial_states(configs, cfg, in_dim, stacked), progress.Progress(), 0
@@ -184,7 +181,8 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, where: meshes.Pl
     job = engine.Job(engine.ENSEMBLE if stacked else engine.SINGLE, configs, cfg, where,
                      meshes.place_models(hp, where), X, y, n,
                      meshes.replicate(make_eval_set(*parts["val"]), where), out=out,
-                     derived=derived, tb=tb, quiet=quiet, stop_after_steps=stop_after_steps)
+                     checkpoints=out, resume=f"svhn-jax train --resume {out}", derived=derived,
+                     tb=tb, quiet=quiet, stop_after_steps=stop_after_steps)
     try:
         states, progs, step = engine.run(job, meshes.place_models(states, where), (prog,), step)
         best = {"params": template["state"].params, "bn_state": template["state"].bn_state}
