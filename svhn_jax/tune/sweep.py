@@ -185,6 +185,7 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
 PLAN = "sweep.json"   # what a sweep was asked to do: svhn-jax sweep --resume reads it
 
 
+@agree.lost_peers_reported()
 def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_seed=0, final=True,
           final_on="train", overwrite=False, quiet=False, download=False) -> dict:
     """Run a sweep into folder `out`; returns the summary (also in out/results.json)."""
@@ -206,9 +207,11 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
         if main:
             runfolder.ensure_run_dir(out, overwrite=overwrite)
             atomic.write_json(out / PLAN, plan)
+    launch.same_everywhere(base, parts, len(parts["train"][1]), _hint(out))
     return _run(plan, out, parts, quiet=quiet, overwrite=overwrite)
 
 
+@agree.lost_peers_reported()
 def resume_sweep(out, *, quiet=False) -> dict:
     """Continue the sweep in folder `out`: finished groups are read back, an interrupted
     one continues from its checkpoint, the rest (and the final run) are trained."""
@@ -225,8 +228,14 @@ def resume_sweep(out, *, quiet=False) -> dict:
         runfolder.say(f"{out} already completed; nothing to resume", quiet=quiet)
         return json.loads(done.read_text())
     with agree.together("resume"):
-        parts = rundata.load_split(config.from_json(plan["settings"], str(out / PLAN)))
+        base = config.from_json(plan["settings"], str(out / PLAN))
+        parts = rundata.load_split(base)
+    launch.same_everywhere(base, parts, len(parts["train"][1]), _hint(out))
     return _run(plan, out, parts, quiet=quiet, overwrite=False)
+
+
+def _hint(out: Path) -> str:
+    return f"The newest group checkpoint is intact; resume with: svhn-jax sweep --resume {out}"
 
 
 def _axis_json(spec):
