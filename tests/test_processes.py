@@ -39,17 +39,21 @@ def _env() -> dict:
     return dict(env, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu")
 
 
+def train(args_of):
+    """argv_of for `svhn-jax train ARGS` as process i of two joined at port."""
+    return lambda i, port: [sys.executable, "-m", "svhn_jax.cli", "train", *args_of(i),
+                            "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                            "--process-id", str(i)]
+
+
 class Processes:
     """Both processes of a run: started together, each waited for with a timeout,
     all of them killed at the end whatever happened."""
 
-    def __init__(self, args_of):
+    def __init__(self, argv_of):
         port = _free_port()
-        self.procs = [subprocess.Popen(
-            [sys.executable, "-m", "svhn_jax.cli", "train", *args_of(i),
-             "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
-            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for i in range(2)]
+        self.procs = [subprocess.Popen(argv_of(i, port), env=_env(), stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True) for i in range(2)]
         self.started = time.monotonic()
 
     def wait(self, timeout: float = 240) -> list[tuple[int, str, str]]:
@@ -77,7 +81,7 @@ def processes():
     started = []
 
     def start(args_of):
-        started.append(Processes(args_of))
+        started.append(Processes(train(args_of)))
         return started[-1]
 
     yield start
@@ -118,7 +122,7 @@ def _wait_for(path: Path, procs: Processes, timeout: float = 180):
 def uninterrupted(tmp_path_factory, npz):
     """The two-process run that the interrupted ones must end as."""
     out = tmp_path_factory.mktemp("whole") / "run"
-    group = Processes(lambda i: ["--data", str(npz), "--out", str(out), *RUN])
+    group = Processes(train(lambda i: ["--data", str(npz), "--out", str(out), *RUN]))
     try:
         results = group.wait()
     finally:
@@ -197,3 +201,36 @@ def test_an_error_before_training_ends_both_processes_alike(processes, tmp_path,
     assert code == expected[0] and message.startswith("error: " + expected[1]), message
     if case == "mismatched --hidden":
         assert "process 0 has [16], process 1 has [32]" in message
+
+
+def test_an_ensemble_a_sweep_and_lr_find_compose_in_two_processes(tmp_path):
+    """compose_worker.py in both processes; their results against one process here."""
+    import compose_cases as cases
+    from svhn_jax import config
+    from svhn_jax.run import parts
+    from svhn_jax.tune import lrfind, sweep
+
+    worker = Path(__file__).resolve().parent / "compose_worker.py"
+    group = Processes(lambda i, port: [sys.executable, str(worker), str(i), str(port), str(tmp_path)])
+    try:
+        results = group.wait(timeout=400)
+    finally:
+        group.kill()
+    assert [r[0] for r in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    got = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in range(2)]
+    same = ("params_sha256", "steps", "best_epoch", "best_val_acc", "gradchecks", "mesh")
+    for g in got:   # every process saw the same run (process 0 alone scored test and wrote it)
+        g["ensemble"] = {k: g["ensemble"][k] for k in same}
+    assert got[0] == got[1] and got[0]["devices"] == 4
+    ens = got[0]["ensemble"]
+    assert ens["mesh"] == {"models": 2, "data": 2}
+    c = config.make(**{**cases.SETTINGS, "checkpoint_every": 0, "devices": "1"})
+    data = parts.load_split(c)
+    data.pop("test")
+    one = sweep.train_group([c.replace(lr=lr) for lr in (1e-3, 3e-3)], data)
+    np.testing.assert_allclose(got[0]["sweep_val_loss"],
+                               [[h["val_loss"] for h in r["history"]] for r in one], rtol=1e-5)
+    assert got[0]["sweep_checks"] == [cases.STEPS] * 2
+    lr = lrfind.lr_find(c, tmp_path / "lr_one", steps=20, lr_min=1e-5, lr_max=1.0)
+    assert got[0]["lr_find"]["gradchecks"] == 20 and got[0]["lr_find"]["gradchecks_failed"] == 0
+    assert got[0]["lr_find"]["suggested_lr"] == pytest.approx(lr["suggested_lr"], rel=1e-6)

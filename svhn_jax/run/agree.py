@@ -75,10 +75,10 @@ def set_hint(hint: str) -> None:
 # ------------------------------------------------------------------ rounds
 
 
-def exchange(stage: str, value) -> list:
+def exchange(stage: str, value, limit_s: float = STAGE_LIMIT_S) -> list:
     """Every process's `value` (JSON), in process order, once all have posted theirs.
     Raises ProcessLost when a peer's heartbeat stops while we wait, or when it has not
-    posted within STAGE_LIMIT_S."""
+    posted within limit_s."""
     if not several():
         return [value]
     _state["round"] += 1
@@ -93,7 +93,7 @@ def exchange(stage: str, value) -> list:
                 out.append(json.loads(raw))
                 break
             waited = time.monotonic() - start
-            if _silent_for(pid) > _state["timeout_s"] / 2 or waited > STAGE_LIMIT_S:
+            if _silent_for(pid) > _state["timeout_s"] / 2 or waited > limit_s:
                 raise ProcessLost(_lost_message(pid, f"it did not reach {stage!r} within "
                                                      f"{waited:.0f} s"))
             time.sleep(0.05)
@@ -238,8 +238,8 @@ def finish() -> None:
     that a process finishing early is not taken for a lost one."""
     if _state["watchdog"] is None:
         return
-    try:
-        exchange("finish", None)
+    try:   # bounded: a process that fails alone must not wait for the others for long
+        exchange("finish", None, limit_s=_state["timeout_s"])
     except SvhnJaxError:
         pass
     _state["stop"].set()
