@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, parallel, rundata, runfolder, runs, stepconfig, train
+from . import __version__, atomic, parallel, rundata, runfolder, runs, stepconfig, train
 from .data import preprocess
 from .config import RunConfig
 from .errors import SvhnJaxError
@@ -85,6 +85,6 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     runfolder.write_csv(out / "lr_find.csv", rows)
     result = {"suggested_lr": suggestion, "lr_at_min_loss": float(lrs[i_min]),
               "min_smoothed_loss": float(smooth[i_min]), "steps_read": stop, "optimizer": c.optimizer,
-              "devices": 1 if mesh is None else parallel.size(mesh)}
+              "devices": 1 if mesh is None else parallel.size(mesh), "svhn_jax_version": __version__}
     atomic.write_json(out / "lr_find.json", result)
     return result

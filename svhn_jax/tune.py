@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, config, data, models_axis, rundata, runfolder, runs, stepconfig, tblog, train
+from . import __version__, atomic, config, data, models_axis, rundata, runfolder, runs, stepconfig, tblog, train
 from .config import VMAPPED, RunConfig
 from .data import preprocess
 from .errors import SvhnJaxError
@@ -248,7 +248,7 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
     summary = {"swept": swept, "search": search, "configurations": len(results), "groups": len(groups),
                "sweep_seconds": seconds, "vmapped_axes": list(VMAPPED), "results": rows,
                "best": {k: getattr(ranked[0]["config"], k) for k in sorted(set(axes) | set(VMAPPED))},
-               "settings": config.to_json(base),
+               "settings": _shared_settings(configs), "svhn_jax_version": __version__,
                **overlap}
     _write_outputs(out, rows, ranked, swept, axes)
     if base.tensorboard:
@@ -261,6 +261,12 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
         summary["final_run"] = str(out / "final")
     atomic.write_json(out / "results.json", summary)
     return summary
+
+
+def _shared_settings(configs) -> dict:
+    """The settings every configuration of the sweep has in common (a swept one is absent)."""
+    first, *rest = map(config.to_json, configs)
+    return {k: v for k, v in first.items() if all(r[k] == v for r in rest)}
 
 
 def _write_outputs(out: Path, rows, ranked, swept, axes):
