@@ -60,10 +60,10 @@ class Parser(argparse.ArgumentParser):
     def suggestion(self, extras) -> str:
         """'; did you mean --lr?' for the first unknown flag that resembles one of ours."""
         ours = [o for a in self._actions for o in a.option_strings if o.startswith("--")]
-        known = {**{o: o for o in ours}, **{k: v for k, v in ALIASES.items() if v in ours}}
+        known = {**{o[2:]: o for o in ours}, **{k[2:]: v for k, v in ALIASES.items() if v in ours}}
         for word in extras:
             if word.startswith("--"):
-                close = difflib.get_close_matches(word.split("=")[0], known, n=1, cutoff=0.6)
+                close = difflib.get_close_matches(word[2:].split("=")[0], known, n=1, cutoff=0.75)
                 if close:
                     return f"; did you mean {known[close[0]]}?"
         return ""
