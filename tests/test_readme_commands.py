@@ -1,0 +1,381 @@
+"""Every command line in the README runs (tests/test_readme.py runs its Python block).
+
+A command line is a line of a ```bash block, or an inline code span that starts with
+`svhn-jax `, `python scripts/`, `JAX_NUM_CPU_DEVICES=N ` or `pip install` and has
+arguments (`svhn-jax train` alone names a command; it is not a command line). Each is
+handled by the first rule that applies, and one that no rule covers fails the test:
+
+  environment  venv, `pip install -e ".[EXTRA]"` (the extra must exist in
+               pyproject.toml) and `python -m pytest -q` (the suite itself, as .ci/run
+               runs it)
+  elsewhere    the two-process example (--coordinator localhost:PORT, with &):
+               tests/test_parallel_runs.py runs that README block as written
+  synopsis     a line with a placeholder (an upper-case word: D, DIR, RUN, N, FILE), an
+               optional part [...] or an elision ...; or a coordinator on another
+               machine: every flag it names must be a flag of its command (its --help);
+               it is parsed, not run
+  run          everything else runs for real, here, in README order (a command whose run
+               folder does not exist yet waits for the command that writes it)
+
+The runs happen in a scratch folder laid out like a checkout: `../shared/data/
+svhn_test_8k.npz` does not exist until the README's own recipe builds it (svhn-jax
+download from a local fake server, then scripts/make_slice.py on the fake
+test_32x32.mat it serves, which holds the official layout with 8,050 random images).
+`--data svhn` finds SVHN prepared from the same fake files in $TFDS_DATA_DIR. Nothing
+reaches the network: every connection but to the loopback is refused.
+
+Sizes are shrunk mechanically, and nothing else is changed (SIZES): a size flag the
+command takes is set to the small value, given or not; `--seeds A-B` keeps its first
+two seeds; `--synthetic-n` is capped. An --out that an earlier command wrote is removed
+first. A command that asks for several devices (`--devices 2`, `1,2,4`) without saying
+how many CPU devices to make runs with JAX_NUM_CPU_DEVICES set to the largest; a command
+with JAX_NUM_CPU_DEVICES runs in a subprocess, the rest in this process (they share
+compilations). Every run must exit 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import io
+import os
+import re
+import runpy
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from svhn_jax import cli, data
+from svhn_jax.data import fetch
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+PREFIXES = ("svhn-jax ", "python scripts/", "pip install")
+ENV = re.compile(r"^JAX_NUM_CPU_DEVICES=(\d+) ")
+PLACEHOLDER = re.compile(r"(^|[\s=,])([A-Z][A-Z_]*)(?=$|[\s,.\]])")
+
+# size flag -> the value every command that takes the flag runs with
+SIZES = {"--epochs": "1", "--steps": "5", "--n": "1024", "--eager-steps": "2", "--repeats": "1",
+         "--in-dim": "12"}
+SYNTHETIC_N = 2000       # cap of --synthetic-n; --data synthetic gets it when it names none
+FAKE_TEST_N = 8050       # images in the fake test_32x32.mat: the slice takes 0..7999
+FAKE_SIZES = {"train": 600, "test": FAKE_TEST_N, "extra": 60}
+
+
+# ---------------------------------------------------------------- extraction
+
+
+def command_lines(text: str) -> list[str]:
+    """Every command line of the README, in order, wrapped inline spans joined, each once."""
+    lines = []
+    for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S):
+        if lang == "bash":
+            lines += [ln.strip() for ln in body.splitlines() if ln.strip()]
+        elif lang == "":     # the command summary: a synopsis of every subcommand
+            lines += [ln.strip() for ln in body.splitlines() if ln.strip().startswith("svhn-jax")]
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    for span in re.findall(r"`([^`]+)`", prose):
+        span = " ".join(span.split())
+        words = span.split()
+        starts = ENV.sub("", span)
+        if starts.startswith(PREFIXES) and len(words) > (2 if starts.startswith("svhn-jax") else 1):
+            lines.append(span)
+    return list(dict.fromkeys(lines))   # a line shown twice runs once
+
+
+def _parts(line: str) -> list[str]:
+    return [p.strip() for p in line.split("&&")]
+
+
+def rule(line: str) -> str:
+    if all(_environment(p) for p in _parts(line)):
+        return "environment"
+    runs = " && ".join(_runnable(line))
+    if "--coordinator localhost:" in runs and ENV.match(runs):
+        return "elsewhere"
+    if PLACEHOLDER.search(runs) or "[" in runs or "..." in runs or "--coordinator" in runs:
+        return "synopsis"
+    return "run"
+
+
+def _environment(part: str) -> bool:
+    return part.startswith(("python3 -m venv", ". .venv/bin/activate", "pip install ",
+                            "python -m pytest"))
+
+
+# --------------------------------------------------------------- the checks
+
+
+def _command(words: list[str]) -> tuple[str, list[str]]:
+    """('svhn-jax train' or 'scripts/x.py', the arguments) of a command's words."""
+    if words[0] == "svhn-jax":
+        return f"svhn-jax {words[1]}", words[2:]
+    assert words[0] == "python" and words[1].startswith("scripts/"), words
+    return words[1], words[2:]
+
+
+def _call(command: str, args: list[str]) -> int:
+    """Run a command in this process -> its exit code."""
+    if command == "scripts/peak_rss.py":   # it runs another command as its child
+        return runpy.run_path(str(ROOT / command))["main"](args)
+    argv = sys.argv
+    try:
+        if command.startswith("svhn-jax"):
+            return cli.main([*command.split()[1:], *args])
+        sys.argv = [str(ROOT / command), *args]
+        runpy.run_path(str(ROOT / command), run_name="__main__")
+        return 0
+    except SystemExit as e:
+        return 0 if e.code is None else e.code
+    finally:
+        sys.argv = argv
+
+
+@functools.cache
+def flags_of(command: str) -> frozenset:
+    """The flags `command --help` lists."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert _call(command, ["--help"]) == 0, command
+    return frozenset(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", out.getvalue()))
+
+
+def check_synopsis(line: str) -> None:
+    """Every flag the line names is one its command takes (every command, for
+    `svhn-jax COMMAND`)."""
+    words = ENV.sub("", line).replace("[", " ").replace("]", " ").replace("|", " ").split()
+    command, args = _command(words)
+    commands = [command]
+    if command == "svhn-jax COMMAND":
+        commands = [f"svhn-jax {c}" for c in cli.build_parser()._subparsers._group_actions[0].choices]
+    named = {w.split("=")[0] for w in args if w.startswith("--")}
+    for command in commands:
+        unknown = named - flags_of(command)
+        assert not unknown, f"{line!r} names flags {command} does not take: {sorted(unknown)}"
+
+
+def check_environment(part: str) -> None:
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in re.findall(r'"\.\[(\w+)\]"', part):
+        assert extra in extras, part
+    if part.startswith("python -m pytest"):
+        assert part in (ROOT / ".ci" / "run").read_text(), part
+
+
+def shrink(command: str, args: list[str]) -> list[str]:
+    """The arguments with every size flag `command` takes set small (SIZES)."""
+    takes, out, i = flags_of(command), [], 0
+    while i < len(args):
+        flag = args[i]
+        if flag in SIZES and flag in takes:
+            i += 2
+        elif flag == "--seeds":
+            first = int(re.match(r"\d+", args[i + 1]).group())
+            out += [flag, f"{first}-{first + 1}"]
+            i += 2
+        elif flag == "--synthetic-n":
+            out += [flag, str(min(int(args[i + 1]), SYNTHETIC_N))]
+            i += 2
+        else:
+            out.append(flag)
+            i += 1
+    if "synthetic" in out and "--synthetic-n" not in out and "--synthetic-n" in takes:
+        out += ["--synthetic-n", str(SYNTHETIC_N)]
+    return out + [w for f, v in SIZES.items() if f in takes for w in (f, v)]
+
+
+def shrink_all(command: str, args: list[str]) -> list[str]:
+    """shrink(), also inside the command that peak_rss.py runs."""
+    if command == "scripts/peak_rss.py":
+        inner, inner_args = _command(args)
+        return [*args[:len(args) - len(inner_args)], *shrink(inner, inner_args)]
+    return shrink(command, args)
+
+
+def devices_needed(args: list[str]) -> int:
+    if "--devices" not in args:
+        return 1
+    value = args[args.index("--devices") + 1]
+    return max((int(v) for v in value.split(",") if v.isdigit()), default=1)
+
+
+def _runnable(line: str) -> list[str]:
+    """The parts of a line that run (not the environment's)."""
+    return [p.rstrip(" &") for p in _parts(line) if not _environment(p)]
+
+
+def _flag(line: str, flag: str) -> str | None:
+    words = [w for p in _runnable(line) for w in shlex.split(ENV.sub("", p))]
+    return words[words.index(flag) + 1] if flag in words else None
+
+
+def _reads(line: str) -> Path | None:
+    """The run folder a command reads (--run, --resume, --config RUN/config.json)."""
+    for flag in ("--run", "--resume", "--config"):
+        if (v := _flag(line, flag)) is not None:
+            return Path(v).parent if v.endswith("config.json") else Path(v)
+    return None
+
+
+def order(lines: list[str]) -> list[str]:
+    """Downloads and the slice recipe first, then README order, except that a command
+    that reads a run comes after the command that writes it."""
+    lines = sorted(lines, key=lambda l: not re.search(r"svhn-jax download|make_slice\.py", l))
+    writer = {Path(_flag(l, "--out")): l for l in lines if _flag(l, "--out")}
+    done: list[str] = []
+
+    def place(line):
+        if line not in done:
+            if _reads(line) in writer:
+                place(writer[_reads(line)])
+            done.append(line)
+
+    for line in lines:
+        place(line)
+    return done
+
+
+# ----------------------------------------------------------- the scratch world
+
+
+def _write_mat(path: Path, n: int, rng) -> None:
+    """An official-layout .mat file: X uint8 (32, 32, 3, n), y (n, 1) in 1..10."""
+    scipy.io.savemat(str(path), {"X": rng.integers(0, 256, (32, 32, 3, n), dtype=np.uint8),
+                                 "y": (np.arange(n) % 10 + 1).astype(np.uint8)[:, None]})
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    """A checkout's folder (cwd) beside an empty ../shared, a fake SVHN host on the
+    loopback and $TFDS_DATA_DIR; the network refused."""
+    real_connect = socket.socket.connect
+
+    def loopback_only(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise AssertionError(f"a README command tried to reach the network: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+    served = tmp_path / "host"
+    served.mkdir()
+    rng = np.random.default_rng(0)
+    for split, n in FAKE_SIZES.items():
+        name = data.OFFICIAL[split][0]
+        _write_mat(served / name, n, rng)
+        monkeypatch.setitem(data.OFFICIAL, split, (name, (served / name).stat().st_size,
+                                                   data.sha256_file(served / name)))
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
+                                            functools.partial(Quiet, directory=str(served)))
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    monkeypatch.setattr(fetch, "BASE_URL", f"http://127.0.0.1:{httpd.server_address[1]}/")
+    checkout = tmp_path / "svhn_jax"
+    checkout.mkdir()
+    monkeypatch.chdir(checkout)
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    yield checkout
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _subprocess_env(devices: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SVHN_JAX_", "JAX_NUM_CPU"))}
+    return dict(env, JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=str(ROOT))
+
+
+def _start(command: str, args: list[str], devices: int) -> subprocess.Popen:
+    """A command in a subprocess with `devices` CPU devices."""
+    exe = ([sys.executable, "-m", "svhn_jax.cli", command.split()[1]] if command.startswith("svhn-jax")
+           else [sys.executable, str(ROOT / command)])
+    return subprocess.Popen([*exe, *args], env=_subprocess_env(devices), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _reads_run(args: list[str]) -> Path | None:
+    for flag in ("--run", "--resume", "--config"):
+        if flag in args:
+            path = Path(args[args.index(flag) + 1])
+            return path.parent if path.name == "config.json" else path
+    return None
+
+
+# ------------------------------------------------------------------- the test
+
+
+def test_command_lines_are_found_and_each_has_a_rule():
+    text = README.read_text()
+    lines = command_lines(text)
+    rules = {line: rule(line) for line in lines}
+    assert {"environment", "elsewhere", "synopsis", "run"} == set(rules.values())
+    assert any(line.startswith("svhn-jax prepare") for line in lines)            # the summary
+    assert any("make_slice.py" in line and rules[line] == "run" for line in lines)
+    # the two-process block is run by tests/test_parallel_runs.py, read from the README
+    two = [line for line in lines if rules[line] == "elsewhere"]
+    block = re.search(r"two local processes.*?```bash\n(.*?)```", text, re.S).group(1)
+    assert len(two) == 2 and all(line in block for line in two)
+    assert "two local processes" in (ROOT / "tests" / "test_parallel_runs.py").read_text()
+
+
+def test_every_command_line_in_the_readme_runs(world, capsys):
+    lines = command_lines(README.read_text())
+    for line in lines:
+        for part in _parts(line):
+            if _environment(part):
+                check_environment(part)
+        if rule(line) == "synopsis":
+            check_synopsis(line)
+    todo = order([line for line in lines if rule(line) == "run"])
+    written, background, failures = set(), [], []
+    for line in todo:
+        run = _reads(line)
+        if run is not None and run not in written and not run.exists():   # no command writes it
+            assert cli.main(["train", "--data", "../shared/data/svhn_test_8k.npz", "--hidden", "8",
+                             "--epochs", "1", "--out", str(run), "--quiet"]) == 0
+        for part in _runnable(line):
+            env = ENV.match(part)
+            command, args = _command(shlex.split(ENV.sub("", part)))
+            args = shrink_all(command, args)
+            out = Path(args[args.index("--out") + 1]) if "--out" in args else None
+            if out is not None and out in written:
+                shutil.rmtree(out, ignore_errors=True)
+            devices = int(env.group(1)) if env else devices_needed(args)
+            import time as _t; _t0 = _t.perf_counter()
+            if devices > 1:
+                background.append((part, _start(command, args, devices)))
+            else:
+                code = _call(command, args)
+                print(f"{_t.perf_counter() - _t0:7.1f} s  {part}", file=open("/tmp/h18/cmd_times.txt", "a"))
+                err = capsys.readouterr().err
+                if code != 0:
+                    failures.append(f"{part}\n  exit {code}: {err[-2000:]}")
+            written |= {out} if out is not None else set()
+    for part, proc in background:
+        try:
+            output = proc.communicate(timeout=300)[0]
+        finally:
+            proc.kill()
+        if proc.returncode != 0:
+            failures.append(f"{part}\n  exit {proc.returncode}: {output[-2000:]}")
+    assert not failures, "\n".join(failures)
+    # the recipe built the slice from the served test_32x32.mat: its images 0..7999
+    X, y = data.read_mat(world.parent / "host" / "test_32x32.mat")
+    with np.load("../shared/data/svhn_test_8k.npz") as s:
+        np.testing.assert_array_equal(s["X"], X[:8000])
+        np.testing.assert_array_equal(s["y"], y[:8000])
+        np.testing.assert_array_equal(s["index"], np.arange(8000))
