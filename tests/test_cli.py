@@ -5,7 +5,6 @@ touch neither the network nor JAX, but the last one."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import tomllib
@@ -15,7 +14,7 @@ import numpy as np
 import pytest
 
 import svhn_jax
-from svhn_jax import cli, config, data, flags, tune
+from svhn_jax import cli, config, data, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSER = cli.build_parser()

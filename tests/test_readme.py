@@ -106,5 +106,5 @@ def test_make_slice_rebuilds_the_projects_slice_bit_for_bit(svhn_8k_path, tmp_pa
     scipy.io.savemat(str(tmp_path / "test_32x32.mat"),
                      {"X": np.moveaxis(X, 0, -1), "y": np.where(y == 0, 10, y).astype(np.uint8)[:, None]})
     make_slice = runpy.run_path(str(ROOT / "scripts" / "make_slice.py"))["make_slice"]
-    digest = make_slice(tmp_path / "test_32x32.mat", tmp_path / "shared" / "slice.npz")
+    digest = make_slice(tmp_path / "test_32x32.mat", tmp_path / "out" / "slice.npz")
     assert digest == published

@@ -14,23 +14,29 @@ handled by the first rule that applies, and one that no rule covers fails the te
                optional part [...] or an elision ...; or a coordinator on another
                machine: every flag it names must be a flag of its command (its --help);
                it is parsed, not run
+  measure      `svhn-jax bench`: a timing, whose every mode tests/test_bench.py and
+               tests/test_bench_devices.py run; here its arguments are parsed and
+               checked by the bench's own checks (bench.parse_modes, bench.check_args),
+               which is all a tiny run would add (it costs a minute of the suite)
   run          everything else runs for real, here, in README order (a command whose run
                folder does not exist yet waits for the command that writes it)
 
-The runs happen in a scratch folder laid out like a checkout: `../shared/data/
-svhn_test_8k.npz` does not exist until the README's own recipe builds it (svhn-jax
+The runs happen in a scratch folder laid out like a checkout: the 8k slice beside it
+(data.EIGHT_K_SLICE) does not exist until the README's own recipe builds it (svhn-jax
 download from a local fake server, then scripts/make_slice.py on the fake
-test_32x32.mat it serves, which holds the official layout with 8,050 random images).
+test_32x32.mat it serves: the official layout, random images).
 `--data svhn` finds SVHN prepared from the same fake files in $TFDS_DATA_DIR. Nothing
 reaches the network: every connection but to the loopback is refused.
 
 Sizes are shrunk mechanically, and nothing else is changed (SIZES): a size flag the
 command takes is set to the small value, given or not; `--seeds A-B` keeps its first
-two seeds; `--synthetic-n` is capped. An --out that an earlier command wrote is removed
-first. A command that asks for several devices (`--devices 2`, `1,2,4`) without saying
-how many CPU devices to make runs with JAX_NUM_CPU_DEVICES set to the largest; a command
-with JAX_NUM_CPU_DEVICES runs in a subprocess, the rest in this process (they share
-compilations). Every run must exit 0.
+two seeds; `--synthetic-n` is capped; figures are drawn at DPI dots per inch. An --out
+that an earlier command wrote is removed first. A command that asks for several devices
+(`--devices 2`, `1,2,4`) without saying how many CPU devices to make runs with
+JAX_NUM_CPU_DEVICES set to the largest. Commands with JAX_NUM_CPU_DEVICES, `svhn-jax
+gradcheck` (which trains nothing: it compiles its checks) and scripts/peak_rss.py (which
+runs its command as a child) run in subprocesses started first, alongside the others, which
+run in this process and share compilations. Every run must exit 0.
 """
 
 from __future__ import annotations
@@ -47,6 +53,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import tomllib
 from pathlib import Path
@@ -68,8 +75,8 @@ PLACEHOLDER = re.compile(r"(^|[\s=,])([A-Z][A-Z_]*)(?=$|[\s,.\]])")
 SIZES = {"--epochs": "1", "--steps": "5", "--n": "1024", "--eager-steps": "2", "--repeats": "1",
          "--in-dim": "12"}
 SYNTHETIC_N = 2000       # cap of --synthetic-n; --data synthetic gets it when it names none
-FAKE_TEST_N = 8050       # images in the fake test_32x32.mat: the slice takes 0..7999
-FAKE_SIZES = {"train": 600, "test": FAKE_TEST_N, "extra": 60}
+DPI = 30                 # of every figure (plots.base.DPI; tests/test_plots.py draws them at 60)
+FAKE_SIZES = {"train": 600, "test": 1100, "extra": 60}   # images in the served .mat files
 
 
 # ---------------------------------------------------------------- extraction
@@ -105,6 +112,8 @@ def rule(line: str) -> str:
         return "elsewhere"
     if PLACEHOLDER.search(runs) or "[" in runs or "..." in runs or "--coordinator" in runs:
         return "synopsis"
+    if ENV.sub("", runs).startswith("svhn-jax bench "):
+        return "measure"
     return "run"
 
 
@@ -162,6 +171,19 @@ def check_synopsis(line: str) -> None:
     for command in commands:
         unknown = named - flags_of(command)
         assert not unknown, f"{line!r} names flags {command} does not take: {sorted(unknown)}"
+
+
+def check_measure(line: str) -> None:
+    """Parse a bench line and run the bench's own argument checks (what cmd_bench does
+    before it times anything)."""
+    from svhn_jax import bench
+
+    args = cli.build_parser().parse_args(shlex.split(ENV.sub("", line))[1:])
+    assert bench.parse_modes(args.modes) is not None
+    bench.check_args(args.hidden, args.batch, args.epochs, args.n, args.eager_steps, args.gradcheck_every)
+    env = ENV.match(line)
+    if env:   # the devices it asks for are the ones it makes
+        assert devices_needed(shlex.split(line)) <= int(env.group(1)), line
 
 
 def check_environment(part: str) -> None:
@@ -299,20 +321,14 @@ def _subprocess_env(devices: int) -> dict:
     return dict(env, JAX_NUM_CPU_DEVICES=str(devices), PYTHONPATH=str(ROOT))
 
 
-def _start(command: str, args: list[str], devices: int) -> subprocess.Popen:
-    """A command in a subprocess with `devices` CPU devices."""
+def _start(command: str, args: list[str], devices: int):
+    """(process, its output file): a command in a subprocess with `devices` CPU devices,
+    in this world's folder."""
     exe = ([sys.executable, "-m", "svhn_jax.cli", command.split()[1]] if command.startswith("svhn-jax")
            else [sys.executable, str(ROOT / command)])
-    return subprocess.Popen([*exe, *args], env=_subprocess_env(devices), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-
-
-def _reads_run(args: list[str]) -> Path | None:
-    for flag in ("--run", "--resume", "--config"):
-        if flag in args:
-            path = Path(args[args.index(flag) + 1])
-            return path.parent if path.name == "config.json" else path
-    return None
+    log = tempfile.TemporaryFile("w+")   # not a pipe: a full pipe would stall the command
+    return subprocess.Popen([*exe, *args], env=_subprocess_env(devices), stdout=log,
+                            stderr=subprocess.STDOUT, text=True), log
 
 
 # ------------------------------------------------------------------- the test
@@ -322,7 +338,7 @@ def test_command_lines_are_found_and_each_has_a_rule():
     text = README.read_text()
     lines = command_lines(text)
     rules = {line: rule(line) for line in lines}
-    assert {"environment", "elsewhere", "synopsis", "run"} == set(rules.values())
+    assert {"environment", "elsewhere", "synopsis", "measure", "run"} == set(rules.values())
     assert any(line.startswith("svhn-jax prepare") for line in lines)            # the summary
     assert any("make_slice.py" in line and rules[line] == "run" for line in lines)
     # the two-process block is run by tests/test_parallel_runs.py, read from the README
@@ -332,50 +348,71 @@ def test_command_lines_are_found_and_each_has_a_rule():
     assert "two local processes" in (ROOT / "tests" / "test_parallel_runs.py").read_text()
 
 
-def test_every_command_line_in_the_readme_runs(world, capsys):
+def _in_subprocess(part: str, args: list[str]) -> int:
+    """The JAX_NUM_CPU_DEVICES a part runs with in a subprocess, or 0: in this process."""
+    env = ENV.match(part)
+    if env:
+        return int(env.group(1))
+    words = shlex.split(part)
+    if devices_needed(args) > 1:
+        return devices_needed(args)
+    return 1 if words[:2] == ["svhn-jax", "gradcheck"] or words[1:2] == ["scripts/peak_rss.py"] else 0
+
+
+def _finish(proc: subprocess.Popen, log) -> tuple[int, str]:
+    """(exit code, output) of a subprocess of _start, killed after 300 s."""
+    try:
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        code = proc.wait()
+    with log:
+        log.seek(0)
+        return code, log.read()
+
+
+def test_every_command_line_in_the_readme_runs(world, capsys, monkeypatch):
+    from svhn_jax.plots import base
+
+    monkeypatch.setattr(base, "DPI", DPI)
     lines = command_lines(README.read_text())
     for line in lines:
         for part in _parts(line):
             if _environment(part):
                 check_environment(part)
-        if rule(line) == "synopsis":
-            check_synopsis(line)
-    todo = order([line for line in lines if rule(line) == "run"])
-    written, background, failures = set(), [], []
-    for line in todo:
-        run = _reads(line)
-        if run is not None and run not in written and not run.exists():   # no command writes it
-            assert cli.main(["train", "--data", "../shared/data/svhn_test_8k.npz", "--hidden", "8",
-                             "--epochs", "1", "--out", str(run), "--quiet"]) == 0
-        for part in _runnable(line):
-            env = ENV.match(part)
-            command, args = _command(shlex.split(ENV.sub("", part)))
-            args = shrink_all(command, args)
+        {"synopsis": check_synopsis, "measure": check_measure}.get(rule(line), lambda _: None)(line)
+    parts = [(line, part, *_command(shlex.split(ENV.sub("", part))))
+             for line in order([line for line in lines if rule(line) == "run"]) for part in _runnable(line)]
+    parts = [(line, part, command, shrink_all(command, args)) for line, part, command, args in parts]
+    background = [(part, _start(command, args, _in_subprocess(part, args)))
+                  for _, part, command, args in parts if _in_subprocess(part, args)]
+    written, failures = set(), []
+    try:
+        for line, part, command, args in parts:
+            if _in_subprocess(part, args):
+                continue
+            run = _reads(line)
+            if run is not None and run not in written and not run.exists():   # no command writes it
+                assert cli.main(["train", "--data", data.EIGHT_K_SLICE, "--hidden", "8",
+                                 "--epochs", "1", "--out", str(run), "--quiet"]) == 0
             out = Path(args[args.index("--out") + 1]) if "--out" in args else None
             if out is not None and out in written:
                 shutil.rmtree(out, ignore_errors=True)
-            devices = int(env.group(1)) if env else devices_needed(args)
-            import time as _t; _t0 = _t.perf_counter()
-            if devices > 1:
-                background.append((part, _start(command, args, devices)))
-            else:
-                code = _call(command, args)
-                print(f"{_t.perf_counter() - _t0:7.1f} s  {part}", file=open("/tmp/h18/cmd_times.txt", "a"))
-                err = capsys.readouterr().err
-                if code != 0:
-                    failures.append(f"{part}\n  exit {code}: {err[-2000:]}")
+            code = _call(command, args)
+            err = capsys.readouterr().err
+            if code != 0:
+                failures.append(f"{part}\n  exit {code}: {err[-2000:]}")
             written |= {out} if out is not None else set()
-    for part, proc in background:
-        try:
-            output = proc.communicate(timeout=300)[0]
-        finally:
-            proc.kill()
-        if proc.returncode != 0:
-            failures.append(f"{part}\n  exit {proc.returncode}: {output[-2000:]}")
+    finally:
+        for part, (proc, log) in background:
+            code, output = _finish(proc, log)
+            if code != 0:
+                failures.append(f"{part}\n  exit {code}: {output[-2000:]}")
     assert not failures, "\n".join(failures)
-    # the recipe built the slice from the served test_32x32.mat: its images 0..7999
+    # the recipe built the slice from the served test_32x32.mat: its first --n images
     X, y = data.read_mat(world.parent / "host" / "test_32x32.mat")
-    with np.load("../shared/data/svhn_test_8k.npz") as s:
-        np.testing.assert_array_equal(s["X"], X[:8000])
-        np.testing.assert_array_equal(s["y"], y[:8000])
-        np.testing.assert_array_equal(s["index"], np.arange(8000))
+    n = int(SIZES["--n"])
+    with np.load(data.EIGHT_K_SLICE) as s:
+        np.testing.assert_array_equal(s["X"], X[:n])
+        np.testing.assert_array_equal(s["y"], y[:n])
+        np.testing.assert_array_equal(s["index"], np.arange(n))

@@ -4,6 +4,7 @@ so these run in a user's clone too."""
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,8 +132,12 @@ def test_history_is_written_at_every_epoch_end(tmp_path, npz, monkeypatch):
 
 
 def test_batch_larger_than_the_training_part(tmp_path, npz):
-    with pytest.raises(SvhnJaxError, match="larger than the training part"):
+    """The message says why, and where its suggested batch size comes from."""
+    with pytest.raises(SvhnJaxError, match="larger than the training part") as e:
         runs.train_run(small(npz, batch=5000), tmp_path / "r", quiet=True)
+    said = re.search(r"\((\d+) images\): not one batch fits; use --batch \1 or less \((\d+) makes "
+                     r"4 steps an epoch\)", str(e.value))
+    assert said and 650 < int(said[1]) < 750 and int(said[2]) == int(said[1]) // 4   # ~70% of 1,000
 
 
 def test_a_sweep_checks_every_configuration(tmp_path, npz, capsys):
