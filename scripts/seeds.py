@@ -29,7 +29,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from svhn_jax import atomic, config, errors, flags, runfolder
+from svhn_jax import atomic, config, errors, flags
+from svhn_jax.run import folder as runfolder
 
 ACCURACIES = ("best_val_acc", "test_acc")
 
@@ -80,7 +81,7 @@ def run(args) -> int:
     base, out = flags.make_config(args, config.TRAIN), Path(args.out)
     if out.exists():
         raise errors.SvhnJaxError(f"--out {out} already exists; choose another path")
-    from svhn_jax import runs
+    from svhn_jax.run import launch as runs
 
     rows = []
     for seed in args.seeds:

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 import svhn_jax
-from svhn_jax import cli, config, data, tune
+from svhn_jax import cli, config, data
+from svhn_jax.tune import sweep as tune
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSER = cli.build_parser()
@@ -205,7 +206,8 @@ def test_sweep_help_offers_each_setting_a_form_it_reads():
             for p in points:
                 if config.kind(name) == "int":
                     assert type(p[name]) is int, (name, example)
-                config.make(**p, **({"schedule": "warmup-cosine"} if name == "warmup_epochs" else {}))
+                # (a schedule under which warm-up and decay settings take effect)
+                config.make(**{"schedule": "warmup-step", **p})
         if config.kind(name) == "int":
             assert examples and "1e-" not in text, (name, text)
 

@@ -371,12 +371,14 @@ def test_ema_is_bias_corrected():
 # ---------------------------------------------------------------- comparisons and grids
 
 
-@pytest.mark.parametrize("n_runs", [1, 3, 12])
-def test_overlay_curves(tmp_path, n_runs):
-    runs = [{"label": f"lr={10.0 ** -(i / 3):.1e}",
+@pytest.mark.parametrize("n_runs", [1, 3, 12, 32])
+def test_overlay_curves(tmp_path, n_runs, recwarn):
+    runs = [{"label": f"lr={10.0 ** -(i / 3):.1e} optimizer=momentum batchnorm=before",
              "history": make_history(6, diverge_at=4 if i == 0 else None)} for i in range(n_runs)]
     runs.append({"label": "crashed before epoch 1", "history": []})
     assert_png(plots.overlay_curves(runs, tmp_path / "o.png"))
+    # 32 runs (the README's sweep: 8 lr x 2 optimizers x 2 BatchNorm) still leave room to draw
+    assert not [w for w in recwarn if "constrained_layout not applied" in str(w.message)]
 
 
 def test_overlay_curves_empty(tmp_path):

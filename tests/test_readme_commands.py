@@ -18,8 +18,10 @@ handled by the first rule that applies, and one that no rule covers fails the te
                tests/test_bench_devices.py run; here its arguments are parsed and
                checked by the bench's own checks (bench.parse_modes, bench.check_args),
                which is all a tiny run would add (it costs a minute of the suite)
-  run          everything else runs for real, here, in README order (a command whose run
-               folder does not exist yet waits for the command that writes it)
+  run          everything else runs for real, here, in README order, downloads and the
+               slice recipe first; a command that reads a run folder (--run, --resume,
+               --config RUN/config.json) waits for the command that writes it, or, when
+               none does (runs/a), the folder is made first by a one-epoch run
 
 The runs happen in a scratch folder laid out like a checkout: the 8k slice beside it
 (data.EIGHT_K_SLICE) does not exist until the README's own recipe builds it (svhn-jax
@@ -50,7 +52,6 @@ import re
 import runpy
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -85,17 +86,17 @@ FAKE_SIZES = {"train": 600, "test": 1100, "extra": 60}   # images in the served 
 def command_lines(text: str) -> list[str]:
     """Every command line of the README, in order, wrapped inline spans joined, each once."""
     lines = []
-    for lang, body in re.findall(r"```(\w*)\n(.*?)```", text, re.S):
-        if lang == "bash":
-            lines += [ln.strip() for ln in body.splitlines() if ln.strip()]
-        elif lang == "":     # the command summary: a synopsis of every subcommand
-            lines += [ln.strip() for ln in body.splitlines() if ln.strip().startswith("svhn-jax")]
-    prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    for span in re.findall(r"`([^`]+)`", prose):
+    for m in re.finditer(r"```(\w*)\n(.*?)```|`([^`]+)`", text, re.S):
+        lang, body, span = m.groups()
+        if span is None:
+            if lang == "bash":
+                lines += [ln.strip() for ln in body.splitlines() if ln.strip()]
+            elif lang == "":     # the command summary: a synopsis of every subcommand
+                lines += [ln.strip() for ln in body.splitlines() if ln.strip().startswith("svhn-jax")]
+            continue
         span = " ".join(span.split())
-        words = span.split()
         starts = ENV.sub("", span)
-        if starts.startswith(PREFIXES) and len(words) > (2 if starts.startswith("svhn-jax") else 1):
+        if starts.startswith(PREFIXES) and len(span.split()) > (2 if starts.startswith("svhn-jax") else 1):
             lines.append(span)
     return list(dict.fromkeys(lines))   # a line shown twice runs once
 
@@ -277,18 +278,9 @@ def _write_mat(path: Path, n: int, rng) -> None:
 
 
 @pytest.fixture
-def world(tmp_path, monkeypatch):
-    """A checkout's folder (cwd) beside an empty ../shared, a fake SVHN host on the
-    loopback and $TFDS_DATA_DIR; the network refused."""
-    real_connect = socket.socket.connect
-
-    def loopback_only(self, address):
-        host = address[0] if isinstance(address, tuple) else address
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            raise AssertionError(f"a README command tried to reach the network: {address}")
-        return real_connect(self, address)
-
-    monkeypatch.setattr(socket.socket, "connect", loopback_only)
+def world(tmp_path, monkeypatch, no_internet):
+    """A checkout's folder (cwd) with no ../shared beside it yet, a fake SVHN host on
+    the loopback and $TFDS_DATA_DIR; the network refused."""
     served = tmp_path / "host"
     served.mkdir()
     rng = np.random.default_rng(0)

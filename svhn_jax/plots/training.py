@@ -104,7 +104,9 @@ def overlay_curves(runs, path) -> Path:
     runs = list(runs)
     if not runs:
         return base.message(path, "no runs to compare")
-    fig, (ax_loss, ax_acc) = base.figure(12 if len(runs) > base.MANY_LEGEND else 11, 4.5, ncols=2)
+    # the legend beside the panels has a line per run: the figure grows to hold it
+    fig, (ax_loss, ax_acc) = base.figure(12 if len(runs) > base.MANY_LEGEND else 11,
+                                         max(4.5, 0.8 + 0.2 * len(runs)), ncols=2)
     colors = base.colors(len(runs))
     all_epochs = []
     for i, run in enumerate(runs):
