@@ -51,6 +51,7 @@ def place(c: RunConfig) -> meshes.Placement:
     return meshes.placement(c.ensemble, c.devices, batch=c.batch, stacked=c.ensemble > 1)
 
 
+@agree.lost_peers_reported()
 def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False,
               profile=None, stop_after_steps: int | None = None) -> dict:
     """Train as `c` says into the new run folder `out`; returns the metrics.
@@ -99,6 +100,7 @@ def _load(c: RunConfig, where: meshes.Placement, download: bool = False) -> tupl
     return run_parts.load_split_rows(c, lambda n: meshes.local_rows(n, where), download=download)
 
 
+@agree.lost_peers_reported()
 def resume_run(out, *, quiet=False, devices: str | None = None,
                stop_after_steps: int | None = None) -> dict:
     """Continue the run in folder `out` from its newest checkpoint, with its own settings
