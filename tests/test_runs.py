@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import svhn_jax
 from svhn_jax import atomic, cli, config, data
 from svhn_jax.run import progress, parts as rundata, folder as runfolder, launch as runs
 from svhn_jax.errors import SvhnJaxError
@@ -73,6 +74,13 @@ def test_every_json_file_is_strict(tmp_path, npz, capsys):
     diverged = [r for r in _strict(tmp_path / "sweep" / "results.json")["results"]
                 if r["status"] == "diverged"]
     assert diverged and diverged[0]["final_val_loss"] is None
+    # each says which release wrote it: a run's (and the sweep's final run's) config.json,
+    # the sweep's results.json, lr-find's lr_find.json
+    configs = [f for f in files if f.name == "config.json"]
+    assert len(configs) == 2 and all(_strict(f)["derived"]["svhn_jax_version"] == svhn_jax.__version__
+                                     for f in configs)
+    for f in (tmp_path / "sweep" / "results.json", tmp_path / "lr" / "lr_find.json"):
+        assert _strict(f)["svhn_jax_version"] == svhn_jax.__version__, f
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, npz, capsys):
