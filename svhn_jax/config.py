@@ -77,7 +77,7 @@ class RunConfig:
     # model
     hidden: tuple = setting((128,), "hidden sizes, e.g. 128 or 1024,512 (in sweeps, x separates "
                             "layers: 128,512x256)", sweep="group", metavar="SIZES")
-    batchnorm: str = setting("none", "BatchNorm: off, on (= before ReLU) or after ReLU (the seed "
+    batchnorm: str = setting("none", "BatchNorm: none, before the ReLU, or after it (the seed "
                              "notebook's placement)", choices=BATCHNORM, sweep="group")
     # optimisation
     optimizer: str = setting("adam", "optimizer", choices=OPTIMIZERS, sweep="group")

@@ -73,6 +73,7 @@ def test_gradcheck_records_as_scalars(tmp_path):
     assert scalars(ea, "gradcheck/directional_fd") == [(r["step"], f32(r["directional_fd"])) for r in records]
     assert scalars(ea, "gradcheck/manual_vs_autodiff") == [(r["step"], f32(r["manual_vs_autodiff"])) for r in records]
     assert scalars(ea, "gradcheck/smooth") == [(0, 1.0), (1, 1.0), (2, 0.0), (3, 1.0), (4, 1.0)]
+    assert not any(tag.startswith("gradcheck/epoch") for tag in ea.Tags()["scalars"])   # an axis
 
 
 def test_layer_histograms_and_gradient_norms(tmp_path):
@@ -322,9 +323,14 @@ def test_a_run_writes_history_and_checks_as_events(tmp_path, npz):
     hist = _rows(tmp_path / "r" / "history.csv")
     for key, tag in tblog.EPOCH_TAGS.items():
         assert scalars(ea, tag) == [(int(r["step"]), f32(r[key])) for r in hist], tag
+    # every column of gradchecks.csv, whatever the check records, is a scalar at its step
+    # (but the axes: step, and epoch, which the epoch scalar above maps)
     checks = _rows(tmp_path / "r" / "gradchecks.csv")
-    assert scalars(ea, "gradcheck/manual_vs_autodiff") == \
-        [(int(r["step"]), f32(r["manual_vs_autodiff"])) for r in checks]
+    columns = [k for k in checks[0] if k not in ("step", "epoch")]
+    assert {"manual_vs_autodiff", "directional_jvp", "directional_fd", "smooth", "passed"} <= set(columns)
+    as_float = lambda v: {"True": 1.0, "False": 0.0}[v] if v in ("True", "False") else f32(v)
+    for col in columns:
+        assert scalars(ea, f"gradcheck/{col}") == [(int(r["step"]), as_float(r[col])) for r in checks], col
     assert [e.step for e in ea.Histograms("weights/0.dense.W")] == [int(hist[1]["step"])]
     assert [e.step for e in ea.Histograms("gradients/2.dense.b")] == [int(hist[1]["step"])]
     assert [s for s, v in scalars(ea, "grad_norm/total") if v > 0] == [int(hist[1]["step"])]

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import atomic, config
+from .. import __version__, atomic, config
 from ..errors import DataError, SvhnJaxError
 
 # What a run, a sweep or lr-find writes; --overwrite removes these (and nothing else).
@@ -66,7 +66,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_config(out: Path, c: config.RunConfig, derived: dict) -> None:
-    atomic.write_json(Path(out) / "config.json", {"settings": config.to_json(c), "derived": derived})
+    """config.json; `derived` gains the svhn_jax version that wrote it."""
+    atomic.write_json(Path(out) / "config.json", {"settings": config.to_json(c),
+                                                  "derived": {"svhn_jax_version": __version__, **derived}})
 
 
 def read_run(run) -> tuple[config.RunConfig, dict]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import atomic
+from .. import __version__, atomic
 from ..config import RunConfig
 from ..data import preprocess
 from ..errors import SvhnJaxError
@@ -76,7 +76,7 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     suggestion = float(lrs[i_min] / 10)
     result = {"suggested_lr": suggestion, "lr_at_min_loss": float(lrs[i_min]),
               "min_smoothed_loss": float(smooth[i_min]), "steps_read": stop, "optimizer": c.optimizer,
-              "devices": place.devices}
+              "devices": place.devices, "svhn_jax_version": __version__}
     if prog.gradchecks:
         result.update(stepcheck.summary(list(prog.gradchecks)))
     if main:

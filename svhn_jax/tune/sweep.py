@@ -26,7 +26,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from .. import atomic, config, data
+from .. import __version__, atomic, config, data
 from ..step import mesh as meshes
 from ..step import settings as stepconfig, train
 from ..step.evaluate import make_eval_set
@@ -302,7 +302,7 @@ def _run(plan: dict, out: Path, parts: dict, *, quiet: bool, overwrite: bool) ->
                "groups": len(groups), "sweep_seconds": seconds, "vmapped_axes": list(VMAPPED),
                "results": rows,
                "best": {k: getattr(ranked[0]["config"], k) for k in sorted(set(axes) | set(VMAPPED))},
-               "settings": config.to_json(base),
+               "settings": _shared_settings(configs), "svhn_jax_version": __version__,
                **overlap}
     if main:
         _write_outputs(out, rows, ranked, swept, axes)
@@ -317,6 +317,12 @@ def _run(plan: dict, out: Path, parts: dict, *, quiet: bool, overwrite: bool) ->
     if main:
         atomic.write_json(out / "results.json", summary)
     return summary
+
+
+def _shared_settings(configs) -> dict:
+    """The settings every configuration of the sweep has in common (a swept one is absent)."""
+    first, *rest = map(config.to_json, configs)
+    return {k: v for k, v in first.items() if all(r[k] == v for r in rest)}
 
 
 def _result_from_json(r: dict) -> dict:
