@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import cli_tools, errors
 from . import __version__
-from .flags import Parser, add_settings, given_settings, make_config, number
+from .flags import Parser, add_settings, given_settings, make_config, number, process_settings
 
 
 # ---------------------------------------------------------------- train / evaluate
@@ -76,13 +76,13 @@ def cmd_train(args) -> int:
         if not args.out:
             raise errors.SvhnJaxError("say where the run goes: --out RUN_DIR")
         c, out = make_config(args, "train"), Path(args.out)
-        if not args.download:
+        if not args.download and not _several(args):
             # Before importing JAX: a missing dataset is reported in a fraction of a second.
+            # (Several processes report it together, once they have joined.)
             data.ensure_available(c.data, c.data_dir, download=False, extra=c.extra)
     from .run import launch as runs
-    from .run import processes
 
-    processes.initialize(args.coordinator, args.num_processes, args.process_id)
+    _join(args)
     try:
         # With --json, stdout carries the JSON object alone (tensorflow-datasets prints
         # while preparing, Gloo from C++ when processes connect): the rest goes to stderr.
@@ -116,13 +116,31 @@ def add_train(sub):
     p.add_argument("--json", action="store_true", help="print metrics as one JSON object")
     p.add_argument("--profile", metavar="DIR", help="trace 5 steps after compilation with "
                    "jax.profiler into DIR (TensorBoard's profile tab, or Perfetto)")
+    _add_processes(p)
+    add_settings(p, "train")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_processes(p):
     g = p.add_argument_group("several processes (or SVHN_JAX_COORDINATOR, SVHN_JAX_NUM_PROCESSES, "
-                             "SVHN_JAX_PROCESS_ID); use with --devices all")
+                             "SVHN_JAX_PROCESS_ID); every process runs the same command")
     g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
     g.add_argument("--num-processes", metavar="N", help="how many processes run this command")
     g.add_argument("--process-id", metavar="I", help="this process's number, 0 to N-1")
-    add_settings(p, "train")
-    p.set_defaults(func=cmd_train)
+    g.add_argument("--process-timeout", metavar="S", type=number(float), default=60.0,
+                   help="bound on every wait for another process, in seconds: joining, agreeing, "
+                        "and the silence after which a process counts as lost (half of it)")
+
+
+def _several(args) -> bool:
+    return process_settings(args.coordinator, args.num_processes, args.process_id) is not None
+
+
+def _join(args) -> None:
+    from .run import processes
+
+    processes.initialize(args.coordinator, args.num_processes, args.process_id,
+                         timeout_s=args.process_timeout)
 
 
 def cmd_evaluate(args) -> int:
@@ -167,17 +185,32 @@ def cmd_sweep(args) -> int:
     from . import atomic, config
     from .tune import sweep as tune
 
-    axes = {a: tune.parse_values(a, getattr(args, a)) for a in config.SWEEPABLE
-            if getattr(args, a, None) is not None}
-    fixed = {a: v[0] for a, v in axes.items() if isinstance(v, list) and len(v) == 1}
-    axes = {a: v for a, v in axes.items() if a not in fixed}
-    single = {k: v for k, v in given_settings(args, "sweep").items() if k not in config.SWEEPABLE}
-    base = config.make(args.preset, **single, **fixed)
-    axes = axes or {"lr": [base.lr]}
-    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-        summary = tune.sweep(base, axes, args.out, search=args.search, trials=args.trials,
-                             search_seed=args.search_seed, final=not args.no_final,
-                             final_on=args.final_on, overwrite=args.overwrite, quiet=args.json)
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in given_settings(args, "sweep")] + [
+            f"--{f.replace('_', '-')}" for f in ("out", "preset", "overwrite", "no_final")
+            if getattr(args, f)]
+        if given:
+            raise errors.SvhnJaxError(f"--resume continues a sweep with its own plan; drop "
+                                      f"{', '.join(given)}")
+        _join(args)
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            summary = tune.resume_sweep(args.resume, quiet=args.json)
+        args.out = args.resume
+    else:
+        if not args.out:
+            raise errors.SvhnJaxError("say where the sweep goes: --out SWEEP_DIR")
+        axes = {a: tune.parse_values(a, getattr(args, a)) for a in config.SWEEPABLE
+                if getattr(args, a, None) is not None}
+        fixed = {a: v[0] for a, v in axes.items() if isinstance(v, list) and len(v) == 1}
+        axes = {a: v for a, v in axes.items() if a not in fixed}
+        single = {k: v for k, v in given_settings(args, "sweep").items() if k not in config.SWEEPABLE}
+        base = config.make(args.preset, **single, **fixed)
+        axes = axes or {"lr": [base.lr]}
+        _join(args)
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            summary = tune.sweep(base, axes, args.out, search=args.search, trials=args.trials,
+                                 search_seed=args.search_seed, final=not args.no_final,
+                                 final_on=args.final_on, overwrite=args.overwrite, quiet=args.json)
     if args.json:
         print(atomic.strict_json(summary, indent=None))
         return errors.EXIT_OK
@@ -202,8 +235,11 @@ def add_sweep(sub):
                                    "in lr, reg and seed are trained at once in one compiled, vmapped "
                                    "program. Settings not given come from --preset, else from the "
                                    "plain defaults (constant learning rate, no L2, no shifts).")
-    p.add_argument("--out", required=True, help="sweep folder to create")
+    p.add_argument("--out", help="sweep folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep: finished "
+                   "groups are kept, an interrupted one continues from its checkpoint")
+    _add_processes(p)
     add_settings(p, "sweep", lists=True)
     p.add_argument("--search", choices=("grid", "random"), default="grid",
                    help="every combination of the values, or --trials random draws")
@@ -221,6 +257,7 @@ def cmd_lr_find(args) -> int:
     from .tune import lrfind
 
     c = make_config(args, "lr-find")
+    _join(args)
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         r = lrfind.lr_find(c, args.out, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps,
                            overwrite=args.overwrite)
@@ -236,6 +273,7 @@ def add_lr_find(sub):
     p = sub.add_parser("lr-find", help="learning-rate range test: loss against an exponentially rising lr")
     p.add_argument("--out", required=True, help="folder for lr_find.csv, .json and .png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
+    _add_processes(p)
     add_settings(p, "lr-find")
     p.add_argument("--lr-min", type=number(float), default=1e-7, help="learning rate of the first step")
     p.add_argument("--lr-max", type=number(float), default=10.0, help="learning rate of the last step")

@@ -198,7 +198,8 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
     plan = {"settings": config.to_json(base), "axes": {a: _axis_json(v) for a, v in axes.items()},
             "search": search, "trials": trials, "search_seed": search_seed, "final": final,
             "final_on": final_on}
-    expand(axes, search=search, trials=trials, seed=search_seed)   # its errors, before loading
+    for point in expand(axes, search=search, trials=trials, seed=search_seed):   # errors first
+        config.make(base=base, **point)
     main = processes.is_main_process()
     with agree.together("start"):
         if main:
