@@ -234,3 +234,14 @@ def test_an_ensemble_a_sweep_and_lr_find_compose_in_two_processes(tmp_path):
     lr = lrfind.lr_find(c, tmp_path / "lr_one", steps=20, lr_min=1e-5, lr_max=1.0)
     assert got[0]["lr_find"]["gradchecks"] == 20 and got[0]["lr_find"]["gradchecks_failed"] == 0
     assert got[0]["lr_find"]["suggested_lr"] == pytest.approx(lr["suggested_lr"], rel=1e-6)
+
+
+def test_a_process_that_never_comes_ends_the_other_within_the_timeout(tmp_path, npz):
+    """Only process 0 of two is started: it gives up joining after --process-timeout."""
+    r = subprocess.run(train(lambda i: ["--data", str(npz), "--out", str(tmp_path / "run"), *RUN[:-2],
+                                        "--process-timeout", "5"])(0, _free_port()),
+                       env=_env(), capture_output=True, text=True, timeout=5 + 60)
+    assert r.returncode == EXIT_USAGE
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not join the processes at localhost:") and "within 5 s" in last
+    assert not (tmp_path / "run").exists()
