@@ -96,6 +96,8 @@ class RunConfig:
         high=1e6, sweep="group", commands=(TRAIN, SWEEP))
     reg: float = setting(0.0, "L2 strength: loss += 0.5 * reg * sum(W**2)", low=0.0, high=1e6,
                          sweep="vmap")
+    smoothing: float = setting(0.0, "label smoothing: the cross-entropy's targets are (1 - s) "
+                               "one-hot + s / 10", low=0.0, below=1.0, sweep="vmap")
     batch: int = setting(64, "batch size", low=1, high=INT_MAX, sweep="group")
     epochs: int = setting(10, "epochs", low=1, high=100_000, sweep="group", commands=(TRAIN, SWEEP))
     shift: int = setting(0, "random-shift augmentation in pixels (0: off)", low=0, high=31,

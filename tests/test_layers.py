@@ -244,13 +244,60 @@ def test_softmax_cross_entropy_matches_numpy(scale):
     z = _mixed(rng, (11, 10)) * scale
     labels = rng.integers(0, 10, 11)
     with jax.enable_x64(True):
-        loss, (log_probs, cached_labels) = losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(labels))
-        grad = losses.softmax_cross_entropy_backward((log_probs, cached_labels))
+        loss, cache = losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(labels))
+        log_probs = cache[0]
+        grad = losses.softmax_cross_entropy_backward(cache)
     assert float(loss) == pytest.approx(_np_cross_entropy(z, labels), rel=1e-12)
     m = z.max(axis=1, keepdims=True)
     want_log_probs = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
     np.testing.assert_allclose(log_probs, want_log_probs, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(grad, (np.exp(want_log_probs) - np.eye(10)[labels]) / 11, rtol=1e-10, atol=1e-15)
+
+
+def _np_smoothed_cross_entropy(z, labels, s):
+    """Independent float64 reference: targets (1 - s) onehot + s / K, the mean over rows of
+    -sum_k q_k log softmax(z)_k, and its gradient (softmax - q) / N."""
+    n, k = z.shape
+    m = z.max(axis=1, keepdims=True)
+    log_p = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    q = (1 - s) * np.eye(k)[labels] + s / k
+    return float(-np.mean(np.sum(q * log_p, axis=1))), (np.exp(log_p) - q) / n
+
+
+@pytest.mark.parametrize("smoothing", [0.05, 0.3, 0.9])
+def test_label_smoothing_matches_numpy_jax_grad_and_finite_differences(smoothing):
+    rng = np.random.default_rng(27)
+    z = _mixed(rng, (9, 10)) * 3.0
+    labels = rng.integers(0, 10, 9)
+    want_loss, want_grad = _np_smoothed_cross_entropy(z, labels, smoothing)
+    with jax.enable_x64(True):
+        f = lambda z: losses.softmax_cross_entropy(z, jnp.asarray(labels), smoothing)[0]
+        loss, cache = losses.softmax_cross_entropy(jnp.asarray(z), jnp.asarray(labels), smoothing)
+        hand = np.asarray(losses.softmax_cross_entropy_backward(cache))
+        auto = np.asarray(jax.grad(f)(jnp.asarray(z)))
+        h, fd = 1e-6, np.zeros_like(z)
+        for i, j in np.ndindex(*z.shape):
+            e = np.zeros_like(z)
+            e[i, j] = h
+            fd[i, j] = (float(f(jnp.asarray(z + e))) - float(f(jnp.asarray(z - e)))) / (2 * h)
+    assert float(loss) == pytest.approx(want_loss, rel=1e-12)
+    np.testing.assert_allclose(hand, want_grad, rtol=1e-10, atol=1e-15)
+    assert gradcheck.rel_error(hand, auto) <= gradcheck.TOL_AUTODIFF
+    assert gradcheck.rel_error(hand, fd) <= gradcheck.TOL_FINITE_DIFF
+    # smoothing is what makes the difference: the plain gradient is far from it
+    assert gradcheck.rel_error(hand, _np_smoothed_cross_entropy(z, labels, 0.0)[1]) > 1e-2
+
+
+def test_no_smoothing_is_the_plain_cross_entropy_to_the_last_bit():
+    z = np.random.default_rng(28).normal(size=(7, 10)).astype(np.float32) * 5
+    labels = jnp.asarray(np.arange(7) % 10)
+    plain = jax.jit(lambda z: losses.softmax_cross_entropy(z, labels))
+    traced = jax.jit(lambda z, s: losses.softmax_cross_entropy(z, labels, s))
+    (a, ca), (b, cb) = plain(z), traced(z, jnp.float32(0.0))
+    assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
+    ga = losses.softmax_cross_entropy_backward(ca)
+    gb = losses.softmax_cross_entropy_backward(cb)
+    assert np.asarray(ga).tobytes() == np.asarray(gb).tobytes()
 
 
 def test_softmax_cross_entropy_float32_large_logits_stay_finite():

@@ -6,30 +6,40 @@ import jax
 import jax.numpy as jnp
 
 
-def softmax_cross_entropy(logits, labels):
-    """Mean cross-entropy of softmax(logits) against integer labels.
+def softmax_cross_entropy(logits, labels, smoothing=0.0):
+    """Mean cross-entropy of softmax(logits) against integer labels, with label
+    smoothing: the target of row n is q_n = (1 - s) onehot(labels_n) + s / K.
 
-    logits (N, K) float, labels (N,) int in [0, K) -> loss (), cache.
+    logits (N, K) float, labels (N,) int in [0, K), smoothing s in [0, 1) (a float
+    or a traced scalar) -> loss (), cache.
+
+        L = -(1/N) sum_n sum_k q_nk log softmax(z_n)_k
+          = -(1/N) sum_n [(1 - s) log p_{n,y_n} + (s / K) sum_k log p_nk]
 
     log softmax(z)_k = z_k - logsumexp(z), and logsumexp is computed as
     m + log sum exp(z - m) with m = max_k z_k, so no exp overflows for large
-    logits (a logit of 1e4 is fine) and no log sees an underflowed 0.
+    logits (a logit of 1e4 is fine) and no log sees an underflowed 0. With s = 0
+    this is the plain cross-entropy, to the last bit (the smoothing term is 0 * a
+    finite sum, and (1 - 0) * x is x).
     """
     z = logits - jax.lax.stop_gradient(logits.max(axis=1, keepdims=True))
     log_probs = z - jnp.log(jnp.exp(z).sum(axis=1, keepdims=True))
     picked = jnp.take_along_axis(log_probs, labels[:, None], axis=1)[:, 0]
-    return -picked.mean(), (log_probs, labels)
+    spread = log_probs.mean(axis=1)   # (1/K) sum_k log p_nk
+    loss = -(1 - smoothing) * picked.mean() - smoothing * spread.mean()
+    return loss, (log_probs, labels, smoothing)
 
 
 def softmax_cross_entropy_backward(cache):
-    """dL/dlogits = (softmax(logits) - onehot(labels)) / N,  shape (N, K).
+    """dL/dlogits = (softmax(logits) - q) / N,  shape (N, K), q the smoothed targets.
 
-    From L = -(1/N) sum_n [z_{n,y_n} - logsumexp(z_n)] and
-    d logsumexp(z)/dz_k = softmax(z)_k.
+    From L = -(1/N) sum_n sum_k q_nk (z_nk - logsumexp(z_n)), sum_k q_nk = 1 and
+    d logsumexp(z)/dz_k = softmax(z)_k: dL/dz_nk = (1/N) (softmax(z_n)_k - q_nk).
     """
-    log_probs, labels = cache
+    log_probs, labels, smoothing = cache
     n, k = log_probs.shape
-    return (jnp.exp(log_probs) - jax.nn.one_hot(labels, k, dtype=log_probs.dtype)) / n
+    targets = (1 - smoothing) * jax.nn.one_hot(labels, k, dtype=log_probs.dtype) + smoothing / k
+    return (jnp.exp(log_probs) - targets) / n
 
 
 def _l2_mask(params, include):

@@ -148,8 +148,9 @@ def allreduce_grads(grads, axis_name):
     return grads if axis_name is None else jax.lax.psum(grads, axis_name)
 
 
-def loss(params, state, x, y, spec, reg=0.0, *, train: bool = True, axis_name=None):
-    """Mean softmax cross-entropy + 0.5 * reg * sum ||W||^2 -> (loss, (new_state, logits)).
+def loss(params, state, x, y, spec, reg=0.0, *, smoothing=0.0, train: bool = True, axis_name=None):
+    """Mean softmax cross-entropy (label smoothing `smoothing`, see
+    losses.softmax_cross_entropy) + 0.5 * reg * sum ||W||^2 -> (loss, (new_state, logits)).
 
     Written with plain jnp operations so that jax.grad differentiates it: this
     is the autodiff reference for the hand-written backward. With axis_name
@@ -157,11 +158,11 @@ def loss(params, state, x, y, spec, reg=0.0, *, train: bool = True, axis_name=No
     """
     _check_batch(params, spec, x, y)
     logits, new_state, _ = forward(params, state, x, spec, train=train, axis_name=axis_name)
-    data_loss, _ = losses.softmax_cross_entropy(logits, y)
+    data_loss, _ = losses.softmax_cross_entropy(logits, y, smoothing)
     return _global_mean(data_loss, axis_name) + losses.l2_penalty(params, reg), (new_state, logits)
 
 
-def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, train: bool = True,
+def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, smoothing=0.0, train: bool = True,
                           axis_name=None):
     """(loss, grads, new_state, logits) with grads from the hand-written VJPs.
 
@@ -173,7 +174,7 @@ def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, train: bool = T
     """
     _check_batch(params, spec, x, y)
     logits, new_state, caches = forward(params, state, x, spec, train=train, axis_name=axis_name)
-    data_loss, loss_cache = losses.softmax_cross_entropy(logits, y)
+    data_loss, loss_cache = losses.softmax_cross_entropy(logits, y, smoothing)
     dlogits = losses.softmax_cross_entropy_backward(loss_cache)
     if axis_name is not None:
         dlogits = dlogits / jax.lax.axis_size(axis_name)
@@ -183,14 +184,14 @@ def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, train: bool = T
     return value, grads, new_state, logits
 
 
-def loss_and_grads_autodiff(params, state, x, y, spec, reg=0.0, *, train: bool = True,
+def loss_and_grads_autodiff(params, state, x, y, spec, reg=0.0, *, smoothing=0.0, train: bool = True,
                             axis_name=None):
     """(loss, grads, new_state, logits) with grads from jax.grad of `loss`.
 
     Inside shard_map (axis_name given) jax.grad itself inserts the psum of the
     replicated parameters' gradients."""
     (value, (new_state, logits)), grads = jax.value_and_grad(loss, has_aux=True)(
-        params, state, x, y, spec, reg, train=train, axis_name=axis_name)
+        params, state, x, y, spec, reg, smoothing=smoothing, train=train, axis_name=axis_name)
     return value, grads, new_state, logits
 
 

@@ -50,11 +50,11 @@ def loss_and_grads(grad_mode: str, mesh):
     if grad_mode == "autodiff":
         return model.loss_and_grads_autodiff
 
-    def manual(params, state, x, y, spec, reg=0.0, *, train: bool = True):
+    def manual(params, state, x, y, spec, *, train: bool = True, **loss_settings):
         per_device = partial(model.loss_and_grads_manual, spec=spec, train=train, axis_name=DATA)
-        return jax.shard_map(lambda p, s, x, y, reg: per_device(p, s, x, y, reg=reg), mesh=mesh,
+        return jax.shard_map(lambda p, s, x, y, hp: per_device(p, s, x, y, **hp), mesh=mesh,
                              in_specs=(P(), P(), P(DATA), P(DATA), P()),
-                             out_specs=(P(), P(), P(), P(DATA)))(params, state, x, y, reg)
+                             out_specs=(P(), P(), P(), P(DATA)))(params, state, x, y, loss_settings)
 
     return manual
 

@@ -50,10 +50,18 @@ class StepConfig(NamedTuple):
 
 class Hyper(NamedTuple):
     """Hyperparameters that enter the program as values, so one compilation serves
-    every learning rate and L2 strength (and jax.vmap trains many at once)."""
+    every learning rate, L2 strength and label smoothing (and jax.vmap trains many
+    at once). step.settings.hyper fills each field from the RunConfig field of the
+    same name; every field but lr is a keyword of the model's loss (nn.model.loss)."""
 
     lr: Any
     reg: Any
+    smoothing: Any = 0.0
+
+
+def loss_settings(hp: Hyper) -> dict:
+    """The hyperparameters of the loss: every field of hp but the learning rate."""
+    return {k: v for k, v in hp._asdict().items() if k != "lr"}
 
 
 class TrainState(NamedTuple):
@@ -158,7 +166,7 @@ def gradients(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig, loss_and_gr
     `parallel` passes the hand backward sharded over a mesh."""
     loss_and_grads = loss_and_grads or model.GRAD_MODES[cfg.grad_mode]
     _, grads, bn_state, logits = loss_and_grads(state.params, state.bn_state, xb, yb, cfg.spec,
-                                                hp.reg, train=True)
+                                                train=True, **loss_settings(hp))
     return grads, bn_state, logits
 
 
