@@ -302,6 +302,9 @@ def _judge_checks(run: _Run, state, prog: Progress, rows: list[dict]) -> Progres
 def _end_epoch(run: _Run, state, prog: Progress, epoch: int, grads=None) -> Progress:
     """Evaluate the finished epoch, keep the best parameters, rewrite history.csv, log it."""
     c, step = run.c, int(state.step)
+    if run.cfg.check_every:   # the eval-mode pass that evaluate runs, checked before it runs
+        prog = _judge_checks(run, state, prog, stepcheck.records(
+            train.check_eval(state, run.hp, run.val, run.cfg), epoch + 1, mode="eval"))
     loss, acc, _ = train.evaluate(state.params, state.bn_state, run.val, run.cfg.spec, run.cfg.prep)
     s = prog.sums
     row = {"epoch": epoch + 1, "step": step,

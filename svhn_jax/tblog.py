@@ -4,6 +4,7 @@ A run writes RUN/tb/ at every epoch end, outside compiled code:
 
     loss/train  loss/val  accuracy/train  accuracy/val  lr  images_per_s  epoch
     gradcheck/directional_fd  gradcheck/manual_vs_autodiff  gradcheck/smooth (0/1)
+    gradcheck/training_precision_error, _bound; gradcheck_eval/...  (eval-mode checks)
     weights/<leaf>  gradients/<leaf>     histograms, every few epochs
     grad_norm/<leaf>  grad_norm/total    L2 norms of the same gradients
     images/confusion  images/misclassified   at the end
@@ -50,7 +51,10 @@ EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val",
               "train_acc": "accuracy/train", "val_acc": "accuracy/val",
               "lr": "lr", "images_per_s": "images_per_s", "epoch": "epoch"}
 GRADCHECK_TAGS = {"directional_fd": "gradcheck/directional_fd",
-                  "manual_vs_autodiff": "gradcheck/manual_vs_autodiff", "smooth": "gradcheck/smooth"}
+                  "manual_vs_autodiff": "gradcheck/manual_vs_autodiff", "smooth": "gradcheck/smooth",
+                  "training_precision_error": "gradcheck/training_precision_error",
+                  "training_precision_bound": "gradcheck/training_precision_bound"}
+GRADCHECK_EVAL_PREFIX = "gradcheck_eval/"   # replaces gradcheck/ for rows of mode 'eval'
 SWEEP_METRICS = ("best_val_acc", "final_val_acc", "final_val_loss", "diverged")
 # Hyperparameters every sweep session records; any other setting that varies is added.
 SWEEP_HPARAMS = ("lr", "reg", "optimizer", "hidden", "batchnorm", "batch", "schedule",
@@ -117,12 +121,15 @@ def log_epoch(writer, row: dict) -> None:
 
 def log_gradchecks(writer, records) -> None:
     """Per-step gradient-check records (step, directional_fd, manual_vs_autodiff,
-    smooth) as scalars at their own steps; `smooth` as 0/1."""
+    smooth, ...) as scalars at their own steps; `smooth` as 0/1; the epoch's
+    eval-mode checks (mode 'eval') under GRADCHECK_EVAL_PREFIX."""
     if writer is None:
         return
     for r in records:
         for key, tag in GRADCHECK_TAGS.items():
-            writer.add_scalar(tag, float(r[key]), int(r["step"]))
+            if key in r:
+                tag = GRADCHECK_EVAL_PREFIX + tag.split("/", 1)[1] if r.get("mode") == "eval" else tag
+                writer.add_scalar(tag, float(r[key]), int(r["step"]))
 
 
 def log_layers(writer, step: int, spec, params, grads=None) -> None:

@@ -194,7 +194,7 @@ def _small_problem(hidden=(8,), batchnorm="none"):
 def test_tree_products_name_a_missing_or_misshapen_leaf():
     spec, params, _, _, _ = _small_problem()
     no_last_bias = (params[0], params[1], {"W": params[2]["W"]})
-    with pytest.raises(GradCheckError, match=r"lacks leaf 2\.dense\.b"):
+    with pytest.raises(GradCheckError, match=r"the gradient lacks 2\.dense\.b \(present in the direction\)"):
         jax.eval_shape(lambda: stepcheck.tree_vdot(no_last_bias, params, spec))
     transposed = (dict(params[0], W=params[0]["W"].T), params[1], params[2])
     with pytest.raises(GradCheckError, match=r"0\.dense\.W has shape \(8, 12\)"):
@@ -206,10 +206,10 @@ def test_tree_products_name_a_missing_or_misshapen_leaf():
 def test_the_check_names_a_missing_or_misshapen_gradient_leaf():
     spec, params, state, x, y = _small_problem()
     check = lambda grads: jax.eval_shape(lambda: stepcheck.check(
-        params, state, x, y, grads, 0.0, jax.random.key(0), spec, "manual"))
-    with pytest.raises(GradCheckError, match=r"hand gradient lacks leaf 2\.dense\.b"):
+        params, state, x, y, 0.0, jax.random.key(0), spec, "manual", grads=grads))
+    with pytest.raises(GradCheckError, match=r"the hand gradient lacks 2\.dense\.b"):
         check((params[0], params[1], {"W": params[2]["W"]}))
-    with pytest.raises(GradCheckError, match=r"leaf 2\.dense\.b has shape \(1, 10\)"):
+    with pytest.raises(GradCheckError, match=r"2\.dense\.b has shape \(1, 10\) in the hand gradient"):
         check((params[0], params[1], dict(params[2], b=params[2]["b"][None])))
     assert check(params).manual_vs_autodiff.shape == ()
 
@@ -223,17 +223,26 @@ def test_direction_is_a_unit_sign_vector_shaped_like_the_parameters():
     assert 0.4 < np.mean(flat > 0) < 0.6
 
 
-def test_a_kink_inside_the_step_sets_the_difference_aside():
-    spec, params, state, x, y = _small_problem()
-    # unit 0 of the first layer sits exactly at ReLU's kink for the first image
-    params = (dict(params[0], b=params[0]["b"].at[0].set(-(x[0] @ params[0]["W"][:, 0]))),) + params[1:]
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_a_kink_in_any_hidden_layer_sets_the_difference_aside(layer):
+    """Unit 0 of hidden layer `layer` (of three) sits half a step from ReLU's kink
+    for the first image: the two ends of the difference straddle it, whichever
+    layer it is in (far enough from it that rounding cannot decide its side)."""
+    spec, params, state, x, y = _small_problem((8, 6, 5))
+    eps, dense, v = 1e-3, 2 * layer, stepcheck.direction(jax.random.key(0), params)
+    pre = lambda p: model.forward(p[:dense + 1], state[:dense + 1], x, spec[:dense + 1], train=True)[0][0, 0]
+    at, along = jax.jvp(pre, (params,), (v,))     # the unit's input and its derivative along v
+    b = params[dense]["b"]
+    params = params[:dense] + (dict(params[dense], b=b.at[0].add(0.5 * eps * abs(along) - at)),) + params[dense + 1:]
     grads = model.loss_and_grads_manual(params, state, x, y, spec)[1]
-    c = jax.jit(lambda: stepcheck.check(params, state, x, y, grads, 0.0, jax.random.key(0), spec, "manual"))()
-    assert not bool(c.smooth) and float(c.directional_fd) > TOL   # the difference straddles the kink
-    row = {"step": 0, "epoch": 1, "directional_fd": float(c.directional_fd),
-           "manual_vs_autodiff": float(c.manual_vs_autodiff), "smooth": False,
-           "directional_jvp": float(c.directional_jvp)}
-    assert stepcheck.passed(row)                                  # ... and does not count
+    c = jax.jit(lambda: stepcheck.check(params, state, x, y, 0.0, jax.random.key(0), spec, "manual",
+                                        grads=grads, eps=eps))()
+    _, no_kink = jax.jit(lambda: stepcheck._ends(params, state, x, y, v, spec, 0.0, eps))()
+    assert not bool(no_kink) and not bool(c.smooth)
+    row = {"step": 0, "epoch": 1, "manual_vs_autodiff": float(c.manual_vs_autodiff),
+           "directional_jvp": float(c.directional_jvp), "directional_fd": 1.0, "smooth": False}
+    assert stepcheck.passed(row)                                  # a set-aside difference does not count
+    assert not stepcheck.passed(dict(row, smooth=True))
 
 
 def test_the_difference_is_the_float64_loss_difference():
@@ -258,7 +267,8 @@ def test_the_difference_is_the_float64_loss_difference():
 def _checks(**fields):
     base = dict(checked=[True, False, True, True], step=[10, 11, 12, 13],
                 manual_vs_autodiff=[1e-7, 0.0, 2e-7, 5e-1], directional_jvp=[3e-7, 0.0, 1e-6, 0.2],
-                directional_fd=[2e-7, 0.0, 0.4, 0.3], smooth=[True, False, False, True])
+                directional_fd=[2e-7, 0.0, 0.4, 0.3], smooth=[True, False, False, True],
+                training_precision_error=[1e-3, 0.0, 5e-2, 2e-3], training_precision_bound=[1e-2] * 4)
     base.update(fields)
     return stepcheck.StepCheck(*(np.asarray(base[f]) for f in stepcheck.StepCheck._fields))
 
@@ -266,22 +276,49 @@ def _checks(**fields):
 def test_records_passed_first_failure_message_and_summary_agree():
     rows = stepcheck.records(_checks(), epoch=2)
     assert [r["step"] for r in rows] == [10, 12, 13]
-    assert list(rows[0]) == ["step", "epoch", "directional_fd", "manual_vs_autodiff", "smooth",
-                             "directional_jvp", "passed"]
-    assert rows[1] == {"step": 12, "epoch": 2, "directional_fd": 0.4, "manual_vs_autodiff": 2e-7,
-                       "smooth": False, "directional_jvp": 1e-6, "passed": True}  # 0.4: set aside
+    # step, epoch, what was checked, the three comparisons in their usual order,
+    # the information, then the verdicts (issue 18, item 11)
+    assert list(rows[0]) == ["step", "epoch", "mode", "manual_vs_autodiff", "directional_jvp", "directional_fd",
+                             "training_precision_error", "training_precision_bound", "smooth", "passed"]
+    assert tuple(rows[0]) == stepcheck.COLUMNS
+    assert rows[1] == {"step": 12, "epoch": 2, "mode": "train", "manual_vs_autodiff": 2e-7,
+                       "directional_jvp": 1e-6, "directional_fd": 0.4, "training_precision_error": 5e-2,
+                       "training_precision_bound": 1e-2, "smooth": False, "passed": True}  # 0.4: set aside
     assert [r["passed"] for r in rows] == [True, True, False]
     assert stepcheck.first_failure(rows) is rows[2]
     msg = stepcheck.message(rows[2])
-    assert "step 13 (epoch 2)" in msg and "5.0e-01" in msg and f"{TOL:.1e}" in msg
+    assert "check at step 13 (epoch 2)" in msg and "5.0e-01" in msg and f"{TOL:.1e}" in msg
     s = stepcheck.summary(rows)
-    assert s == {"gradchecks": 3, "gradchecks_failed": 1, "gradchecks_nonsmooth": 1,
+    assert s == {"gradchecks": 3, "gradchecks_failed": 1, "gradchecks_eval": 0, "gradchecks_nonsmooth": 1,
                  "gradcheck_first_failed_step": 13, "gradcheck_max_manual_vs_autodiff": 0.5,
                  "gradcheck_max_directional_jvp": 0.2, "gradcheck_max_directional_fd": 0.3,
-                 "gradcheck_tolerance": TOL}
+                 "gradcheck_tolerance": TOL, "gradcheck_max_training_precision_error": 5e-2,
+                 "gradcheck_training_precision_bound": 1e-2, "gradchecks_over_training_precision_bound": 1}
     # a K-configuration result: pick one
     two = stepcheck.StepCheck(*(np.stack([a, a]) for a in _checks()))
     assert stepcheck.records(two, epoch=2, config=1) == rows
+    # one eval-mode check of scalars (train.check_eval)
+    one = stepcheck.StepCheck(*(a[3] for a in _checks()))
+    (row,) = stepcheck.records(one, epoch=4, mode="eval")
+    assert row == dict(rows[2], epoch=4, mode="eval")
+    assert stepcheck.message(row).startswith("gradient check (eval mode) at step 13 (epoch 4) failed")
+    assert stepcheck.summary(rows + [row])["gradchecks_eval"] == 1
+
+
+def test_each_comparison_fails_alone_and_the_finite_difference_only_where_smooth():
+    """One error over the tolerance fails a check, whichever comparison it is in;
+    per-comparison tolerances (`tolerances`) judge each with its own."""
+    ok = {"manual_vs_autodiff": TOL, "directional_jvp": TOL, "directional_fd": TOL, "smooth": True}
+    assert stepcheck.passed(ok)
+    for key in stepcheck.COMPARISONS:
+        assert not stepcheck.passed(dict(ok, **{key: 1.01 * TOL})), key
+        assert not stepcheck.passed(dict(ok, **{key: math.nan})), key
+        assert stepcheck.passed(dict(ok, **{key: 1.01 * TOL}), 1.02 * TOL)
+        tols = dict.fromkeys(stepcheck.COMPARISONS, TOL)
+        assert not stepcheck.passed(dict(ok, **{key: 1.01 * TOL}), tols)
+        assert stepcheck.passed(dict(ok, **{key: 1.01 * TOL}), dict(tols, **{key: 1.02 * TOL}))
+    assert stepcheck.passed(dict(ok, directional_fd=1.0, smooth=False))
+    assert not stepcheck.passed(dict(ok, directional_jvp=1.0, smooth=False))
 
 
 def test_summary_is_strict_json_when_maxima_are_undefined():
@@ -295,12 +332,26 @@ def test_summary_is_strict_json_when_maxima_are_undefined():
     assert s["gradchecks_failed"] == 3 and s["gradcheck_first_failed_step"] == 10   # NaN fails
 
 
-def test_tolerance_follows_the_matmul_precision():
-    assert stepcheck.matmul_roundoff("cpu") == 2.0 ** -24
-    assert stepcheck.matmul_roundoff("gpu", "default") == 2.0 ** -11
-    assert stepcheck.matmul_roundoff("gpu", "highest") == 2.0 ** -24
-    assert stepcheck.matmul_roundoff("tpu", "default") == 2.0 ** -8
-    assert stepcheck.tolerance(2.0 ** -24) == 2.0 ** -14
+def test_the_tolerance_is_the_checks_own_and_the_training_precision_is_information():
+    """The check multiplies at full float32 on every backend, so its tolerance is
+    2^10 float32 roundoffs whatever the training's products; matmul_roundoff says
+    what those are, and training_precision_bound what they may cost."""
+    assert stepcheck.tolerance() == 2.0 ** -14 <= 1e-4
+    assert stepcheck.tolerance(2.0 ** -53) == 2.0 ** -43
+    assert stepcheck.tolerances() == dict.fromkeys(stepcheck.COMPARISONS, 2.0 ** -14)
+    assert stepcheck.tolerances(jnp.float64) == {"manual_vs_autodiff": 2.0 ** -43, "directional_jvp": 2.0 ** -43,
+                                                 "directional_fd": 2.0 ** -14}
+    roundoff = stepcheck.matmul_roundoff
+    assert roundoff("cpu") == roundoff("cpu", "default") == roundoff("gpu", "highest") == 2.0 ** -24
+    assert roundoff("gpu", "default") == roundoff("gpu", "fastest") == roundoff("cpu", "tensorfloat32") == 2.0 ** -11
+    assert roundoff("tpu", "default") == roundoff("cpu", "bfloat16") == 2.0 ** -8
+    assert roundoff("tpu", "float32") == roundoff("tpu", "highest") == 2.0 ** -24
+    with jax.default_matmul_precision("tensorfloat32"):       # what a trace sees
+        assert roundoff("cpu") == 2.0 ** -11
+    spec = model.make_spec((16, 8))                            # 3 Dense layers: 6 products
+    assert stepcheck.training_precision_bound(spec, 64, 2.0 ** -11) == pytest.approx(2 * 2.0 ** -11 * 6 * 8)
+    assert stepcheck.training_precision_bound(spec, 16, 2.0 ** -8) == pytest.approx(2 * 2.0 ** -8 * 6 * 4)
+    assert stepcheck.training_precision_bound(spec, 64, 2.0 ** -24) == 0.0
 
 
 def test_check_every_must_be_a_whole_number_of_steps():
