@@ -247,17 +247,27 @@ def test_the_per_step_check_proves_the_sharded_step(runs):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_the_per_step_check_catches_a_gradient_averaged_over_devices(monkeypatch):
+@pytest.mark.parametrize("devices,precision", [(4, "highest"), (2, "tensorfloat32"), (2, "bfloat16")])
+def test_the_per_step_check_catches_a_gradient_averaged_over_devices(monkeypatch, devices, precision):
     """The hand reduction made a mean instead of a sum: each device's share of the
-    gradient is then 1/4 of what it should be, and every checked step fails."""
+    gradient is then 1/D of what it should be, and every checked step fails, also
+    where the products are rounded as a GPU's or a TPU's are (tests/reduced_precision.py),
+    on which correct code passes every check."""
+    import reduced_precision
     from svhn_jax.nn import stepcheck
 
-    monkeypatch.setattr(model, "allreduce_grads", lambda g, axis: jax.lax.pmean(g, axis))
-    jax.clear_caches()
-    try:
-        _, rows = _checked_segment(parallel.make_mesh(4))
-    finally:
-        monkeypatch.undo()
+    reduced_precision.use(monkeypatch)
+    verdicts = []
+    for averaged in (False, True):
+        if averaged:
+            monkeypatch.setattr(model, "allreduce_grads", lambda g, axis: jax.lax.pmean(g, axis))
         jax.clear_caches()
-    assert len(rows) == cases.SEGMENT
-    assert not any(stepcheck.passed(r) for r in rows)
+        try:
+            with jax.default_matmul_precision(precision):
+                _, rows = _checked_segment(parallel.make_mesh(devices))
+        finally:
+            jax.clear_caches()
+        assert len(rows) == cases.SEGMENT
+        verdicts.append([stepcheck.passed(r) for r in rows])
+    monkeypatch.undo()
+    assert all(verdicts[0]) and not any(verdicts[1])
