@@ -15,7 +15,7 @@ from .flags import int_list
 
 
 def cmd_gradcheck(args) -> int:
-    from .nn import gradcheck
+    from .nn import coverage, gradcheck
 
     if args.batch < 2:
         raise errors.SvhnJaxError("--batch must be at least 2 (BatchNorm needs two rows for a variance)")
@@ -23,6 +23,10 @@ def cmd_gradcheck(args) -> int:
         raise errors.SvhnJaxError("--in-dim must be at least 1 and --fd-samples at least 0 (0: all entries)")
     if args.fd_samples == 0:
         args.fd_samples = None
+    try:
+        coverage.model_variants(args.batchnorm, args.mode)
+    except gradcheck.GradCheckError as e:
+        raise errors.SvhnJaxError(f"{e} (--batchnorm takes none,before,after; --mode train,eval)") from None
     if args.devices is not None:  # settle the mesh before the slow checks
         from . import parallel
         from .nn import distcheck
@@ -32,12 +36,12 @@ def cmd_gradcheck(args) -> int:
 
     # The model check uses the real input width; finite differences sample
     # entries of the big first layer instead of perturbing all 393k of them.
-    settings = dict(batchnorm=args.batchnorm, batch=args.batch, in_dim=args.in_dim, reg=args.reg,
-                    seed=args.seed, fd_samples=args.fd_samples)
+    settings = dict(placements=args.batchnorm, modes=args.mode, batch=args.batch, in_dim=args.in_dim,
+                    reg=args.reg, seed=args.seed, fd_samples=args.fd_samples)
     tolerances = {"manual_vs_autodiff": gradcheck.TOL_AUTODIFF,
                   "manual_vs_finite_diff": gradcheck.TOL_FINITE_DIFF}
     try:
-        reports = gradcheck.check_all(args.hidden, **settings)
+        reports = coverage.check_all(args.hidden, **settings)
         if args.devices is not None:  # the same models again, the batch split over the mesh
             reports += distcheck.check_sharded_all(mesh, args.hidden, **settings)
             tolerances["sharded_manual_vs_autodiff"] = distcheck.TOL_AUTODIFF
@@ -48,6 +52,7 @@ def cmd_gradcheck(args) -> int:
     summary = {
         "ok": ok,
         "tolerances": tolerances,
+        "variants": [r["check"] for r in reports],
         "max_rel_error_manual_vs_autodiff": max(r["max_rel_error_manual_vs_autodiff"] for r in reports),
         "max_rel_error_manual_vs_finite_diff": max(r["max_rel_error_manual_vs_finite_diff"] for r in reports),
         "max_rel_error_autodiff_vs_finite_diff": max(r["max_rel_error_autodiff_vs_finite_diff"] for r in reports),
@@ -59,6 +64,8 @@ def cmd_gradcheck(args) -> int:
         print(json.dumps(summary))
     else:
         print(gradcheck.format_table(reports))
+        print(f"\n{len(reports)} variants checked:\n  " + "\n  ".join(
+            f"{'ok    ' if r['ok'] else 'FAILED'} {r['check']}" for r in reports))
         print(f"\nmax rel error  hand vs jax.grad: {summary['max_rel_error_manual_vs_autodiff']:.1e} "
               f"(tolerance {gradcheck.TOL_AUTODIFF:.0e})   hand vs finite differences: "
               f"{summary['max_rel_error_manual_vs_finite_diff']:.1e} "
@@ -67,13 +74,25 @@ def cmd_gradcheck(args) -> int:
     return errors.EXIT_OK if ok else errors.EXIT_CHECK_FAILED
 
 
+def _names(value: str) -> tuple:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
 def add_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="hand VJPs vs jax.grad vs finite differences (float64)",
-                       description="Check every layer, the loss and the whole model in float64: "
-                                   "hand-written backward vs jax.grad vs central finite differences. "
-                                   "Exits 1 when a tolerance is exceeded.")
+                       description="Check, in float64, every layer variant (Dense with and without "
+                                   "bias, ReLU, BatchNorm in train and eval mode), the loss, and the "
+                                   "whole model with BatchNorm nowhere, before and after the ReLU, in "
+                                   "train and eval mode: hand-written backward vs jax.grad vs central "
+                                   "finite differences. --batchnorm and --mode narrow the models (and "
+                                   "the layer variants they contain). Exits 1 when a tolerance is exceeded.")
     p.add_argument("--hidden", type=int_list, default=(128,), help="hidden sizes, e.g. 128 or 512,256")
-    p.add_argument("--batchnorm", action="store_true", help="also check BatchNorm models (before and after ReLU)")
+    p.add_argument("--batchnorm", type=_names, nargs="?", const=("before", "after"),
+                   default=("none", "before", "after"), metavar="none,before,after",
+                   help="only the models with these BatchNorm placements (default all three; "
+                        "--batchnorm alone: before,after)")
+    p.add_argument("--mode", type=_names, default=("train", "eval"), metavar="train,eval",
+                   help="only these modes (default both)")
     p.add_argument("--batch", type=int, default=8, help="batch size (>= 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reg", type=float, default=0.1, help="L2 strength in the model check")
