@@ -261,6 +261,61 @@ def test_the_difference_is_the_float64_loss_difference():
     assert expected.dtype == np.float64
 
 
+def test_an_error_along_the_direction_fails_the_directional_comparisons_alone():
+    """An error of 3 tolerances of the typical directional derivative |g| / sqrt(P),
+    all along v: every entry stays well within the per-entry tolerance, yet both
+    directional comparisons fail. (A floor of |g| instead of
+    |g| / sqrt(P) would make them sqrt(P) ~ 50 times less sensitive and pass it.)"""
+    spec, params, state, x, y = _small_problem((200,))
+    grads = model.loss_and_grads_manual(params, state, x, y, spec, 0.0)[1]
+    key = jax.random.key(0)
+    v = stepcheck.direction(key, params)
+    n = sum(a.size for a in jax.tree.leaves(params))
+    floor = float(jnp.sqrt(stepcheck.tree_vdot(grads, grads))) / math.sqrt(n)
+    gv = float(stepcheck.tree_vdot(grads, v))
+    assert abs(gv) < floor and math.sqrt(n) > 50          # a typical direction for this key
+    delta = 3 * TOL * (2 * abs(gv) + floor)
+    wrong = jax.tree.map(lambda g, d: g + delta * d, grads, v)
+    c = jax.jit(lambda: stepcheck.check(params, state, x, y, 0.0, key, spec, "manual", grads=wrong))()
+    assert float(c.manual_vs_autodiff) < TOL / 8 and bool(c.smooth)   # every entry passes
+    assert float(c.directional_jvp) > 2 * TOL and float(c.directional_fd) > 2 * TOL
+    right = jax.jit(lambda: stepcheck.check(params, state, x, y, 0.0, key, spec, "manual", grads=grads))()
+    assert max(float(right.directional_jvp), float(right.directional_fd)) < TOL / 8
+
+
+def test_the_measures_known_values():
+    assert float(stepcheck.directional_error(1.0, 1.5, 0.5)) == pytest.approx(0.5 / 3.0)
+    assert float(stepcheck.directional_error(-1.0, 1.0, 0.0)) == 1.0
+    assert float(stepcheck.directional_error(0.0, 2e-9, 1e-8)) == pytest.approx(2e-9 / 1.2e-8)
+    a = (jnp.array([1.0, 2.0]), jnp.array([[1e-3]]))
+    b = (jnp.array([1.0, 2.5]), jnp.array([[2e-3]]))
+    assert float(stepcheck.leaf_rel_error(a[0], b[0])) == pytest.approx(0.5 / 4.5)
+    assert float(stepcheck.leaf_rel_error(a[1], b[1])) == pytest.approx(1 / 3)
+    assert float(stepcheck.leaf_rel_error(jnp.zeros(3), jnp.array([0.0, 2e-9, 0.0]))) == pytest.approx(0.2)
+    assert float(stepcheck.leaf_rel_error(jnp.zeros((0, 2)), jnp.zeros((0, 2)))) == 0.0
+    assert float(stepcheck.worst_leaf_error(a, b)) == pytest.approx(1 / 3)       # the worst leaf
+    assert float(stepcheck.tree_rel_error(a, b)) == pytest.approx(0.5 / 4.5)     # the whole gradient's scale
+    assert float(stepcheck.tree_rel_error(a, (b[0], a[1]))) == pytest.approx(0.5 / 4.5)
+
+
+def test_a_difference_counts_when_its_rounding_is_within_a_tenth_of_the_tolerance():
+    """rounding = 16 ulps * (|L+| + |L-|) / 2 eps must be <= 0.1 tol (|gv| + |fd| + floor)."""
+    ends, eps, tol = jnp.array([1.0, -1.0], jnp.float32), 1e-5, 6e-5
+    with jax.enable_x64(True):
+        rounding = 16 * 2.0 ** -52 * 2.0 / (2 * eps)                       # 3.55e-10
+        scale = rounding / (0.1 * tol)                                       # 5.92e-5: the boundary
+        counts = lambda gv, fd, floor, t=tol, e=ends: bool(stepcheck.difference_counts(
+            jnp.asarray(e, jnp.float64), eps, gv, fd, floor, t))
+        # just above the boundary: dropping any term, or subtracting it, falls below
+        assert counts(0.5 * scale, -0.3 * scale, 0.22 * scale)
+        assert counts(-0.5 * scale, 0.3 * scale, 0.22 * scale)              # magnitudes
+        assert not counts(0.5 * scale, -0.3 * scale, 0.18 * scale)         # just below
+        assert counts(0.5 * scale, 0.0, 0.0, 2.01 * tol)                    # the tolerance is used
+        assert not counts(0.5 * scale, 0.0, 0.0, 1.99 * tol)
+        assert counts(1.01 * scale, 0.0, 0.0, tol, [3.0, -1.0]) is False   # the losses' size is used
+        assert counts(2.01 * scale, 0.0, 0.0, tol, [3.0, -1.0])
+
+
 # -------------------------------------------------------------- host side
 
 
