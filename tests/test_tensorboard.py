@@ -322,8 +322,11 @@ def test_a_run_writes_history_and_checks_as_events(tmp_path, npz):
     for key, tag in tblog.EPOCH_TAGS.items():
         assert scalars(ea, tag) == [(int(r["step"]), f32(r[key])) for r in hist], tag
     checks = _rows(tmp_path / "r" / "gradchecks.csv")
-    assert scalars(ea, "gradcheck/manual_vs_autodiff") == \
-        [(int(r["step"]), f32(r["manual_vs_autodiff"])) for r in checks]
+    for mode, prefix in (("train", "gradcheck/"), ("eval", tblog.GRADCHECK_EVAL_PREFIX)):
+        rows = [r for r in checks if r["mode"] == mode]
+        assert len(rows) == {"train": 3 * 3, "eval": 3}[mode]   # steps 0, 6, 12 of each epoch; each end
+        for key in ("manual_vs_autodiff", "training_precision_error"):
+            assert scalars(ea, prefix + key) == [(int(r["step"]), f32(r[key])) for r in rows], (mode, key)
     assert [e.step for e in ea.Histograms("weights/0.dense.W")] == [int(hist[1]["step"])]
     assert [e.step for e in ea.Histograms("gradients/2.dense.b")] == [int(hist[1]["step"])]
     assert [s for s, v in scalars(ea, "grad_norm/total") if v > 0] == [int(hist[1]["step"])]
