@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "svhn_jax/nn"
 EQUIVALENT = ROOT / "scripts" / "mutants_equivalent.txt"
 EIGHT_DEVICES = {"JAX_NUM_CPU_DEVICES": "8", "JAX_PLATFORMS": "cpu"}
-PARALLEL = ("tests/test_parallel_devices.py", EIGHT_DEVICES,
+PARALLEL = (("tests/test_parallel_devices.py",), EIGHT_DEVICES,
             "synchronised or shard_map or sharded or psum or averaged or local_batchnorm or catches")
 
 # module -> the test runs that cover it, fastest first: (test files, extra
@@ -227,6 +227,8 @@ def run_mutant(m: dict, tree: Path, cache: Path, timeout: float) -> dict:
             except subprocess.TimeoutExpired:
                 status, by = "killed", f"timeout after {timeout:.0f}s"
                 break
+            if r.returncode in (4, 5):   # usage error, nothing collected: the harness is wrong, not the mutant
+                raise RuntimeError(f"pytest could not run {cmd}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
             if r.returncode != 0:
                 failed = [ln for ln in r.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
                 status, by = "killed", failed[0] if failed else (r.stdout.strip().splitlines() or ["?"])[-1]
