@@ -257,7 +257,8 @@ def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, grads=None,
         loss = lambda p: model.loss(p, bn_state, x, y, spec, reg, train=train)[0]
         _, d_jvp = jax.jvp(loss, (params,), (v,))
         ends, no_kink = _ends(params, bn_state, x, y, v, spec, reg, eps, train)
-    off = jnp.zeros((), per_entry.dtype) if applied is None else tree_rel_error(applied, g, spec)
+    # where nothing was recomputed, g is the applied gradient itself
+    off = tree_rel_error(applied, g, spec) if reduced and applied is not None else jnp.zeros((), per_entry.dtype)
     bound = training_precision_bound(spec, x.shape[0], u_train)
     # the floor needs no precision: in the gradient's dtype
     floor = jnp.sqrt(tree_vdot(g, g, spec)) / math.sqrt(sum(p.size for p in jax.tree.leaves(params)))
