@@ -30,6 +30,9 @@ def test_model_three_way_with_l2(hidden, bn, train):
     assert r["max_rel_error_manual_vs_autodiff"] <= TOL_AUTODIFF, r
     assert r["max_rel_error_manual_vs_finite_diff"] <= TOL_FD, r
     assert r["ok"]
+    # every entry compared with its finite difference, none set aside
+    assert [(leaf["fd_entries"], leaf["fd_set_aside"]) for leaf in r["leaves"]] == [
+        (leaf["size"], 0) for leaf in r["leaves"]]
     assert [leaf["name"] for leaf in r["leaves"]] == gradcheck.leaf_names(spec, model.init(
         jax.random.key(0), spec, 12)[0])
 

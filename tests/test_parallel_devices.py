@@ -111,6 +111,9 @@ def test_sharded_hand_backward_matches_jax_grad_and_finite_differences(n_dev):
         assert r["max_rel_error_manual_vs_autodiff"] <= TOL
         assert r["max_rel_error_manual_vs_finite_diff"] <= TOL_FD
         assert max(r["forward_rel_error"].values()) <= TOL
+        # the differences were compared, not set aside (a broken difference is set aside whole)
+        assert sum(leaf["fd_set_aside"] for leaf in r["leaves"]) <= 1
+        assert all(leaf["fd_entries"] >= min(leaf["size"], 8) - 1 for leaf in r["leaves"])
 
 
 SPEC_BN = model.make_spec((5,), batchnorm="before")   # leaves 0.dense.W, 1.batchnorm.*, 3.dense.*
