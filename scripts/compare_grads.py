@@ -54,7 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
-from svhn_jax import config, errors, flags, rundata, runfolder
+from svhn_jax import config, errors, flags
+from svhn_jax.run import parts as rundata, folder as runfolder
 
 F32_EXPECTED_REL = 1e-5      # float32 hand vs jax.grad: rounding, ~1e-6; a reference line, not a test
 
@@ -156,7 +157,7 @@ def compare(args) -> int:
     if args.fd_eps is not None and not 0 < args.fd_eps < 1:
         raise errors.SvhnJaxError(f"--fd-eps must lie between 0 and 1, got {args.fd_eps}; e.g. 1e-5")
     c = flags.make_config(args, "lr-find")
-    if c.devices != "1":
+    if c.devices not in ("1", "auto"):
         raise errors.SvhnJaxError("compare_grads compares gradients on one device; drop --devices "
                                   "(svhn-jax gradcheck --devices N proves the sharded backward)")
     if args.lr is not None:
@@ -169,7 +170,9 @@ def compare(args) -> int:
     import jax
     import jax.numpy as jnp
 
-    from svhn_jax import atomic, plots, runs, stepconfig, train
+    from svhn_jax import atomic, plots
+    from svhn_jax.run import launch as runs
+    from svhn_jax.step import settings as stepconfig, train
     from svhn_jax.data import preprocess
     from svhn_jax.nn import gradcheck, stepcheck
 

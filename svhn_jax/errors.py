@@ -13,6 +13,7 @@ EXIT_USAGE = 2          # bad argument or bad array passed in
 EXIT_DATA = 3           # data missing, unreadable, corrupt or invalid
 EXIT_NETWORK = 4        # download failed (host unreachable, checksum mismatch)
 EXIT_DIVERGED = 5       # training produced a non-finite loss
+EXIT_PROCESS_LOST = 6   # another process of a several-process run died or stopped answering
 EXIT_INTERRUPTED = 130  # Ctrl-C; a checkpoint was written first
 
 
@@ -44,6 +45,22 @@ class Interrupted(SvhnJaxError):
     """Ctrl-C during training, after a checkpoint was written."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class ProcessLost(SvhnJaxError):
+    """Another process of the run died or stopped answering; every process stops."""
+
+    exit_code = EXIT_PROCESS_LOST
+
+
+def error_types() -> dict:
+    """Every error type by name (another process's error is re-raised as its own type)."""
+    found, todo = {}, [SvhnJaxError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo += cls.__subclasses__()
+    return found
 
 
 def run(fn, *args) -> int:

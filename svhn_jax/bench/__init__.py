@@ -82,7 +82,8 @@ def profile(hidden: int, batch: int, n: int, folder, seed: int = 0):
     step) on n synthetic images, after one compiling step; returns its folder."""
     import jax.numpy as jnp
 
-    from .. import profiling, train
+    from ..run import profiling
+    from ..step import train
 
     cfg, hp = jax_setup(hidden, batch, "manual", seed)
     X, y = make_data(n, seed)

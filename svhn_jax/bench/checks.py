@@ -45,14 +45,15 @@ def measure(hidden: int, batch: int, n: int, every: int, *, epochs: int = 3, see
     import jax
     import jax.numpy as jnp
 
-    from .. import train
-    from ..nn import model
+    from ..step import train
+    from ..nn import model, schedules
 
     X8, y8 = make_data(n, seed)
     X, y = jax.device_put(grayscale(X8)), jax.device_put(y8)
     spe = train.steps_per_epoch(n, batch)
     plain = train.check_config(train.StepConfig(
-        model.make_spec((hidden,)), "adam", ("cosine", (("total_steps", max(2, (epochs + 1) * spe)),)),
+        model.make_spec((hidden,)), "adam",
+        schedules.ScheduleSpec("cosine", total_steps=max(2, (epochs + 1) * spe)),
         batch, "manual", MISSION["shift"], (32, 32, 1)))
     cfgs = (plain, plain._replace(check_every=every))
     hp = train.Hyper(jnp.float32(MISSION["lr"]), jnp.float32(MISSION["reg"]))

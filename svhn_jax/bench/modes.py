@@ -49,7 +49,7 @@ def make_data(n: int, seed: int = 0):
 
 def _step(state, hp, X, y, order, i, cfg):
     """Batch i of the epoch `order`, then one training step: what one scan iteration does."""
-    from .. import train
+    from ..step import train
 
     xb, yb = train.get_batch(X, y, order, i, state.key, state.step, cfg)
     return train.train_step(state, hp, xb, yb, cfg)
@@ -72,10 +72,10 @@ def jax_setup(hidden: int, batch: int, grad_mode: str, seed: int = 0):
     """(StepConfig, Hyper) of the bench network, as `svhn-jax train` would build them."""
     import jax.numpy as jnp
 
-    from .. import train
+    from ..step import train
     from ..nn import model
 
-    cfg = train.StepConfig(model.make_spec((hidden,)), "adam", ("constant", ()), batch, grad_mode)
+    cfg = train.StepConfig(model.make_spec((hidden,)), "adam", batch=batch, grad_mode=grad_mode)
     train.check_config(cfg)
     return cfg, train.Hyper(jnp.float32(LR), jnp.float32(REG))
 
@@ -85,7 +85,7 @@ def epoch_orders(key, n: int, batch: int, epochs: int) -> list:
     timer starts and before the state, whose key they derive from, is donated."""
     import jax
 
-    from .. import train
+    from ..step import train
 
     return [jax.block_until_ready(train.epoch_order(key, e, n, batch)) for e in range(epochs)]
 
@@ -101,7 +101,7 @@ def run_scan(state, hp, X, y, orders, cfg, spe, epochs, run_steps=None):
     `run_steps` (default `train.run_steps`; the scaling bench passes a mesh's)."""
     import jax
 
-    from .. import train
+    from ..step import train
 
     run_steps = run_steps or train.run_steps
 
@@ -192,7 +192,7 @@ def measure_jax(mode: str, hidden: int, batch: int, X, y, *, epochs: int = 3, se
     """Measure one JAX mode on device arrays X (N, D) float32, y (N,) int32."""
     import jax
 
-    from .. import train
+    from ..step import train
 
     if mode not in JAX_MODES:
         raise SvhnJaxError(f"{mode!r} is not a JAX mode; choose from {', '.join(JAX_MODES)}")
