@@ -216,6 +216,18 @@ def test_compare_sets_aside_exactly_the_entries_that_are_not_smooth():
     assert row["fd_set_aside"] == 1 and failures == [f"{FD_FAILURE} (rel error 2.50e-01 > 1e-06)"]
 
 
+def test_the_tolerances_are_inclusive():
+    """'At most': an error equal to its tolerance passes, and an entry whose spread
+    equals the set-aside threshold is compared, not set aside."""
+    finite = gradcheck.FiniteDiff([np.arange(1)], [np.zeros(1)], [np.zeros(1)], 1.0)
+    rows, failures = gradcheck._compare(gradcheck.path_namer(("g",)), (np.array([1e-18]),), (np.zeros(1),),
+                                        finite)
+    assert rows[0]["manual_vs_autodiff"] == gradcheck.TOL_AUTODIFF and failures == []   # 1e-18 / floor 1e-8
+    g, garbage = np.array([1.0, -0.5, 0.25]), np.array([1.0, 7.0, 0.25])
+    row, failures = _compare_one(g, garbage, spread=[0.0, 2e-6, 0.0])   # TOL * scale = 1e-6 * 2.0 exactly
+    assert row["fd_set_aside"] == 0 and failures == [f"{FD_FAILURE} (rel error 1.00e+00 > 1e-06)"]
+
+
 def test_compare_autodiff_floor_scales_with_the_largest_gradient_and_the_amplification():
     """A leaf of tiny gradients next to a leaf of size G is compared to
     AD_ROUNDING u A G in absolute terms; a large leaf keeps the relative 1e-10."""
