@@ -18,7 +18,9 @@ Each is run in a scratch copy of the tree (never in the working files: a crash
 cannot leave a mutant behind) against the test files that cover its module
 (`TESTS`), fastest first, stopping at the first failure: a failing test (or a
 timeout, or a mutant that no longer imports) kills it; all passing means it
-survived. Mutants listed in scripts/mutants_equivalent.txt (by id, with the
+survived (so the suite must pass without mutants: run it first, or pass
+--baseline, which runs the sampled modules' tests once unmutated and stops if
+one fails). Mutants listed in scripts/mutants_equivalent.txt (by id, with the
 reason they cannot change behaviour) are reported as equivalent and not run.
 The score is killed / (sampled - equivalent). Compilations are cached on disk
 between mutants (JAX's persistent cache, keyed by the program: a mutated
@@ -209,6 +211,30 @@ def _scratch(parent: Path) -> Path:
     return tree
 
 
+def _pytest(run, tree: Path, cache: Path, timeout: float):
+    """One test run (files, environment, -k expression) in the scratch tree."""
+    files, env, select = run
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *files]
+    cmd += ["-k", select] if select else []
+    environ = dict(os.environ, PYTHONPATH=str(tree), JAX_COMPILATION_CACHE_DIR=str(cache),
+                   JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **env)
+    r = subprocess.run(cmd, cwd=tree, env=environ, capture_output=True, text=True, timeout=max(timeout, 1))
+    if r.returncode in (4, 5):   # usage error, nothing collected: the harness is wrong, not the mutant
+        raise RuntimeError(f"pytest could not run {cmd}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+    return r
+
+
+def baseline(modules, tree: Path, cache: Path, timeout: float) -> None:
+    """Every test run of these modules passes on the unmutated tree, or an error:
+    a test that fails anyway would count every mutant as killed."""
+    runs = {repr(r): r for m in sorted(modules) for r in TESTS[m]}
+    for run in runs.values():
+        r = _pytest(run, tree, cache, timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"the tests fail without any mutant ({' '.join(run[0])}):\n{r.stdout[-3000:]}")
+        print(f"baseline: {' '.join(run[0])}{' -k ' + run[2] if run[2] else ''} passes", flush=True)
+
+
 def run_mutant(m: dict, tree: Path, cache: Path, timeout: float) -> dict:
     """Apply m in the scratch `tree`, run its module's tests, restore the file."""
     path = tree / PACKAGE / m["module"]
@@ -217,19 +243,12 @@ def run_mutant(m: dict, tree: Path, cache: Path, timeout: float) -> dict:
     path.write_bytes(original[:m["start"]] + m["replacement"].encode() + original[m["end"]:])
     t0, status, by = time.perf_counter(), "survived", None
     try:
-        for files, env, select in TESTS[m["module"]]:
-            cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-rfE", "-p", "no:cacheprovider", *files]
-            cmd += ["-k", select] if select else []
-            environ = dict(os.environ, PYTHONPATH=str(tree), JAX_COMPILATION_CACHE_DIR=str(cache),
-                           JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5", **env)
-            left = timeout - (time.perf_counter() - t0)
+        for run in TESTS[m["module"]]:
             try:
-                r = subprocess.run(cmd, cwd=tree, env=environ, capture_output=True, text=True, timeout=max(left, 1))
+                r = _pytest(run, tree, cache, timeout - (time.perf_counter() - t0))
             except subprocess.TimeoutExpired:
                 status, by = "killed", f"timeout after {timeout:.0f}s"
                 break
-            if r.returncode in (4, 5):   # usage error, nothing collected: the harness is wrong, not the mutant
-                raise RuntimeError(f"pytest could not run {cmd}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
             if r.returncode != 0:
                 failed = [ln for ln in r.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
                 status, by = "killed", failed[0] if failed else (r.stdout.strip().splitlines() or ["?"])[-1]
@@ -248,6 +267,9 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own scratch copy")
     p.add_argument("--modules", help="comma-separated modules of svhn_jax/nn/ (default: all)")
     p.add_argument("--ids", help="comma-separated mutant ids to run (instead of a sample)")
+    p.add_argument("--baseline", action="store_true",
+                   help="first run the sampled modules' tests once on the unmutated tree, and stop if one "
+                        "fails (without it, the suite is assumed green: run python -m pytest first)")
     p.add_argument("--out", help="write the report (JSON) here")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
     args = p.parse_args(argv)
@@ -291,6 +313,10 @@ def main(argv=None) -> int:
     try:
         for _ in range(args.jobs):   # one scratch copy per job
             trees.put(_scratch(work))
+        if args.baseline:
+            baseline({m["module"] for m in sample if m["id"] not in equivalent}, trees.queue[0], work / "jax_cache",
+                     args.timeout)
+            t0 = time.perf_counter()   # the budget is the mutants
         with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
             results = list(pool.map(one, sample))
     finally:

@@ -27,10 +27,12 @@ STEPS = 2 * 18
 
 
 def checked_steps(run, members=1) -> list:
-    """Every checked step of gradchecks.csv (each member's, for an ensemble), all passed."""
+    """Every checked training step of gradchecks.csv (each member's, for an ensemble),
+    all passed, as the eval-mode checks of each epoch's end (mode 'eval')."""
     rows = list(csv.DictReader((run / "gradchecks.csv").open()))
     assert rows and all(r["passed"] == "True" for r in rows)
-    return sorted(int(r["step"]) for r in rows)
+    assert sum(r["mode"] == "eval" for r in rows) == SETTINGS["epochs"] * members
+    return sorted(int(r["step"]) for r in rows if r["mode"] == "train")
 
 
 def state(run):

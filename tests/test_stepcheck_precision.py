@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 import reduced_precision
-from svhn_jax import train
-from svhn_jax.nn import model, stepcheck
+from svhn_jax.step import evaluate, train
+from svhn_jax.nn import model, schedules, stepcheck
 from svhn_jax.nn.precision import BF16_ROUNDOFF, TF32_ROUNDOFF
 
 N, BATCH, IN_DIM = 128, 16, 256
@@ -32,7 +32,7 @@ def data():
     y = rng.integers(0, 10, N).astype(np.int32)
     X = rng.normal(size=(10, IN_DIM))[y] + 2.0 * rng.normal(size=(N, IN_DIM))
     X = ((X - X.mean(1, keepdims=True)) / X.std(1, keepdims=True)).astype(np.float32)
-    return jnp.asarray(X), jnp.asarray(y), train.make_eval_set(X, y)
+    return jnp.asarray(X), jnp.asarray(y), evaluate.make_eval_set(X, y)
 
 
 def _last_bias_off_by_one_percent(backward):
@@ -66,20 +66,20 @@ def checked_epoch(data, precision, monkeypatch, bug=None, grad_mode="manual"):
     all traced under `precision` with the double's Dense layer -> rows."""
     X, y, val = data
     reduced_precision.use(monkeypatch, bug)
-    cfg = train.check_config(train.StepConfig(model.make_spec((16,)), "adam", ("cosine", (("total_steps", 50),)),
-                                              BATCH, grad_mode, shift=2, image_shape=(16, 16, 1), check_every=1))
+    cfg = train.check_config(train.StepConfig(model.make_spec((16,)), "adam",
+                                              schedules.ScheduleSpec("cosine", total_steps=50), BATCH, grad_mode,
+                                              shift=2, image_shape=(16, 16, 1), check_every=1))
     hp = train.Hyper(jnp.float32(3e-3), jnp.float32(3e-3))
-    train.run_steps.clear_cache()   # compiled with another layer or precision before
-    train.check_eval.clear_cache()
+    jax.clear_caches()   # compiled with another layer or precision before
     try:
         with jax.default_matmul_precision(precision):
             state = train.init_state(0, cfg, IN_DIM, hp)
             state, out = train.run_steps(state, hp, X, y, train.epoch_order(state.key, 0, N, BATCH), 0, cfg, STEPS)
             rows = stepcheck.records(out[2], 1)
-            rows += stepcheck.records(train.check_eval(state, hp, val, cfg), 1, mode="eval")
+            check_eval = jax.jit(train.check_eval, static_argnames="cfg")
+            rows += stepcheck.records(check_eval(state, hp, val, cfg), 1, mode="eval")
     finally:
-        train.run_steps.clear_cache()
-        train.check_eval.clear_cache()
+        jax.clear_caches()
     return state, rows
 
 
