@@ -149,6 +149,8 @@ def test_every_injected_bug_fails_the_check_on_every_step(data, monkeypatch, bug
           f"{worst['manual_vs_autodiff']:.1e} (tolerance {TOL:.1e}), directional jvp median "
           f"{np.median([r['directional_jvp'] for r in rows]):.1e}")
     assert all(failed)
+    # the per-entry comparison fails on its own, every step: it is against jax.grad, not itself
+    assert all(r["manual_vs_autodiff"] > TOL for r in rows)
     assert stepcheck.first_failure(rows) is rows[0]
     assert stepcheck.summary(rows)["gradcheck_first_failed_step"] == 0
 
@@ -298,6 +300,8 @@ def test_the_measures_known_values():
     assert float(stepcheck.worst_leaf_error(a, b)) == pytest.approx(1 / 3)       # the worst leaf
     assert float(stepcheck.tree_rel_error(a, b)) == pytest.approx(0.5 / 4.5)     # the whole gradient's scale
     assert float(stepcheck.tree_rel_error(a, (b[0], a[1]))) == pytest.approx(0.5 / 4.5)
+    tiny = (jnp.zeros(2), jnp.array([[0.0]]))
+    assert float(stepcheck.tree_rel_error(tiny, (jnp.array([0.0, 2e-9]), tiny[1]))) == pytest.approx(0.2)  # floor 1e-8
 
 
 def test_a_difference_counts_when_its_rounding_is_within_a_tenth_of_the_tolerance():
@@ -376,6 +380,20 @@ def test_each_comparison_fails_alone_and_the_finite_difference_only_where_smooth
         assert stepcheck.passed(dict(ok, **{key: 1.01 * TOL}), dict(tols, **{key: 1.02 * TOL}))
     assert stepcheck.passed(dict(ok, directional_fd=1.0, smooth=False))
     assert not stepcheck.passed(dict(ok, directional_jvp=1.0, smooth=False))
+
+
+def test_rows_without_the_newer_columns_are_judged_and_summarised():
+    """Rows written before `smooth`, `directional_jvp`, `mode` and the training
+    precision existed (a checkpoint of an older run, a script's rows): the
+    difference counts, nothing is an eval check or over a bound."""
+    old = [{"step": 3, "epoch": 1, "manual_vs_autodiff": 1e-7, "directional_fd": 2e-7},
+           {"step": 4, "epoch": 1, "manual_vs_autodiff": 1e-7, "directional_fd": 1.0}]
+    assert stepcheck.passed(old[0]) and not stepcheck.passed(old[1])
+    assert "set aside" not in stepcheck.message(old[1]) and "(eval mode)" not in stepcheck.message(old[1])
+    s = stepcheck.summary(old)
+    assert (s["gradchecks"], s["gradchecks_failed"], s["gradchecks_eval"], s["gradchecks_nonsmooth"]) == (2, 1, 0, 0)
+    assert s["gradcheck_max_directional_fd"] == 1.0 and s["gradcheck_max_directional_jvp"] is None
+    assert s["gradcheck_max_training_precision_error"] is None and s["gradchecks_over_training_precision_bound"] == 0
 
 
 def test_summary_is_strict_json_when_maxima_are_undefined():
