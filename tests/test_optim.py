@@ -270,8 +270,8 @@ def test_schedule_values():
 
 
 def test_exponential_schedule_and_a_warmup_spec_without_its_length():
-    """The range test's schedule: lr * ratio ** (step / steps). A warm-up schedule
-    described without its length is refused, not run with a default one."""
+    """The range test's schedule: lr * ratio ** (step / steps). A schedule described
+    without its length (or its warm-up's) is refused, not run with a default one."""
     from svhn_jax.nn import schedules
 
     sched = schedules.make_schedule("exponential", 1e-3, ratio=100.0, steps=10)
@@ -280,6 +280,9 @@ def test_exponential_schedule_and_a_warmup_spec_without_its_length():
     np.testing.assert_allclose(_values(schedules.build(spec, 1e-3), [5]), [1e-2], rtol=1e-6)
     with pytest.raises(SvhnJaxError, match="warmup_steps must be an integer >= 1, got 0"):
         schedules.build(schedules.ScheduleSpec("warmup-cosine", total_steps=100), 1e-3)
+    for name, what in (("cosine", "cosine total_steps"), ("exponential", "exponential steps")):
+        with pytest.raises(SvhnJaxError, match=f"{what} must be an integer >= 1, got 0"):
+            schedules.build(schedules.ScheduleSpec(name), 1e-3)   # nor one without its length
 
 
 def test_make_schedule_values():

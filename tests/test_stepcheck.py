@@ -249,6 +249,13 @@ def test_a_kink_in_any_hidden_layer_sets_the_difference_aside(layer):
     assert not stepcheck.passed(dict(row, smooth=True))
 
 
+def test_a_network_without_relu_has_no_kink_to_straddle():
+    """Softmax regression (no hidden layer): the difference always counts."""
+    spec, params, state, x, y = _small_problem(())
+    c = jax.jit(lambda: stepcheck.check(params, state, x, y, 0.0, jax.random.key(0), spec, "manual"))()
+    assert bool(c.smooth) and float(c.directional_fd) < TOL / 8
+
+
 def test_the_difference_is_the_float64_loss_difference():
     """The ends of the central difference equal model.loss in float64 up to the
     float32 rounding of the first layer's products."""
