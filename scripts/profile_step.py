@@ -9,7 +9,7 @@ the matrix products; gather is the batch gather with the shift; transpose is x^T
 materialised for dW; add/sub/mul fusions are mostly the Adam update). The trace
 stays in --out for TensorBoard's Profile tab (`pip install xprof`) or ui.perfetto.dev.
 
-    python scripts/profile_step.py [--out /tmp/profile] [--steps 50] [--json]
+    python scripts/profile_step.py [--out runs/profile_step] [--n 5600] [--steps 50] [--json]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from svhn_jax.data import preprocess
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="/tmp/svhn_jax_profile")
+    ap.add_argument("--out", default="runs/profile_step")
     ap.add_argument("--n", type=int, default=5600)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--json", action="store_true")

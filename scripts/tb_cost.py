@@ -1,7 +1,7 @@
 """What TensorBoard events cost a mission run: the same run with and without them,
 alternately, in one process.
 
-    python scripts/tb_cost.py [--data synthetic] [--repeats 3] [--json]
+    python scripts/tb_cost.py [--data synthetic] [--repeats 3] [--epochs 40] [--json]
 
 Each repeat trains the mission preset twice into fresh run folders, once with events
 (scalars every epoch, histograms of weights and gradients every 5 epochs, images and
@@ -27,8 +27,8 @@ from svhn_jax.bench import machine
 from svhn_jax.run import launch as runs
 
 
-def measure(data: str, repeats: int) -> dict:
-    base = config.make("mission", data=data, synthetic_n=8000)
+def measure(data: str, repeats: int, epochs: int | None = None) -> dict:
+    base = config.make("mission", data=data, synthetic_n=8000, epochs=epochs)
     times = {"events": [], "none": []}
     token = machine.load_start()
     with tempfile.TemporaryDirectory(prefix="tb_cost_") as tmp:
@@ -50,9 +50,10 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="synthetic", help="any --data of svhn-jax train")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--epochs", type=int, help="epochs of each run (default: the mission's)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
-    r = measure(args.data, args.repeats)
+    r = measure(args.data, args.repeats, args.epochs)
     if args.json:
         print(json.dumps(r))
         return

@@ -21,4 +21,4 @@ What it offers, from the inside out:
 README.md, "Python API", shows the ten lines that train and check a model in a notebook.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -8,14 +8,14 @@ and early errors fast.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
 from pathlib import Path
 
 from . import cli_tools, errors
-from .flags import add_settings, given_settings, make_config, number
+from . import __version__
+from .flags import Parser, add_settings, given_settings, make_config, number, process_settings
 
 
 # ---------------------------------------------------------------- train / evaluate
@@ -45,7 +45,19 @@ def _summary_line(metrics: dict) -> str:
         line += f"; test accuracy {metrics['test_acc']:.2%} on {metrics['n_test']} images"
     if "member_test_acc" in metrics:   # an ensemble: what its members score alone
         line += "\nmembers alone: " + "  ".join(f"{a:.2%}" for a in metrics["member_test_acc"])
+    if metrics.get("gradchecks"):
+        line += "\n" + _gradcheck_line(metrics)
     return line
+
+
+def _gradcheck_line(m: dict) -> str:
+    """The per-step gradient checks of a run in one line, from its metrics.json."""
+    err = lambda key: "none" if m.get(key) is None else f"{m[key]:.1e}"
+    return (f"{m['gradchecks']:,} gradient checks, {m['gradchecks_failed']:,} failed, "
+            f"{m['gradchecks_nonsmooth']:,} set aside (not smooth); largest errors: hand vs jax.grad "
+            f"{err('gradcheck_max_manual_vs_autodiff')}, along a random direction vs jax.jvp "
+            f"{err('gradcheck_max_directional_jvp')} and vs the finite difference "
+            f"{err('gradcheck_max_directional_fd')} (tolerance {m['gradcheck_tolerance']:.1e})")
 
 
 def cmd_train(args) -> int:
@@ -64,13 +76,13 @@ def cmd_train(args) -> int:
         if not args.out:
             raise errors.SvhnJaxError("say where the run goes: --out RUN_DIR")
         c, out = make_config(args, "train"), Path(args.out)
-        if not args.download:
+        if not args.download and not _several(args):
             # Before importing JAX: a missing dataset is reported in a fraction of a second.
+            # (Several processes report it together, once they have joined.)
             data.ensure_available(c.data, c.data_dir, download=False, extra=c.extra)
     from .run import launch as runs
-    from .run import processes
 
-    processes.initialize(args.coordinator, args.num_processes, args.process_id)
+    _join(args)
     try:
         # With --json, stdout carries the JSON object alone (tensorflow-datasets prints
         # while preparing, Gloo from C++ when processes connect): the rest goes to stderr.
@@ -104,13 +116,31 @@ def add_train(sub):
     p.add_argument("--json", action="store_true", help="print metrics as one JSON object")
     p.add_argument("--profile", metavar="DIR", help="trace 5 steps after compilation with "
                    "jax.profiler into DIR (TensorBoard's profile tab, or Perfetto)")
-    g = p.add_argument_group("several processes (or SVHN_JAX_COORDINATOR, SVHN_JAX_NUM_PROCESSES, "
-                             "SVHN_JAX_PROCESS_ID); use with --devices all")
-    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
-    g.add_argument("--num-processes", metavar="N")
-    g.add_argument("--process-id", metavar="I")
+    _add_processes(p)
     add_settings(p, "train")
     p.set_defaults(func=cmd_train)
+
+
+def _add_processes(p):
+    g = p.add_argument_group("several processes (or SVHN_JAX_COORDINATOR, SVHN_JAX_NUM_PROCESSES, "
+                             "SVHN_JAX_PROCESS_ID); every process runs the same command")
+    g.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address")
+    g.add_argument("--num-processes", metavar="N", help="how many processes run this command")
+    g.add_argument("--process-id", metavar="I", help="this process's number, 0 to N-1")
+    g.add_argument("--process-timeout", metavar="S", type=number(float), default=60.0,
+                   help="bound on every wait for another process, in seconds: joining, agreeing, "
+                        "and the silence after which a process counts as lost (half of it)")
+
+
+def _several(args) -> bool:
+    return process_settings(args.coordinator, args.num_processes, args.process_id) is not None
+
+
+def _join(args) -> None:
+    from .run import processes
+
+    processes.initialize(args.coordinator, args.num_processes, args.process_id,
+                         timeout_s=args.process_timeout)
 
 
 def cmd_evaluate(args) -> int:
@@ -139,12 +169,12 @@ def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="evaluate a run's best parameters on data")
     p.add_argument("--run", required=True, help="a run folder written by svhn-jax train")
     p.add_argument("--data", help="data to evaluate on (default: the run's own)")
-    p.add_argument("--data-dir")
+    p.add_argument("--data-dir", help="tensorflow-datasets folder of --data svhn (default: the run's)")
     p.add_argument("--split", choices=("train", "val", "test", "all"),
                    help="part to score (default: the run's held-out test part on its own data, "
                         "else the data's official test split, else all of it); all scores every "
                         "image, trained-on ones included")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -155,17 +185,32 @@ def cmd_sweep(args) -> int:
     from . import atomic, config
     from .tune import sweep as tune
 
-    axes = {a: tune.parse_values(a, getattr(args, a)) for a in config.SWEEPABLE
-            if getattr(args, a, None) is not None}
-    fixed = {a: v[0] for a, v in axes.items() if isinstance(v, list) and len(v) == 1}
-    axes = {a: v for a, v in axes.items() if a not in fixed}
-    single = {k: v for k, v in given_settings(args, "sweep").items() if k not in config.SWEEPABLE}
-    base = config.make(args.preset, **single, **fixed)
-    axes = axes or {"lr": [base.lr]}
-    with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
-        summary = tune.sweep(base, axes, args.out, search=args.search, trials=args.trials,
-                             search_seed=args.search_seed, final=not args.no_final,
-                             final_on=args.final_on, overwrite=args.overwrite, quiet=args.json)
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in given_settings(args, "sweep")] + [
+            f"--{f.replace('_', '-')}" for f in ("out", "preset", "overwrite", "no_final")
+            if getattr(args, f)]
+        if given:
+            raise errors.SvhnJaxError(f"--resume continues a sweep with its own plan; drop "
+                                      f"{', '.join(given)}")
+        _join(args)
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            summary = tune.resume_sweep(args.resume, quiet=args.json)
+        args.out = args.resume
+    else:
+        if not args.out:
+            raise errors.SvhnJaxError("say where the sweep goes: --out SWEEP_DIR")
+        axes = {a: tune.parse_values(a, getattr(args, a)) for a in config.SWEEPABLE
+                if getattr(args, a, None) is not None}
+        fixed = {a: v[0] for a, v in axes.items() if isinstance(v, list) and len(v) == 1}
+        axes = {a: v for a, v in axes.items() if a not in fixed}
+        single = {k: v for k, v in given_settings(args, "sweep").items() if k not in config.SWEEPABLE}
+        base = config.make(args.preset, **single, **fixed)
+        axes = axes or {"lr": [base.lr]}
+        _join(args)
+        with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
+            summary = tune.sweep(base, axes, args.out, search=args.search, trials=args.trials,
+                                 search_seed=args.search_seed, final=not args.no_final,
+                                 final_on=args.final_on, overwrite=args.overwrite, quiet=args.json)
     if args.json:
         print(atomic.strict_json(summary, indent=None))
         return errors.EXIT_OK
@@ -188,17 +233,22 @@ def add_sweep(sub):
                        description="Every sweepable setting takes a comma-separated list or, for "
                                    "numbers, a range LO:HI:log|lin:N. Configurations differing only "
                                    "in lr, reg and seed are trained at once in one compiled, vmapped "
-                                   "program.")
-    p.add_argument("--out", required=True, help="sweep folder to create")
-    p.add_argument("--overwrite", action="store_true")
+                                   "program. Settings not given come from --preset, else from the "
+                                   "plain defaults (constant learning rate, no L2, no shifts).")
+    p.add_argument("--out", help="sweep folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="continue an interrupted sweep: finished "
+                   "groups are kept, an interrupted one continues from its checkpoint")
+    _add_processes(p)
     add_settings(p, "sweep", lists=True)
-    p.add_argument("--search", choices=("grid", "random"), default="grid")
+    p.add_argument("--search", choices=("grid", "random"), default="grid",
+                   help="every combination of the values, or --trials random draws")
     p.add_argument("--trials", type=number(int), default=10, help="configurations drawn by random search")
-    p.add_argument("--search-seed", type=number(int), default=0)
+    p.add_argument("--search-seed", type=number(int), default=0, help="seed of the random search")
     p.add_argument("--final-on", choices=("train", "train+val"), default="train",
                    help="retrain the chosen configuration on train, or on train+val")
     p.add_argument("--no-final", action="store_true", help="skip the final retraining and test evaluation")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -207,6 +257,7 @@ def cmd_lr_find(args) -> int:
     from .tune import lrfind
 
     c = make_config(args, "lr-find")
+    _join(args)
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):
         r = lrfind.lr_find(c, args.out, lr_min=args.lr_min, lr_max=args.lr_max, steps=args.steps,
                            overwrite=args.overwrite)
@@ -220,23 +271,26 @@ def cmd_lr_find(args) -> int:
 
 def add_lr_find(sub):
     p = sub.add_parser("lr-find", help="learning-rate range test: loss against an exponentially rising lr")
-    p.add_argument("--out", required=True)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--out", required=True, help="folder for lr_find.csv, .json and .png")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
+    _add_processes(p)
     add_settings(p, "lr-find")
-    p.add_argument("--lr-min", type=number(float), default=1e-7)
-    p.add_argument("--lr-max", type=number(float), default=10.0)
-    p.add_argument("--steps", type=number(int), default=300)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--lr-min", type=number(float), default=1e-7, help="learning rate of the first step")
+    p.add_argument("--lr-max", type=number(float), default=10.0, help="learning rate of the last step")
+    p.add_argument("--steps", type=number(int), default=300, help="steps, the learning rate rising "
+                   "exponentially from --lr-min to --lr-max (it stops early when the loss explodes)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=cmd_lr_find)
 
 
 # ----------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def build_parser() -> Parser:
+    parser = Parser(
         prog="svhn-jax",
         description="A from-scratch JAX MLP for SVHN with hand-derived, checked backward passes.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_train, add_evaluate, add_sweep, add_lr_find, cli_tools.add_gradcheck,
                 cli_tools.add_download, cli_tools.add_prepare, cli_tools.add_bench):

@@ -95,7 +95,7 @@ def add_gradcheck(sub):
     p.add_argument("--mode", type=_names, default=("train", "eval"), metavar="train,eval",
                    help="only these modes (default both)")
     p.add_argument("--batch", type=int, default=8, help="batch size (>= 2)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random parameters, inputs and directions")
     p.add_argument("--reg", type=float, default=0.1, help="L2 strength in the model check")
     p.add_argument("--in-dim", type=int, default=3072, help="input width of the model check")
     p.add_argument("--fd-samples", type=int, default=20,
@@ -176,9 +176,11 @@ def add_bench(sub):
     p.add_argument("--hidden", type=int_list, default=(128,), help="hidden sizes to try, e.g. 128 or 128,512")
     p.add_argument("--batch", type=int_list, default=(64, 512), help="batch sizes to try (default 64,512)")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per mode, after a warm-up (median)")
-    p.add_argument("--n", type=int, default=73257, help="synthetic images per epoch (default: SVHN train)")
+    p.add_argument("--n", type=int, default=73257, help="synthetic images per epoch (default 73257, "
+                   "the size of SVHN's training split)")
     p.add_argument("--modes", default=",".join(MODES_FOR_HELP),
-                   help="comma-separated subset of " + ", ".join(MODES_FOR_HELP) + ", or none")
+                   help="comma-separated subset of " + ", ".join(MODES_FOR_HELP) + ", or none "
+                   "(default: all of them)")
     p.add_argument("--gradcheck-every", type=int, default=0, metavar="N",
                    help="also time the mission's training (grayscale inputs, shift 2, Adam, cosine) "
                         "with the per-step gradient check every N steps against the same training "
@@ -192,7 +194,7 @@ def add_bench(sub):
                         "overhead, not speed-up (forced devices share the cores)")
     p.add_argument("--eager-steps", type=int, default=20,
                    help="timed steps per block in eager mode (its epoch is extrapolated)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the parameters and the synthetic data")
     p.add_argument("--profile", metavar="DIR", help="then trace 5 steps of the first hidden size "
                    "and batch with jax.profiler into DIR (TensorBoard's profile tab, or Perfetto)")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")

@@ -77,7 +77,7 @@ class RunConfig:
     # model
     hidden: tuple = setting((128,), "hidden sizes, e.g. 128 or 1024,512 (in sweeps, x separates "
                             "layers: 128,512x256)", sweep="group", metavar="SIZES")
-    batchnorm: str = setting("none", "BatchNorm: off, on (= before ReLU) or after ReLU (the seed "
+    batchnorm: str = setting("none", "BatchNorm: none, before the ReLU, or after it (the seed "
                              "notebook's placement)", choices=BATCHNORM, sweep="group")
     # optimisation
     optimizer: str = setting("adam", "optimizer", choices=OPTIMIZERS, sweep="group")
@@ -119,7 +119,7 @@ class RunConfig:
                                    "epoch (1: every step; 0: off)", low=0, high=INT_MAX)
     gradcheck_strict: bool = setting(False, "stop when a gradient check fails", commands=(TRAIN,))
     checkpoint_every: int = setting(0, "also checkpoint every N steps (always at each epoch's end)",
-                                    low=0, high=INT_MAX, commands=(TRAIN,))
+                                    low=0, high=INT_MAX, commands=(TRAIN, SWEEP))
     tensorboard: bool = setting(True, "write TensorBoard event files into RUN/tb (--no-tensorboard: off)",
                                 commands=(TRAIN, SWEEP))
     histogram_every: int | None = setting(None, "TensorBoard histograms of every layer's weights and "

@@ -5,6 +5,7 @@ what to do) and exits with `exit_code`, so no user mistake ends in a traceback.
 All of them are `ValueError`s, so library callers can catch them that way.
 """
 
+import os
 import sys
 
 EXIT_OK = 0
@@ -70,6 +71,10 @@ def run(fn, *args) -> int:
         return fn(*args)
     except SvhnJaxError as e:
         print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, ProcessLost):   # not through JAX's shutdown, which would wait for it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

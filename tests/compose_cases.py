@@ -16,7 +16,7 @@ import pytest
 
 from svhn_jax import config
 from svhn_jax.errors import Interrupted
-from svhn_jax.run import checkpoint, folder, launch
+from svhn_jax.run import checkpoint, folder, launch, processes
 
 # 280 training images in batches of 16: 18 steps an epoch, the last one wrapping.
 SETTINGS = dict(data="synthetic", synthetic_n=400, hidden=(8,), batchnorm="before", batch=16,
@@ -59,7 +59,10 @@ def flow(tmp_path, **settings) -> dict:
     resumed = launch.resume_run(tmp_path / "cut", quiet=True)
     assert resumed["status"] == whole["status"] == "completed"
     assert resumed["params_sha256"] == whole["params_sha256"]
-    k = c.ensemble
-    assert checked_steps(tmp_path / "whole", k) == checked_steps(tmp_path / "cut", k) == \
-        sorted(list(range(STEPS)) * k)
+    assert resumed["gradchecks"] == whole["gradchecks"] == STEPS * c.ensemble
+    assert resumed["gradchecks_failed"] == whole["gradchecks_failed"] == 0
+    if processes.is_main_process():   # process 0 alone writes the run folders
+        k = c.ensemble
+        assert checked_steps(tmp_path / "whole", k) == checked_steps(tmp_path / "cut", k) == \
+            sorted(list(range(STEPS)) * k)
     return whole

@@ -17,10 +17,26 @@ from pathlib import Path
 # a no-op on a CPU. (Set here, before JAX is imported, so JAX reads it at start.)
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
 
+import socket  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 _SVHN_8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "svhn_test_8k.npz"
+
+
+@pytest.fixture
+def no_internet(monkeypatch):
+    """Fail any connection that is not to the loopback interface."""
+    real_connect = socket.socket.connect
+
+    def guarded(self, address):
+        host = address[0] if isinstance(address, tuple) else address
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            raise AssertionError(f"test tried to reach the network: {address}")
+        return real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded)
 
 
 @pytest.fixture(scope="session")

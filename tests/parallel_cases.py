@@ -11,7 +11,7 @@ from svhn_jax.nn import model
 
 N_TRAIN, N_VAL, BATCH, SEGMENT = 370, 200, 32, 6   # 12 steps per epoch, the last batch wraps
 RUN_STEPS = 3 * SEGMENT                            # an epoch and a half, in segments
-HP = train.Hyper(np.float32(1e-2), np.float32(1e-4))
+HP = train.Hyper(lr=np.float32(1e-2), reg=np.float32(1e-4))
 # float32 training, same seed and global batch: the largest parameter difference
 # between a run on 1, 2, 4 or 8 devices (one or two processes) and one device
 # without a mesh, relative to the largest entry of its leaf. Measured on this run:

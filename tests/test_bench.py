@@ -145,7 +145,7 @@ def test_missing_torch_is_skipped_with_a_note(monkeypatch):
     report = bench.run((4,), (8,), epochs=1, n=16, modes="torch_eager", peak_size=64)
     assert report["results"] == []
     assert report["skipped"][0]["mode"] == "torch_eager"
-    assert "torch" in report["skipped"][0]["reason"]
+    assert 'pip install -e ".[bench]"' in report["skipped"][0]["reason"]   # the project's extra
     assert "skipped" in bench.format_report(report)
 
 

@@ -47,3 +47,41 @@ def test_on_4_devices(devices_job):
     out, _ = devices_job.communicate(timeout=900)
     assert devices_job.returncode == 0, out[-4000:]
     assert " passed" in out and "skipped" not in out, out[-2000:]
+
+
+def test_a_sweep_stopped_inside_a_group_resumes_to_the_same_results(devices_job, tmp_path, monkeypatch,
+                                                                     capsys):
+    """Two groups of two configurations; a stop request in the second group's third
+    segment (5 steps each, 8 a group): the first group's results are kept, the second
+    continues from its mid-epoch checkpoint, and results.csv ends as an uninterrupted
+    sweep's."""
+    import signal
+
+    from svhn_jax import cli, config
+    from svhn_jax.errors import Interrupted
+    from svhn_jax.step import parallel
+    from svhn_jax.tune import sweep
+
+    base = config.make(**cases.SETTINGS)
+    axes = {"lr": [1e-3, 3e-3], "hidden": [(8,), (4,)]}
+    sweep.sweep(base, axes, tmp_path / "whole", final=False, quiet=True)
+    calls, real = [], parallel.run_segment
+
+    def stop_in_the_second_group(*a, **k):
+        calls.append(1)
+        if len(calls) == 8 + 3:
+            signal.raise_signal(signal.SIGINT)   # honoured at the end of this segment
+        return real(*a, **k)
+
+    monkeypatch.setattr(parallel, "run_segment", stop_in_the_second_group)
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted, match=f"Resume with: svhn-jax sweep --resume {cut}"):
+        sweep.sweep(base, axes, cut, final=False, quiet=True)
+    monkeypatch.undo()
+    assert (cut / "groups" / "g000" / "results.json").exists()
+    assert not (cut / "groups" / "g001" / "results.json").exists()
+    assert (cut / "groups" / "g001" / "checkpoint.npz").exists()
+    assert cli.main(["sweep", "--resume", str(cut), "--json"]) == 0
+    capsys.readouterr()
+    assert (cut / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
+    assert not list((cut / "groups").glob("*/checkpoint*.npz"))   # kept no longer than needed

@@ -61,7 +61,7 @@ def test_batches_of_uint8_images_equal_batches_of_preprocessed_ones(images, shif
 def test_training_on_uint8_images_equals_training_on_features(images):
     X, y = images
     order = train.epoch_order(jax.random.key(1), 0, N, BATCH)
-    hp = train.Hyper(jnp.float32(1e-2), jnp.float32(1e-3))
+    hp = train.Hyper(lr=jnp.float32(1e-2), reg=jnp.float32(1e-3))
     spe = train.steps_per_epoch(N, BATCH)
     for name, on_uint8, on_float, whole in _configs(X, shift=2):
         if name != "image-gray":   # the mission's setting; the batches test covers the rest

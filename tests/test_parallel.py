@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from svhn_jax import cli
-from svhn_jax.run import processes
+from svhn_jax import flags
 from svhn_jax.step import evaluate, mesh as meshes
 from svhn_jax.errors import SvhnJaxError
 
@@ -28,7 +28,7 @@ ROOT = TESTS.parent
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in processes.ENV}
+    env = {k: v for k, v in os.environ.items() if k not in flags.ENV}
     return dict(env, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", **extra)
 
 
@@ -51,17 +51,17 @@ def test_a_batch_that_does_not_split_is_a_clear_error():
 
 
 def test_process_settings_from_arguments_or_environment():
-    env = dict(zip(processes.ENV, ("10.0.0.1:1234", "2", "1")))
-    assert processes.process_settings(environ={}) is None
-    assert processes.process_settings(environ=env) == ("10.0.0.1:1234", 2, 1)
-    assert processes.process_settings("h:9", 4, 3, environ=env) == ("h:9", 4, 3)
+    env = dict(zip(flags.ENV, ("10.0.0.1:1234", "2", "1")))
+    assert flags.process_settings(environ={}) is None
+    assert flags.process_settings(environ=env) == ("10.0.0.1:1234", 2, 1)
+    assert flags.process_settings("h:9", 4, 3, environ=env) == ("h:9", 4, 3)
     bad = [({"SVHN_JAX_COORDINATOR": "h:1"}, "missing --num-processes"),
            (dict(env, SVHN_JAX_COORDINATOR="no-port"), "HOST:PORT"),
            (dict(env, SVHN_JAX_PROCESS_ID="2"), r"--process-id must be in \[0, 1\]"),
            (dict(env, SVHN_JAX_NUM_PROCESSES="x"), "must be integers")]
     for environ, message in bad:
         with pytest.raises(SvhnJaxError, match=message):
-            processes.process_settings(environ=environ)
+            flags.process_settings(environ=environ)
 
 
 def test_on_1_2_4_and_8_devices():

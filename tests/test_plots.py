@@ -186,6 +186,49 @@ def test_gradcheck_figure_marks_non_finite_errors_as_failures():
     assert len(marks) == 1 and list(marks[0].get_xdata()) == [0, 1]
 
 
+def test_gradcheck_figure_of_thousands_of_checks_draws_each_epochs_largest_error():
+    """A run checked at every step: 10 epochs of 500 checks. Each series shows one point
+    per epoch, at the step of its largest error, so a failure stays in sight; a
+    short run is drawn check by check."""
+    rng = np.random.default_rng(0)
+    n, per_epoch = 5000, 500
+    jvp = 10.0 ** rng.uniform(-8, -6, n)
+    jvp[1234] = 3e-3                                  # one failure, in epoch 3
+    rows = [{"step": i, "epoch": 1 + i // per_epoch, "manual_vs_autodiff": 1e-7,
+             "directional_jvp": jvp[i], "directional_fd": 1e-7, "smooth": i % 1000 != 7}
+            for i in range(n)]
+    fig, shown = plots.gradcheck_figure(rows, tol_fd=1e-5, tol_autodiff=1e-5)
+    assert shown["failed"] == 1 and shown["max"]["directional_jvp"] == 3e-3
+    lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+    line = lines["along v: vs jax.jvp" + plots.checks.THINNED]
+    worst = [int(np.argmax(jvp[e * per_epoch:(e + 1) * per_epoch])) + e * per_epoch for e in range(10)]
+    np.testing.assert_array_equal(line.get_xdata(), worst)
+    np.testing.assert_array_equal(line.get_ydata(), jvp[worst])
+    assert 3e-3 in line.get_ydata()
+    aside = lines[plots.checks.SET_ASIDE]               # 5 set aside: few, each drawn
+    np.testing.assert_array_equal(aside.get_xdata(), [7, 1007, 2007, 3007, 4007])
+    fig, _ = plots.gradcheck_figure(rows[:300], tol_fd=1e-5, tol_autodiff=1e-5)
+    short = {l.get_label(): l for l in fig.axes[0].get_lines()}["along v: vs jax.jvp"]
+    assert len(short.get_xdata()) == 300
+
+
+def test_loss_figure_draws_a_schedule_on_a_linear_axis_named_in_the_legend(tmp_path, monkeypatch):
+    """A cosine schedule ends near 0: on a log axis its last epochs would span decades."""
+    figures = []
+    monkeypatch.setattr(base, "save", lambda fig, path: figures.append(fig) or path)
+    history = make_history(40)
+    for r in history:
+        r["lr"] = 3e-3 * 0.5 * (1 + math.cos(math.pi * r["epoch"] / 40))    # 0 at the end
+    plots.curves(history, tmp_path / "loss.png", tmp_path / "acc.png")
+    loss = figures[0]
+    ax, lr_ax = loss.axes
+    assert lr_ax.get_yscale() == "linear" and lr_ax.get_ylim()[0] == 0.0
+    assert lr_ax.get_ylim()[1] >= max(r["lr"] for r in history)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "learning rate (right axis)" in labels and "train" in labels and "val" in labels
+    assert len(figures[1].axes) == 1                  # no learning rate on the accuracy figure
+
+
 def test_for_log_clips_zeros_to_the_floor():
     y, clipped = base.for_log(np.array([0.0, 1e-20, 1e-8, NAN]))
     np.testing.assert_array_equal(clipped, [True, True, False, False])
@@ -329,12 +372,14 @@ def test_ema_is_bias_corrected():
 # ---------------------------------------------------------------- comparisons and grids
 
 
-@pytest.mark.parametrize("n_runs", [1, 3, 12])
-def test_overlay_curves(tmp_path, n_runs):
-    runs = [{"label": f"lr={10.0 ** -(i / 3):.1e}",
+@pytest.mark.parametrize("n_runs", [1, 3, 12, 32])
+def test_overlay_curves(tmp_path, n_runs, recwarn):
+    runs = [{"label": f"lr={10.0 ** -(i / 3):.1e} optimizer=momentum batchnorm=before",
              "history": make_history(6, diverge_at=4 if i == 0 else None)} for i in range(n_runs)]
     runs.append({"label": "crashed before epoch 1", "history": []})
     assert_png(plots.overlay_curves(runs, tmp_path / "o.png"))
+    # 32 runs (the README's sweep: 8 lr x 2 optimizers x 2 BatchNorm) still leave room to draw
+    assert not [w for w in recwarn if "constrained_layout not applied" in str(w.message)]
 
 
 def test_overlay_curves_empty(tmp_path):

@@ -73,17 +73,20 @@ def reference(tmp_path_factory, mid_npz):
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM])
 def test_interrupt_then_resume_is_bit_identical(tmp_path, reference, mid_npz, sig):
+    """SIGTERM (what a scheduler sends before it takes a machine back) stops a run as
+    Ctrl-C does; SIGKILL leaves the last checkpoint."""
     out = tmp_path / "run"
     proc = _cli(["train", "--data", str(mid_npz), "--out", str(out), "--epochs", "6",
                  "--checkpoint-every", "3", *RUN])
     _wait_for_mid_epoch_checkpoint(out, proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    if sig == signal.SIGINT:
+    if sig != signal.SIGKILL:
         assert proc.returncode == EXIT_INTERRUPTED, err
         assert f"svhn-jax train --resume {out}" in err and "Traceback" not in err
+        assert f"{signal.Signals(sig).name} received" in err
         assert json.loads((out / "metrics.json").read_text())["status"] == "interrupted"
     else:
         assert proc.returncode == -signal.SIGKILL

@@ -4,6 +4,7 @@ so these run in a user's clone too."""
 
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import svhn_jax
 from svhn_jax import atomic, cli, config, data
 from svhn_jax.run import progress, parts as rundata, folder as runfolder, launch as runs
 from svhn_jax.errors import SvhnJaxError
@@ -72,6 +74,13 @@ def test_every_json_file_is_strict(tmp_path, npz, capsys):
     diverged = [r for r in _strict(tmp_path / "sweep" / "results.json")["results"]
                 if r["status"] == "diverged"]
     assert diverged and diverged[0]["final_val_loss"] is None
+    # each says which release wrote it: a run's (and the sweep's final run's) config.json,
+    # the sweep's results.json, lr-find's lr_find.json
+    configs = [f for f in files if f.name == "config.json"]
+    assert len(configs) == 2 and all(_strict(f)["derived"]["svhn_jax_version"] == svhn_jax.__version__
+                                     for f in configs)
+    for f in (tmp_path / "sweep" / "results.json", tmp_path / "lr" / "lr_find.json"):
+        assert _strict(f)["svhn_jax_version"] == svhn_jax.__version__, f
 
 
 def test_resuming_a_finished_run_changes_nothing(tmp_path, npz, capsys):
@@ -132,8 +141,12 @@ def test_history_is_written_at_every_epoch_end(tmp_path, npz, monkeypatch):
 
 
 def test_batch_larger_than_the_training_part(tmp_path, npz):
-    with pytest.raises(SvhnJaxError, match="larger than the training part"):
+    """The message says why, and where its suggested batch size comes from."""
+    with pytest.raises(SvhnJaxError, match="larger than the training part") as e:
         runs.train_run(small(npz, batch=5000), tmp_path / "r", quiet=True)
+    said = re.search(r"\((\d+) images\): not one batch fits; use --batch \1 or less \((\d+) makes "
+                     r"4 steps an epoch\)", str(e.value))
+    assert said and 650 < int(said[1]) < 750 and int(said[2]) == int(said[1]) // 4   # ~70% of 1,000
 
 
 def test_a_sweep_checks_every_configuration(tmp_path, npz, capsys):

@@ -104,7 +104,8 @@ def test_seed_grid(outputs):
                                                "schedule", "reg", "batch")}
     assert shared == {"preprocess": "scale", "grayscale": False, "epochs": 1, "hidden": [8],
                       "schedule": "constant", "reg": 0.0, "batch": 64}
-    config.from_json(doc["settings"])   # a complete, valid configuration
+    assert not {"batchnorm", "lr", "optimizer"} & set(doc["settings"])   # swept: not shared
+    config.from_json({**doc["settings"], **doc["best"]})   # with the chosen values: complete, valid
     for f in ("curves.png", "lr_sweep.png"):
         assert (out / f).read_bytes()[:8] == PNG, f
 

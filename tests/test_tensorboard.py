@@ -73,6 +73,7 @@ def test_gradcheck_records_as_scalars(tmp_path):
     assert scalars(ea, "gradcheck/directional_fd") == [(r["step"], f32(r["directional_fd"])) for r in records]
     assert scalars(ea, "gradcheck/manual_vs_autodiff") == [(r["step"], f32(r["manual_vs_autodiff"])) for r in records]
     assert scalars(ea, "gradcheck/smooth") == [(0, 1.0), (1, 1.0), (2, 0.0), (3, 1.0), (4, 1.0)]
+    assert not any(tag.startswith("gradcheck/epoch") for tag in ea.Tags()["scalars"])   # an axis
 
 
 def test_layer_histograms_and_gradient_norms(tmp_path):
@@ -322,12 +323,19 @@ def test_a_run_writes_history_and_checks_as_events(tmp_path, npz):
     hist = _rows(tmp_path / "r" / "history.csv")
     for key, tag in tblog.EPOCH_TAGS.items():
         assert scalars(ea, tag) == [(int(r["step"]), f32(r[key])) for r in hist], tag
+    # every column of gradchecks.csv, whatever the check records, is a scalar at its step
+    # (but the axes: step, and epoch, which the epoch scalar above maps)
     checks = _rows(tmp_path / "r" / "gradchecks.csv")
-    for mode, prefix in (("train", "gradcheck/"), ("eval", tblog.GRADCHECK_EVAL_PREFIX)):
+    columns = [k for k in checks[0] if k not in ("step", "epoch", "mode")]
+    assert {"manual_vs_autodiff", "directional_jvp", "directional_fd", "smooth", "passed",
+            "training_precision_error", "training_precision_bound"} <= set(columns)
+    as_float = lambda v: {"True": 1.0, "False": 0.0}[v] if v in ("True", "False") else f32(v)
+    for mode, prefix in (("train", "gradcheck/"), ("eval", "gradcheck_eval/")):
         rows = [r for r in checks if r["mode"] == mode]
         assert len(rows) == {"train": 3 * 3, "eval": 3}[mode]   # steps 0, 6, 12 of each epoch; each end
-        for key in ("manual_vs_autodiff", "training_precision_error"):
-            assert scalars(ea, prefix + key) == [(int(r["step"]), f32(r[key])) for r in rows], (mode, key)
+        for col in columns:
+            assert tblog.gradcheck_tag(col, mode) == prefix + col
+            assert scalars(ea, prefix + col) == [(int(r["step"]), as_float(r[col])) for r in rows], (mode, col)
     assert [e.step for e in ea.Histograms("weights/0.dense.W")] == [int(hist[1]["step"])]
     assert [e.step for e in ea.Histograms("gradients/2.dense.b")] == [int(hist[1]["step"])]
     assert [s for s, v in scalars(ea, "grad_norm/total") if v > 0] == [int(hist[1]["step"])]

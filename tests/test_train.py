@@ -115,7 +115,7 @@ def test_epoch_has_fixed_batch_shape_and_compiles_once():
     assert order.shape == (4 * 32,) and set(np.asarray(order).tolist()) == set(range(n))
     X = jax.random.normal(jax.random.key(1), (n, 20))
     y = jnp.arange(n, dtype=jnp.int32) % 10
-    hp = train.Hyper(jnp.float32(1e-3), jnp.float32(0.0))
+    hp = train.Hyper(lr=jnp.float32(1e-3), reg=jnp.float32(0.0))
     state = train.init_state(0, cfg, 20, hp)
     before = train.run_steps._cache_size()
     for epoch in range(3):

@@ -100,6 +100,11 @@ def test_sweep_cli_on_synthetic_data(tmp_path, capsys):
     assert s["configurations"] == 4 and s["groups"] == 2
     assert {r["optimizer"] for r in s["results"]} == {"adam", "momentum"}
     assert s["final"]["status"] == "completed"
+    # "settings" holds what every configuration shares: the swept lr and optimizer are absent
+    # (the plain default lr, 1e-3, is one of the swept values), the hidden size is there
+    assert s["settings"]["hidden"] == [16] and s["settings"]["batch"] == 64
+    assert not {"lr", "optimizer"} & set(s["settings"])
+    config.from_json({**s["settings"], **s["best"]})   # with the chosen values: a whole configuration
 
 
 def test_lr_find(tmp_path, capsys, svhn_8k_path):

@@ -148,7 +148,7 @@ def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs
                     m = measure_ref(mode, h, b, X_host, y_host, epochs=epochs, seed=seed)
                 if m is None:
                     skipped.append({"mode": mode, "hidden": h, "batch": b,
-                                    "reason": "torch is not installed (pip install torch)"})
+                                    "reason": "torch is not installed (pip install -e \".[bench]\")"})
                     say(f"{mode:14s} H={h} B={b}: skipped (torch is not installed)")
                     continue
                 results.append(m.record)

@@ -16,6 +16,10 @@ SERIES = (("manual_vs_autodiff", "hand vs jax.grad, every entry", "tab:green"),
           ("directional_jvp", "along v: vs jax.jvp", "tab:blue"),
           ("directional_fd", "along v: vs finite difference", "tab:purple"))
 SET_ASIDE = "finite difference across a ReLU kink (not smooth along v): set aside"
+# Up to this many checks a series is drawn point by point; beyond (a run checked at
+# every step), each epoch's largest error, which keeps every failure in sight.
+MAX_POINTS = 400
+THINNED = " (largest of each epoch)"
 
 
 def _smooth(record) -> bool:
@@ -61,16 +65,19 @@ def gradcheck_figure(records, *, tol_fd=1e-6, tol_autodiff=1e-10, tol_jvp=None):
     smooth = np.array([_smooth(r) for r in records], dtype=bool)
     fig, (ax,) = base.figure(8, 6)
     bad = np.zeros(len(records), dtype=bool)
+    epochs = base.column(records, "epoch")
     for key, name, color in SERIES:
         if key not in s["max"]:
             continue
         values, counts = base.column(records, key), _counting(records, key, smooth)
-        _log_series(ax, steps[counts], values[counts], name, color)
+        keep, thinned = _largest_per_epoch(values, epochs, counts)
+        _log_series(ax, steps[keep], values[keep], name + THINNED * thinned, color)
         bad |= counts & np.isnan(values)
         aside = ~smooth & (key == "directional_fd")
         if aside.any():
-            ax.plot(steps[aside], base.for_log(values[aside])[0], "D", mfc="none", mec="tab:gray", ms=7,
-                    ls="none", label=SET_ASIDE)
+            keep, thinned = _largest_per_epoch(values, epochs, aside)
+            ax.plot(steps[keep], base.for_log(values[keep])[0], "D", mfc="none", mec="tab:gray", ms=7,
+                    ls="none", label=SET_ASIDE + THINNED * thinned)
     base.markers_at_top(ax, steps[bad], label="NaN / inf error: a failure")
     used = sorted({tols[k] for k in s["max"]})
     if len(used) == 1:
@@ -96,6 +103,20 @@ def gradcheck_figure(records, *, tol_fd=1e-6, tol_autodiff=1e-10, tol_jvp=None):
     return fig, s
 
 
+def _largest_per_epoch(values, epochs, mask) -> tuple[np.ndarray, bool]:
+    """(indices of the rows of `mask` to draw, whether thinned): every one up to
+    MAX_POINTS; else the largest error of each epoch (NaN counts as largest), or of
+    each of MAX_POINTS equal runs of rows when the rows have no epochs or too many."""
+    rows = np.flatnonzero(mask)
+    if len(rows) <= MAX_POINTS:
+        return rows, False
+    groups = epochs[rows]
+    if np.isnan(groups).any() or len(np.unique(groups)) > MAX_POINTS:
+        groups = np.arange(len(rows)) * MAX_POINTS // len(rows)
+    worst = np.where(np.isnan(values[rows]), np.inf, values[rows])
+    return np.array([rows[g][np.argmax(worst[g])] for g in (groups == u for u in np.unique(groups))]), True
+
+
 def gradcheck(records, path, *, tol_fd=1e-6, tol_autodiff=1e-10, tol_jvp=None) -> Path:
     """Errors of the per-step gradient checks of a run, log y, with tolerances.
 
@@ -105,7 +126,8 @@ def gradcheck(records, path, *, tol_fd=1e-6, tol_autodiff=1e-10, tol_jvp=None) -
         errors >= 0. Exact zeros are drawn at LOG_FLOOR as hollow circles;
         NaN/inf errors as red x at the top (failures). A finite difference
         that was not smooth along v is drawn as a grey diamond and does not
-        count: neither in the title's maximum nor as a failure.
+        count: neither in the title's maximum nor as a failure. Beyond
+        MAX_POINTS checks a series shows each epoch's largest error.
     tol_fd, tol_autodiff, tol_jvp (default tol_fd): the tolerances, dashed lines.
     The title gives the number of checks, failures and set-aside checks and each
     series' maximum over the checks that count (`gradcheck_summary`).

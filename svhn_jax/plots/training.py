@@ -59,8 +59,9 @@ def _curves_panel(history, epochs, best, path, kind: str) -> Path:
                    label=f"best val acc {acc:.2f}% (epoch {e:g})")
         if kind == "acc":
             ax.plot([e], [acc], "*", color=base.VAL_COLOR, ms=14, mec="k", zorder=5)
+    handles = []
     if kind == "loss":
-        _lr_axis(ax, epochs, base.column(history, "lr"))
+        handles = _lr_axis(ax, epochs, base.column(history, "lr"))
         ax.set_ylabel("loss")
         ax.set_title("loss per epoch")
     else:
@@ -68,25 +69,28 @@ def _curves_panel(history, epochs, best, path, kind: str) -> Path:
         ax.set_title("accuracy per epoch")
     base.epoch_axis(ax, epochs)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="best")
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + handles, fontsize="small", loc="best")
     return base.save(fig, path)
 
 
-def _lr_axis(ax, epochs, lr):
-    """A constant learning rate goes in the title; a schedule gets a log right axis."""
+def _lr_axis(ax, epochs, lr) -> list:
+    """A constant learning rate is written in a corner; a schedule gets a linear right
+    axis from 0 (a log axis would stretch a cosine's last steps over decades). Returns
+    the legend handles to add (the learning-rate line)."""
     finite = lr[~np.isnan(lr)]
     if finite.size == 0:
-        return
+        return []
     if np.ptp(finite) == 0:
         ax.text(0.99, 0.01, f"lr = {finite[0]:.3g}", transform=ax.transAxes,
                 ha="right", va="bottom", fontsize="small", color="gray")
-        return
+        return []
     ax2 = ax.twinx()
-    ax2.plot(epochs, lr, color="gray", ls="--", lw=1)
-    if finite.min() > 0:
-        ax2.set_yscale("log")
-    ax2.set_ylabel("learning rate (dashed)", color="gray")
+    line, = ax2.plot(epochs, lr, color="gray", ls="--", lw=1, label="learning rate (right axis)")
+    ax2.set_ylim(min(0.0, finite.min() * 1.05), finite.max() * 1.05)
+    ax2.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax2.set_ylabel("learning rate", color="gray")
     ax2.tick_params(axis="y", colors="gray")
+    return [line]
 
 
 def overlay_curves(runs, path) -> Path:
@@ -100,7 +104,9 @@ def overlay_curves(runs, path) -> Path:
     runs = list(runs)
     if not runs:
         return base.message(path, "no runs to compare")
-    fig, (ax_loss, ax_acc) = base.figure(12 if len(runs) > base.MANY_LEGEND else 11, 4.5, ncols=2)
+    # the legend beside the panels has a line per run: the figure grows to hold it
+    fig, (ax_loss, ax_acc) = base.figure(12 if len(runs) > base.MANY_LEGEND else 11,
+                                         max(4.5, 0.8 + 0.2 * len(runs)), ncols=2)
     colors = base.colors(len(runs))
     all_epochs = []
     for i, run in enumerate(runs):

@@ -75,10 +75,10 @@ def set_hint(hint: str) -> None:
 # ------------------------------------------------------------------ rounds
 
 
-def exchange(stage: str, value) -> list:
+def exchange(stage: str, value, limit_s: float = STAGE_LIMIT_S) -> list:
     """Every process's `value` (JSON), in process order, once all have posted theirs.
     Raises ProcessLost when a peer's heartbeat stops while we wait, or when it has not
-    posted within STAGE_LIMIT_S."""
+    posted within limit_s."""
     if not several():
         return [value]
     _state["round"] += 1
@@ -93,7 +93,7 @@ def exchange(stage: str, value) -> list:
                 out.append(json.loads(raw))
                 break
             waited = time.monotonic() - start
-            if _silent_for(pid) > _state["timeout_s"] / 2 or waited > STAGE_LIMIT_S:
+            if _silent_for(pid) > _state["timeout_s"] / 2 or waited > limit_s:
                 raise ProcessLost(_lost_message(pid, f"it did not reach {stage!r} within "
                                                      f"{waited:.0f} s"))
             time.sleep(0.05)
@@ -238,17 +238,17 @@ def finish() -> None:
     that a process finishing early is not taken for a lost one."""
     if _state["watchdog"] is None:
         return
-    try:
-        exchange("finish", None)
+    try:   # bounded: a process that fails alone must not wait for the others for long
+        exchange("finish", None, limit_s=_state["timeout_s"])
     except SvhnJaxError:
         pass
     _state["stop"].set()
 
 
-def _lost_message(pid: int, why: str) -> str:
+def _lost_message(pid, why: str) -> str:
     hint = _state["hint"]
-    return (f"process {pid} of {jax.process_count()} is lost ({why}); every process of the run "
-            f"stops" + (f". {hint}" if hint else ""))
+    who = f"process {pid} of {jax.process_count()}" if isinstance(pid, int) else pid
+    return f"{who} is lost ({why}); every process of the run stops" + (f". {hint}" if hint else "")
 
 
 def _end(pid: int, why: str) -> None:
@@ -257,10 +257,23 @@ def _end(pid: int, why: str) -> None:
     os._exit(EXIT_PROCESS_LOST)
 
 
-def translate(e: BaseException) -> SvhnJaxError | None:
-    """A runtime error from a collective whose peer went away, as ProcessLost; None for
-    anything else."""
-    if several() and type(e).__name__ == "JaxRuntimeError":
-        return ProcessLost(_lost_message(-1, f"a collective failed: {str(e).splitlines()[0][:200]}")
-                           .replace("process -1 of", "a process of"))
-    return None
+@contextmanager
+def lost_peers_reported():
+    """A collective that fails because its peer went away (Gloo: connection reset)
+    becomes ProcessLost, with the resume command, instead of a raw runtime error."""
+    try:
+        yield
+    except Exception as e:
+        if several() and type(e).__name__ == "JaxRuntimeError":
+            first = str(e).strip().splitlines()[0][:200]
+            raise ProcessLost(_lost_message(_silent_peer(), f"a collective failed: {first}")) from None
+        raise
+
+
+def _silent_peer(wait_s: float = 3 * HEARTBEAT_S) -> int | str:
+    """The peer whose heartbeat does not advance over the next few beats (the one a
+    failed collective lost), or "another process" when that cannot be told."""
+    before = {pid: seen[0] for pid, seen in _seen.items()}
+    time.sleep(wait_s)
+    silent = [pid for pid, value in before.items() if _seen[pid][0] == value]
+    return silent[0] if len(silent) == 1 else "another process"

@@ -11,7 +11,7 @@ import numpy as np
 
 from .. import data
 from ..data import preprocess
-from ..errors import SvhnJaxError
+from ..errors import DataError, SvhnJaxError
 from ..step import evaluate as evaluation
 from ..step import settings
 from . import folder, launch
@@ -43,12 +43,25 @@ def choose_images(c, loaded: dict, *, own: bool, split: str | None) -> tuple[str
     return split, run_parts.split(c, loaded, consume=True)[split]   # loaded is ours alone
 
 
+def _require_svhn_if_named(spec: str, data_dir, own: bool) -> None:
+    """--data svhn that is not prepared: the fixes that make sense for scoring (getting
+    SVHN, or other data to score), not training's (--download, synthetic data)."""
+    d = data.default_data_dir(data_dir)
+    if spec == "svhn" and not data.prepared_splits(d):
+        other = "" if own else "drop --data to score the run's own data, or "
+        raise DataError(f"SVHN is not prepared in {d}, so there is nothing to score. Fix: "
+                        f"svhn-jax download --dir D && svhn-jax prepare --mat-dir D --data-dir {d}; "
+                        f"or {other}score a folder holding the official train_32x32.mat and "
+                        f"test_32x32.mat (--data DIR) or an .npz with X and y (--data FILE.npz)")
+
+
 def evaluate_run(run, spec: str | None = None, *, split: str | None = None, data_dir=None) -> dict:
     """Accuracy, loss, per-class accuracy and confusion of the run's best parameters,
     plus `split`, `n` and `overlap_with_training` (scored images the run trained on)."""
     run = Path(run)
     c, derived = folder.read_run(run)
     own = spec is None or _same_data(str(spec), c.data)
+    _require_svhn_if_named(spec or c.data, data_dir or c.data_dir, own)
     loaded = run_parts.load(c, spec=spec, data_dir=data_dir)
     split, (X, y) = choose_images(c, loaded, own=own, split=split)
     prep = derived["preprocessing"]

@@ -15,13 +15,13 @@ import shutil
 import sys
 from pathlib import Path
 
-from .. import atomic, config
+from .. import __version__, atomic, config
 from ..errors import DataError, SvhnJaxError
 
 # What a run, a sweep or lr-find writes; --overwrite removes these (and nothing else).
 RUN_FILES = ("config.json", "history.csv", "gradchecks.csv", "metrics.json", "checkpoint*.npz",
              "best.npz", "train_fingerprints.npy", "*.png", "results.csv", "results.json",
-             "lr_find.csv", "lr_find.json")
+             "lr_find.csv", "lr_find.json", "sweep.json")
 
 
 def check_run_dir(out: Path, *, overwrite: bool) -> None:
@@ -45,7 +45,8 @@ def ensure_run_dir(out: Path, *, overwrite: bool) -> None:
         for name in RUN_FILES:
             for f in out.glob(name):
                 f.unlink()
-        shutil.rmtree(out / "tb", ignore_errors=True)   # tblog.TB_DIR
+        for name in ("tb", "groups"):   # tblog.TB_DIR; a sweep's groups
+            shutil.rmtree(out / name, ignore_errors=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"
@@ -65,7 +66,9 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 def write_config(out: Path, c: config.RunConfig, derived: dict) -> None:
-    atomic.write_json(Path(out) / "config.json", {"settings": config.to_json(c), "derived": derived})
+    """config.json; `derived` gains the svhn_jax version that wrote it."""
+    atomic.write_json(Path(out) / "config.json", {"settings": config.to_json(c),
+                                                  "derived": {"svhn_jax_version": __version__, **derived}})
 
 
 def read_run(run) -> tuple[config.RunConfig, dict]:

@@ -62,7 +62,7 @@ def write(job, states, progs, status: str, step: int, extra: dict | None = None)
         return {}
     prog, c = progs[0], job.c
     params = meshes.to_host(meshes.real(states.params, job.place))
-    members = {"ensemble": c.ensemble, "seeds": [m.seed for m in job.configs]} if job.k > 1 else {}
+    members = {"ensemble": job.k, "seeds": [m.seed for m in job.configs]} if job.k > 1 else {}
     metrics = {"status": status, **members,
                "devices": job.place.devices, "mesh": {"models": job.place.models, "data": job.place.data},
                "steps": step,

@@ -15,46 +15,14 @@ result (state, metrics) is readable in every process.
 from __future__ import annotations
 
 import atexit
-import os
-import re
 
 import jax
 import numpy as np
 
 from ..errors import SvhnJaxError
+from ..flags import process_settings
 from ..step import mesh as meshes
 from . import agree
-
-ENV = ("SVHN_JAX_COORDINATOR", "SVHN_JAX_NUM_PROCESSES", "SVHN_JAX_PROCESS_ID")
-
-
-def process_settings(coordinator=None, num_processes=None, process_id=None, environ=None):
-    """(coordinator "HOST:PORT", num_processes, process_id) from the arguments or,
-    where they are None, the environment variables in ENV; None when neither
-    names any of them (a single process)."""
-    environ = os.environ if environ is None else environ
-    given = [v if v is not None else environ.get(k) for v, k in
-             zip((coordinator, num_processes, process_id), ENV)]
-    if all(v is None for v in given):
-        return None
-    flags = ("--coordinator", "--num-processes", "--process-id")
-    missing = [f"{f} (or {k})" for v, f, k in zip(given, flags, ENV) if v is None]
-    if missing:
-        raise SvhnJaxError(f"several processes need all three settings; missing {', '.join(missing)}")
-    coordinator, num, pid = given
-    if not re.fullmatch(r"[^\s:]+:\d+", str(coordinator)):
-        raise SvhnJaxError(f"--coordinator must be HOST:PORT (process 0's address, e.g. "
-                           f"10.0.0.1:1234), got {coordinator!r}")
-    try:
-        num, pid = int(num), int(pid)
-    except (TypeError, ValueError):
-        raise SvhnJaxError(f"--num-processes and --process-id must be integers, got "
-                           f"{num!r} and {pid!r}") from None
-    if num < 1 or not 0 <= pid < num:
-        raise SvhnJaxError(f"--process-id must be in [0, {num - 1}] with --num-processes {num}, "
-                           f"got {pid}")
-    return str(coordinator), num, pid
-
 
 def initialize(coordinator=None, num_processes=None, process_id=None, *,
                timeout_s: float = 60) -> bool:

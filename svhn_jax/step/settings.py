@@ -63,8 +63,9 @@ def hypers(configs) -> train.Hyper:
 
 def check_batch(c: RunConfig, n_train: int) -> None:
     if c.batch > n_train:
-        raise SvhnJaxError(f"batch size {c.batch} is larger than the training part "
-                           f"({n_train} images); use --batch {max(1, n_train // 4)} or more data")
+        raise SvhnJaxError(f"batch size {c.batch} is larger than the training part ({n_train:,} "
+                           f"images): not one batch fits; use --batch {n_train} or less ("
+                           f"{max(1, n_train // 4)} makes 4 steps an epoch), or more data")
 
 
 def lr_at(cfg: train.StepConfig, lr, step: int) -> float:
