@@ -1,6 +1,6 @@
 """Mutation testing of svhn_jax/nn/: does the suite fail when the maths is changed?
 
-    python scripts/mutate.py                       # sample mode: 12 random mutants, <= 15 minutes
+    python scripts/mutate.py                       # sample mode: 12 random mutants, at most 15 minutes
     python scripts/mutate.py --sample 150 --seed 1 --budget 0 --out mutation.json
     python scripts/mutate.py --list                # every mutant, with its id
 
@@ -237,8 +237,11 @@ def baseline(modules, tree: Path, cache: Path, timeout: float) -> None:
         print(f"baseline: {' '.join(run[0])}{' -k ' + run[2] if run[2] else ''} passes", flush=True)
 
 
-def run_mutant(m: dict, tree: Path, cache: Path, timeout: float) -> dict:
-    """Apply m in the scratch `tree`, run its module's tests, restore the file."""
+def run_mutant(m: dict, tree: Path, cache: Path, timeout: float, budget_left: float | None = None) -> dict:
+    """Apply m in the scratch `tree`, run its module's tests, restore the file. A
+    mutant still running when the budget ends is stopped and reported not run."""
+    cut = budget_left is not None and budget_left < timeout
+    timeout = budget_left if cut else timeout
     path = tree / PACKAGE / m["module"]
     original = path.read_bytes()
     assert original[m["start"]:m["end"]].decode() == m["original"], "the scratch copy is out of date"
@@ -249,7 +252,7 @@ def run_mutant(m: dict, tree: Path, cache: Path, timeout: float) -> dict:
             try:
                 r = _pytest(run, tree, cache, timeout - (time.perf_counter() - t0))
             except subprocess.TimeoutExpired:
-                status, by = "killed", f"timeout after {timeout:.0f}s"
+                status, by = ("not run", "budget spent") if cut else ("killed", f"timeout after {timeout:.0f}s")
                 break
             if r.returncode != 0:
                 failed = [ln for ln in r.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
@@ -264,7 +267,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sample", type=int, default=12, help="random mutants to run (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
-    p.add_argument("--budget", type=float, default=900, help="seconds after which no new mutant starts (0: none)")
+    p.add_argument("--budget", type=float, default=900,
+                   help="seconds the mutants may take in all: none starts after, a running one is stopped "
+                        "and reported not run (0: no budget)")
     p.add_argument("--timeout", type=float, default=900, help="seconds one mutant may take (then: killed)")
     p.add_argument("--jobs", type=int, default=1, help="mutants run at once, each in its own scratch copy")
     p.add_argument("--modules", help="comma-separated modules of svhn_jax/nn/ (default: all)")
@@ -304,7 +309,8 @@ def main(argv=None) -> int:
         else:
             tree = trees.get()
             try:
-                r = run_mutant(m, tree, work / "jax_cache", args.timeout)
+                left = args.budget - (time.perf_counter() - t0) if args.budget else None
+                r = run_mutant(m, tree, work / "jax_cache", args.timeout, left)
             finally:
                 trees.put(tree)
         done[0] += 1
