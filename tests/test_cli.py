@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARSER = cli.build_parser()
 COMMANDS = PARSER._subparsers._group_actions[0].choices    # name -> its parser
 # a value each subcommand's required flags accept (parsing only: nothing runs)
-REQUIRED = {"evaluate": ["--run", "R"], "sweep": ["--out", "S"], "lr-find": ["--out", "L"],
-            "prepare": ["--mat-dir", "M"]}
+REQUIRED = {"evaluate": ["--run", "R"], "lr-find": ["--out", "L"], "prepare": ["--mat-dir", "M"]}
 
 
 def _parse(capsys, argv) -> tuple[int, str, str]:
@@ -128,6 +127,9 @@ def test_help_alone_prints_the_usage(capsys):
 # them gets past its checks, so nothing is trained, downloaded or prepared.
 LATE_ERRORS = {
     "train without --out": ["train", "--data", "synthetic"],
+    "sweep without --out or --resume": ["sweep", "--data", "synthetic"],
+    "sweep --resume with settings": ["sweep", "--resume", "{tmp}/s", "--lr", "0.1"],
+    "sweep --resume of a folder that is no sweep": ["sweep", "--resume", "{tmp}"],
     "train --lr 0": ["train", "--data", "synthetic", "--out", "{tmp}/r", "--lr", "0"],
     "train --resume with settings": ["train", "--resume", "{tmp}/r", "--lr", "0.1"],
     "train, svhn not prepared": ["train", "--out", "{tmp}/r", "--data-dir", "{tmp}/no_tfds"],
