@@ -3,6 +3,7 @@ Each imports its modules lazily, so --help and early errors stay fast."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
@@ -23,10 +24,9 @@ def cmd_gradcheck(args) -> int:
         raise errors.SvhnJaxError("--in-dim must be at least 1 and --fd-samples at least 0 (0: all entries)")
     if args.fd_samples == 0:
         args.fd_samples = None
-    try:
-        coverage.model_variants(args.batchnorm, args.mode)
-    except gradcheck.GradCheckError as e:
-        raise errors.SvhnJaxError(f"{e} (--batchnorm takes none,before,after; --mode train,eval)") from None
+    if args.batchnorm and args.placement:
+        raise errors.SvhnJaxError("--batchnorm means --placement before,after: give one of them")
+    placements = ("before", "after") if args.batchnorm else args.placement or ("none", "before", "after")
     if args.devices is not None:  # settle the mesh before the slow checks
         from .nn import distcheck
         from .step import mesh as meshes
@@ -37,7 +37,7 @@ def cmd_gradcheck(args) -> int:
 
     # The model check uses the real input width; finite differences sample
     # entries of the big first layer instead of perturbing all 393k of them.
-    settings = dict(placements=args.batchnorm, modes=args.mode, batch=args.batch, in_dim=args.in_dim,
+    settings = dict(placements=placements, modes=args.mode, batch=args.batch, in_dim=args.in_dim,
                     reg=args.reg, seed=args.seed, fd_samples=args.fd_samples)
     tolerances = {"manual_vs_autodiff": gradcheck.TOL_AUTODIFF,
                   "manual_vs_finite_diff": gradcheck.TOL_FINITE_DIFF}
@@ -75,8 +75,15 @@ def cmd_gradcheck(args) -> int:
     return errors.EXIT_OK if ok else errors.EXIT_CHECK_FAILED
 
 
-def _names(value: str) -> tuple:
-    return tuple(v.strip() for v in value.split(",") if v.strip())
+def _names(*allowed: str):
+    """An argparse type: a comma-separated list of some of `allowed`."""
+    def parse(value: str) -> tuple:
+        names = tuple(v.strip() for v in value.split(",") if v.strip())
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{value!r}: choose from {','.join(allowed)}")
+        return names
+    return parse
 
 
 def add_gradcheck(sub):
@@ -85,15 +92,16 @@ def add_gradcheck(sub):
                                    "bias, ReLU, BatchNorm in train and eval mode), the loss, and the "
                                    "whole model with BatchNorm nowhere, before and after the ReLU, in "
                                    "train and eval mode: hand-written backward vs jax.grad vs central "
-                                   "finite differences. --batchnorm and --mode narrow the models (and "
-                                   "the layer variants they contain). Exits 1 when a tolerance is exceeded.")
+                                   "finite differences. --placement (or --batchnorm) and --mode narrow "
+                                   "the models (and the layer variants they contain). Exits 1 when a "
+                                   "tolerance is exceeded.")
     p.add_argument("--hidden", type=int_list, default=(128,), help="hidden sizes, e.g. 128 or 512,256")
-    p.add_argument("--batchnorm", type=_names, nargs="?", const=("before", "after"),
-                   default=("none", "before", "after"), metavar="none,before,after",
-                   help="only the models with these BatchNorm placements (default all three; "
-                        "--batchnorm alone: before,after)")
-    p.add_argument("--mode", type=_names, default=("train", "eval"), metavar="train,eval",
-                   help="only these modes (default both)")
+    p.add_argument("--placement", type=_names("none", "before", "after"), metavar="none,before,after",
+                   help="only the models with these BatchNorm placements (default: all)")
+    p.add_argument("--batchnorm", action="store_true",
+                   help="only the models with BatchNorm: --placement before,after")
+    p.add_argument("--mode", type=_names("train", "eval"), default=("train", "eval"), metavar="train,eval",
+                   help="only these modes (default train,eval)")
     p.add_argument("--batch", type=int, default=8, help="batch size (>= 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parameters, inputs and directions")
     p.add_argument("--reg", type=float, default=0.1, help="L2 strength in the model check")

@@ -1,6 +1,8 @@
 """`svhn-jax gradcheck`: readable table, JSON schema, non-zero exit on failure."""
 
 import json
+
+import pytest
 import subprocess
 import sys
 
@@ -26,15 +28,18 @@ def test_the_default_command_checks_every_variant_and_lists_them(capsys):
 
 
 def test_flags_narrow_the_models_and_the_layer_variants_they_contain(capsys):
-    assert cli.main(ARGS + ["--batchnorm", "none", "--mode", "train", "--json"]) == 0
+    assert cli.main(ARGS + ["--placement", "none", "--mode", "train", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["variants"] == [
         "dense (with bias)", "relu", "softmax cross-entropy + L2", "model 10-12-6-10 (train), L2=0.1"]
-    assert cli.main(ARGS + ["--batchnorm", "--mode", "eval", "--json"]) == 0   # alone: before,after
+    assert cli.main(ARGS + ["--batchnorm", "--mode", "eval", "--json"]) == 0   # = --placement before,after
     assert json.loads(capsys.readouterr().out)["variants"] == [
         "dense (no bias)", "batchnorm (eval mode)", "relu", "dense (with bias)", "softmax cross-entropy + L2",
         "model 10-12-6-10 +BN before ReLU (eval), L2=0.1", "model 10-12-6-10 +BN after ReLU (eval), L2=0.1"]
-    assert cli.main(ARGS + ["--batchnorm", "middle"]) == 2
-    assert "unknown placement or mode 'middle'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        cli.main(ARGS + ["--placement", "middle"])
+    assert e.value.code == 2 and "'middle': choose from none,before,after" in capsys.readouterr().err
+    assert cli.main(ARGS + ["--batchnorm", "--placement", "none"]) == 2
+    assert "give one of them" in capsys.readouterr().err
 
 
 def test_the_default_command_sees_the_branch_of_a_dense_layer_without_bias(monkeypatch, capsys):
@@ -49,7 +54,7 @@ def test_the_default_command_sees_the_branch_of_a_dense_layer_without_bias(monke
     out = capsys.readouterr().out
     assert "FAILED dense (no bias)" in out and "ok     dense (with bias)" in out
     assert "FAILED model 10-12-6-10 +BN before ReLU (train), L2=0.1" in out
-    assert cli.main(ARGS + ["--batchnorm", "none,after"]) == 0   # no Dense without bias there
+    assert cli.main(ARGS + ["--placement", "none,after"]) == 0   # no Dense without bias there
 
 
 def test_gradcheck_json_schema_and_pass(capsys):
