@@ -59,7 +59,8 @@ def flow(tmp_path, **settings) -> dict:
     resumed = launch.resume_run(tmp_path / "cut", quiet=True)
     assert resumed["status"] == whole["status"] == "completed"
     assert resumed["params_sha256"] == whole["params_sha256"]
-    assert resumed["gradchecks"] == whole["gradchecks"] == STEPS * c.ensemble
+    # every step, and each epoch's end in eval mode, of every member
+    assert resumed["gradchecks"] == whole["gradchecks"] == (STEPS + SETTINGS["epochs"]) * c.ensemble
     assert resumed["gradchecks_failed"] == whole["gradchecks_failed"] == 0
     if processes.is_main_process():   # process 0 alone writes the run folders
         k = c.ensemble
