@@ -14,13 +14,16 @@ batch that step trains on (`train.get_batch`), compares
       rounding (the two compute the same derivative in a different order), so
       they should stay near float32's resolution and not drift upward as
       training proceeds;
-  float64: stepcheck.step_check on the same parameters and batch, cast up, with
-      the checks and tolerances of `svhn-jax train --gradcheck-every`
-      (svhn_jax.nn.stepcheck.TOL_STEP_AUTODIFF and TOL_STEP_DIRECTIONAL explain them):
-      hand vs jax.grad, and a directional central finite difference along a
-      random unit vector, counted where the loss is smooth along it, with
-      step_check's step or --fd-eps. A much smaller step lets rounding
-      (~1e-16 L / eps) dominate the finite difference.
+  float64: stepcheck.step_check, the very check `svhn-jax train --gradcheck-every`
+      runs (its measures, its floor, its rule for setting a difference aside),
+      recomputed in float64 on the same parameters and batch, cast up, and
+      judged with stepcheck.tolerances(float64): hand vs jax.grad and <g, v>
+      vs jax.jvp to 2^10 float64 roundoffs (both are exact), and the
+      directional central difference, where the loss is smooth along v, to
+      the check's float32 tolerance (its own rounding and truncation, about
+      1e-9 of <g, v>, are what limit it), with step_check's step or --fd-eps.
+      A much smaller step lets rounding (~1e-16 L / eps) dominate the
+      difference, and the check then sets it aside.
 
 The training settings are `svhn-jax train`'s flags (built from svhn_jax.config,
 --preset included) and mean the same: the steps compared are the first --steps
@@ -63,16 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train step by step and, at every step, compare hand-derived and jax.grad "
                     "gradients on that step's batch in float32, plus the float64 per-step check "
                     "(hand vs jax.grad, directional finite difference).",
-        epilog="Tolerances: float64 hand vs jax.grad <= 1e-10, float64 directional finite "
-               "difference <= 1e-5 (exit 1 if either is exceeded). float32 differences are "
-               "rounding; expect about 1e-6 relative.")
+        epilog="Tolerances (svhn_jax.nn.stepcheck.tolerances): float64 hand vs jax.grad and vs "
+               "jax.jvp <= 1.1e-13, float64 directional finite difference <= 6.1e-5 (exit 1 if "
+               "one is exceeded). float32 differences are rounding; expect about 1e-6 relative.")
     p.add_argument("--out", required=True, help="folder for the outputs (must be new or empty)")
     p.add_argument("--overwrite", action="store_true", help="allow a non-empty --out")
     p.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     p.add_argument("--lr", type=float, help="(peak) learning rate (default 1e-3, or the preset's)")
     p.add_argument("--fd-eps", type=float, default=None,
                    help="step of the float64 directional finite difference (default: "
-                        "stepcheck.step_check's, 1e-5, the one training uses)")
+                        "1e-5, the one training uses)")
     flags.add_settings(p, "lr-find")   # the training settings, as `svhn-jax train` spells them
     return p
 
@@ -99,24 +102,27 @@ def _float32_diffs_fn(spec, reg):
     return diffs
 
 
-def summarize(rows: list[dict], tol_autodiff: float, tol_fd: float) -> dict:
-    """The maxima over the steps, the tolerances and whether they are met."""
+F64 = ("manual_vs_autodiff", "directional_jvp", "directional_fd")   # stepcheck.COMPARISONS
+
+
+def summarize(rows: list[dict], tolerances: dict) -> dict:
+    """The maxima over the steps, the tolerances and whether they are met
+    (tolerances: stepcheck.tolerances(float64), keyed by F64)."""
     def mx(key, where=lambda r: True):
         return float(np.max([r[key] for r in rows if where(r)], initial=0.0))  # NaN wins
 
     s = {"steps": len(rows),
          "max_f32_abs_diff": mx("f32_max_abs_diff"),
          "max_f32_rel_diff": mx("f32_max_rel_diff"),
-         "max_f64_manual_vs_autodiff": mx("f64_manual_vs_autodiff"),
-         # only where the loss is smooth along v (stepcheck.step_check explains)
-         "max_f64_directional_fd": mx("f64_directional_fd", lambda r: r["f64_smooth"]),
+         # the difference only where the loss is smooth along v (stepcheck.check explains)
+         **{f"max_f64_{k}": mx(f"f64_{k}", (lambda r: r["f64_smooth"]) if k == "directional_fd" else
+                               (lambda r: True)) for k in F64},
          "f64_nonsmooth_steps": sum(not r["f64_smooth"] for r in rows),
-         "tolerances": {"f64_manual_vs_autodiff": tol_autodiff, "f64_directional_fd": tol_fd,
-                        "f32_rel_expected_below": F32_EXPECTED_REL}}
-    s["f64_manual_vs_autodiff_ok"] = s["max_f64_manual_vs_autodiff"] <= tol_autodiff
-    s["f64_directional_fd_ok"] = s["max_f64_directional_fd"] <= tol_fd
+         "tolerances": {**{f"f64_{k}": tolerances[k] for k in F64}, "f32_rel_expected_below": F32_EXPECTED_REL}}
+    for k in F64:
+        s[f"f64_{k}_ok"] = s[f"max_f64_{k}"] <= tolerances[k]
     s["f32_rel_within_rounding"] = s["max_f32_rel_diff"] <= F32_EXPECTED_REL
-    s["ok"] = s["f64_manual_vs_autodiff_ok"] and s["f64_directional_fd_ok"]
+    s["ok"] = all(s[f"f64_{k}_ok"] for k in F64)
     if rows:
         worst = max(rows, key=lambda r: r["f32_max_rel_diff"])
         s["max_f32_rel_diff_at"] = {"step": worst["step"], "leaf": worst["f32_worst_leaf"]}
@@ -127,12 +133,13 @@ def summarize(rows: list[dict], tol_autodiff: float, tol_fd: float) -> dict:
 def format_summary(s: dict) -> str:
     ok = lambda b: "ok" if b else "EXCEEDED"
     tol = s["tolerances"]
+    line = lambda name, k, note="": (f"  float64 {name:<24}{s[f'max_f64_{k}']:.2e}  (tolerance "
+                                     f"{tol[f'f64_{k}']:.1e}: {ok(s[f'f64_{k}_ok'])}{note})")
     lines = [f"over {s['steps']} steps (max over steps):",
-             f"  float64 hand vs jax.grad        {s['max_f64_manual_vs_autodiff']:.2e}  "
-             f"(tolerance {tol['f64_manual_vs_autodiff']:.0e}: {ok(s['f64_manual_vs_autodiff_ok'])})",
-             f"  float64 directional finite diff {s['max_f64_directional_fd']:.2e}  "
-             f"(tolerance {tol['f64_directional_fd']:.0e}: {ok(s['f64_directional_fd_ok'])}; "
-             f"step {s['fd_eps']:.0e}; {s['f64_nonsmooth_steps']} non-smooth steps skipped)",
+             line("hand vs jax.grad", "manual_vs_autodiff"),
+             line("<g, v> vs jax.jvp", "directional_jvp"),
+             line("directional finite diff", "directional_fd",
+                  f"; step {s['fd_eps']:.0e}; {s['f64_nonsmooth_steps']} non-smooth steps skipped"),
              f"  float32 hand vs jax.grad, rel   {s['max_f32_rel_diff']:.2e}  "
              f"(rounding; expected ~1e-6, "
              f"{'below' if s['f32_rel_within_rounding'] else 'ABOVE'} {F32_EXPECTED_REL:.0e})",
@@ -186,7 +193,7 @@ def compare(args) -> int:
     leaf_names = gradcheck.leaf_names(cfg.spec, state.params)
     diffs = _float32_diffs_fn(cfg.spec, jnp.float32(c.reg))
     batch_of = jax.jit(train.get_batch, static_argnames=("cfg",))
-    eps = args.fd_eps or stepcheck.FD_STEP
+    eps = args.fd_eps or gradcheck.FD_STEP
 
     print(f"compare_grads: {args.steps} steps, spec {' -> '.join(f'{k}{w}' for k, w in cfg.spec)}, "
           f"{n} training images, {c.optimizer} lr {c.lr:g}, batch {c.batch}", flush=True)
@@ -200,15 +207,13 @@ def compare(args) -> int:
         xb, yb = batch_of(X, y, order, pos, state.key, state.step, cfg)
         loss, max_abs, rel = diffs(state.params, state.bn_state, xb, yb)
         rel = np.asarray(rel)
-        # the key runs._step_gradcheck uses at this step
-        key = jax.random.fold_in(jax.random.fold_in(state.key, 3), s)
-        f64 = stepcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c.reg, key,
-                                   eps=eps)
+        # the key the per-step check in training uses at this step
+        f64 = stepcheck.step_check(state.params, state.bn_state, xb, yb, cfg.spec, c.reg,
+                                   train.check_key(state.key, state.step), eps=eps, grad_mode=c.grad)
         rows.append({"step": s, "epoch": epoch + 1, "loss": float(loss),
                      "f32_max_abs_diff": float(max_abs), "f32_max_rel_diff": float(rel.max()),
                      "f32_worst_leaf": leaf_names[int(rel.argmax())],
-                     "f64_manual_vs_autodiff": f64["manual_vs_autodiff"],
-                     "f64_directional_fd": f64["directional_fd"], "f64_smooth": f64["smooth"]})
+                     **{f"f64_{k}": f64[k] for k in F64}, "f64_smooth": f64["smooth"]})
         state, (ce, *_) = train.run_steps(state, hp, X, y, order, pos, cfg, 1)
         if not np.all(np.isfinite(np.asarray(ce))) or not np.isfinite(float(loss)):
             diverged = runs.Diverged(f"diverged at step {s + 1} (loss {float(np.asarray(ce)[0])}); "
@@ -219,17 +224,17 @@ def compare(args) -> int:
                           f"{time.perf_counter() - t0:.1f}s")
     seconds = time.perf_counter() - t0
 
-    summary = summarize(rows, stepcheck.TOL_STEP_AUTODIFF, stepcheck.TOL_STEP_DIRECTIONAL)
+    tolerances = stepcheck.tolerances(jnp.float64)
+    summary = summarize(rows, tolerances)
     summary.update(seconds=seconds, fd_eps=eps, settings=config.to_json(c))
     runfolder.write_csv(out / "grad_diffs.csv", rows)
     atomic.write_json(out / "summary.json", summary)
     plots.step_diffs([{"step": r["step"], "manual_vs_autodiff": r["f32_max_rel_diff"],
                        "max_abs_diff": r["f32_max_abs_diff"]} for r in rows],
                      out / "step_diffs.png", tol=F32_EXPECTED_REL)
-    plots.gradcheck([{"step": r["step"], "manual_vs_autodiff": r["f64_manual_vs_autodiff"],
-                      "directional_fd": r["f64_directional_fd"]} for r in rows],
-                    out / "gradcheck.png", tol_fd=stepcheck.TOL_STEP_DIRECTIONAL,
-                    tol_autodiff=stepcheck.TOL_STEP_AUTODIFF)
+    plots.gradcheck([{"step": r["step"], "smooth": r["f64_smooth"], **{k: r[f"f64_{k}"] for k in F64}}
+                     for r in rows], out / "gradcheck.png", tol_fd=tolerances["directional_fd"],
+                    tol_autodiff=tolerances["manual_vs_autodiff"], tol_jvp=tolerances["directional_jvp"])
     if diverged is not None:
         raise diverged
 

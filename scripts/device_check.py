@@ -12,7 +12,7 @@ also works on a machine whose Python cannot install the project. Writes:
                      modes on 1, 2, 4, ... and all devices, same batches (per-device throughput,
                      scaling efficiency); a device count that does not divide 64 measures
                      1 and all devices at global batches 64 and 512 per device instead
-    gradcheck.json   svhn-jax gradcheck --batchnorm (and --devices all when there are several)
+    gradcheck.json   svhn-jax gradcheck: every layer variant and model (and --devices all when there are several)
     pytest.txt       the test suite's output (tests that need a package the machine lacks skip
                      or fail there: read the summary line)
     summary.json     exit code and seconds of each part
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     bench = cli + ["bench", "--json", "--quiet"] + (["--epochs", "2", "--n", "8192"] if args.quick else [])
     parts = [("bench", bench + ["--batch", "64,512"]
               + (["--modes", "scan_manual,scan_autodiff"] if args.quick else []))]
-    gradcheck = cli + ["gradcheck", "--batchnorm", "--json"]
+    gradcheck = cli + ["gradcheck", "--json"]
     if len(devices) > 1:
         d = len(devices)
         gradcheck += ["--devices", "all", "--batch", str(8 * d)]

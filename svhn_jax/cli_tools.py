@@ -3,6 +3,7 @@ Each imports its modules lazily, so --help and early errors stay fast."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import sys
@@ -15,7 +16,7 @@ from .flags import int_list
 
 
 def cmd_gradcheck(args) -> int:
-    from .nn import gradcheck
+    from .nn import coverage, gradcheck
 
     if args.batch < 2:
         raise errors.SvhnJaxError("--batch must be at least 2 (BatchNorm needs two rows for a variance)")
@@ -23,6 +24,9 @@ def cmd_gradcheck(args) -> int:
         raise errors.SvhnJaxError("--in-dim must be at least 1 and --fd-samples at least 0 (0: all entries)")
     if args.fd_samples == 0:
         args.fd_samples = None
+    if args.batchnorm and args.placement:
+        raise errors.SvhnJaxError("--batchnorm means --placement before,after: give one of them")
+    placements = ("before", "after") if args.batchnorm else args.placement or ("none", "before", "after")
     if args.devices is not None:  # settle the mesh before the slow checks
         from .nn import distcheck
         from .step import mesh as meshes
@@ -33,12 +37,12 @@ def cmd_gradcheck(args) -> int:
 
     # The model check uses the real input width; finite differences sample
     # entries of the big first layer instead of perturbing all 393k of them.
-    settings = dict(batchnorm=args.batchnorm, batch=args.batch, in_dim=args.in_dim, reg=args.reg,
-                    seed=args.seed, fd_samples=args.fd_samples)
+    settings = dict(placements=placements, modes=args.mode, batch=args.batch, in_dim=args.in_dim,
+                    reg=args.reg, seed=args.seed, fd_samples=args.fd_samples)
     tolerances = {"manual_vs_autodiff": gradcheck.TOL_AUTODIFF,
                   "manual_vs_finite_diff": gradcheck.TOL_FINITE_DIFF}
     try:
-        reports = gradcheck.check_all(args.hidden, **settings)
+        reports = coverage.check_all(args.hidden, **settings)
         if args.devices is not None:  # the same models again, the batch split over the mesh
             reports += distcheck.check_sharded_all(mesh, args.hidden, **settings)
             tolerances["sharded_manual_vs_autodiff"] = distcheck.TOL_AUTODIFF
@@ -49,6 +53,7 @@ def cmd_gradcheck(args) -> int:
     summary = {
         "ok": ok,
         "tolerances": tolerances,
+        "variants": [r["check"] for r in reports],
         "max_rel_error_manual_vs_autodiff": max(r["max_rel_error_manual_vs_autodiff"] for r in reports),
         "max_rel_error_manual_vs_finite_diff": max(r["max_rel_error_manual_vs_finite_diff"] for r in reports),
         "max_rel_error_autodiff_vs_finite_diff": max(r["max_rel_error_autodiff_vs_finite_diff"] for r in reports),
@@ -60,6 +65,8 @@ def cmd_gradcheck(args) -> int:
         print(json.dumps(summary))
     else:
         print(gradcheck.format_table(reports))
+        print(f"\n{len(reports)} variants checked:\n  " + "\n  ".join(
+            f"{'ok    ' if r['ok'] else 'FAILED'} {r['check']}" for r in reports))
         print(f"\nmax rel error  hand vs jax.grad: {summary['max_rel_error_manual_vs_autodiff']:.1e} "
               f"(tolerance {gradcheck.TOL_AUTODIFF:.0e})   hand vs finite differences: "
               f"{summary['max_rel_error_manual_vs_finite_diff']:.1e} "
@@ -68,13 +75,33 @@ def cmd_gradcheck(args) -> int:
     return errors.EXIT_OK if ok else errors.EXIT_CHECK_FAILED
 
 
+def _names(*allowed: str):
+    """An argparse type: a comma-separated list of some of `allowed`."""
+    def parse(value: str) -> tuple:
+        names = tuple(v.strip() for v in value.split(",") if v.strip())
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            raise argparse.ArgumentTypeError(f"{value!r}: choose from {','.join(allowed)}")
+        return names
+    return parse
+
+
 def add_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="hand VJPs vs jax.grad vs finite differences (float64)",
-                       description="Check every layer, the loss and the whole model in float64: "
-                                   "hand-written backward vs jax.grad vs central finite differences. "
-                                   "Exits 1 when a tolerance is exceeded.")
+                       description="Check, in float64, every layer variant (Dense with and without "
+                                   "bias, ReLU, BatchNorm in train and eval mode), the loss, and the "
+                                   "whole model with BatchNorm nowhere, before and after the ReLU, in "
+                                   "train and eval mode: hand-written backward vs jax.grad vs central "
+                                   "finite differences. --placement (or --batchnorm) and --mode narrow "
+                                   "the models (and the layer variants they contain). Exits 1 when a "
+                                   "tolerance is exceeded.")
     p.add_argument("--hidden", type=int_list, default=(128,), help="hidden sizes, e.g. 128 or 512,256")
-    p.add_argument("--batchnorm", action="store_true", help="also check BatchNorm models (before and after ReLU)")
+    p.add_argument("--placement", type=_names("none", "before", "after"), metavar="none,before,after",
+                   help="only the models with these BatchNorm placements (default: all)")
+    p.add_argument("--batchnorm", action="store_true",
+                   help="only the models with BatchNorm: --placement before,after")
+    p.add_argument("--mode", type=_names("train", "eval"), default=("train", "eval"), metavar="train,eval",
+                   help="only these modes (default train,eval)")
     p.add_argument("--batch", type=int, default=8, help="batch size (>= 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parameters, inputs and directions")
     p.add_argument("--reg", type=float, default=0.1, help="L2 strength in the model check")

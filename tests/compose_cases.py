@@ -27,10 +27,12 @@ STEPS = 2 * 18
 
 
 def checked_steps(run, members=1) -> list:
-    """Every checked step of gradchecks.csv (each member's, for an ensemble), all passed."""
+    """Every checked training step of gradchecks.csv (each member's, for an ensemble),
+    all passed, as the eval-mode checks of each epoch's end (mode 'eval')."""
     rows = list(csv.DictReader((run / "gradchecks.csv").open()))
     assert rows and all(r["passed"] == "True" for r in rows)
-    return sorted(int(r["step"]) for r in rows)
+    assert sum(r["mode"] == "eval" for r in rows) == SETTINGS["epochs"] * members
+    return sorted(int(r["step"]) for r in rows if r["mode"] == "train")
 
 
 def state(run):
@@ -57,7 +59,8 @@ def flow(tmp_path, **settings) -> dict:
     resumed = launch.resume_run(tmp_path / "cut", quiet=True)
     assert resumed["status"] == whole["status"] == "completed"
     assert resumed["params_sha256"] == whole["params_sha256"]
-    assert resumed["gradchecks"] == whole["gradchecks"] == STEPS * c.ensemble
+    # every step, and each epoch's end in eval mode, of every member
+    assert resumed["gradchecks"] == whole["gradchecks"] == (STEPS + SETTINGS["epochs"]) * c.ensemble
     assert resumed["gradchecks_failed"] == whole["gradchecks_failed"] == 0
     if processes.is_main_process():   # process 0 alone writes the run folders
         k = c.ensemble

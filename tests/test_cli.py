@@ -250,8 +250,9 @@ def test_a_checked_run_ends_with_one_line_about_its_checks(tmp_path, capsys):
                      "--epochs", "1", "--batch", "32", "--gradcheck-every", "2", "--quiet"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     lines = [l for l in capsys.readouterr().out.splitlines() if "gradient checks" in l]
-    assert m["gradchecks"] == 4 and len(lines) == 1   # 7 steps, checked at 0, 2, 4, 6
-    assert lines[0].startswith(f"4 gradient checks, {m['gradchecks_failed']} failed, "
+    # 7 steps, checked at 0, 2, 4, 6, and the epoch's end in eval mode
+    assert m["gradchecks"] == 5 and m["gradchecks_eval"] == 1 and len(lines) == 1
+    assert lines[0].startswith(f"5 gradient checks, {m['gradchecks_failed']} failed, "
                                f"{m['gradchecks_nonsmooth']} set aside")
     for key in ("manual_vs_autodiff", "directional_jvp", "directional_fd"):
         assert f"{m['gradcheck_max_' + key]:.1e}" in lines[0], key

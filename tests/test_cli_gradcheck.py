@@ -1,6 +1,8 @@
 """`svhn-jax gradcheck`: readable table, JSON schema, non-zero exit on failure."""
 
 import json
+
+import pytest
 import subprocess
 import sys
 
@@ -9,6 +11,50 @@ from svhn_jax.nn import layers
 from svhn_jax.errors import EXIT_CHECK_FAILED
 
 ARGS = ["gradcheck", "--hidden", "12,6", "--in-dim", "10", "--batch", "6", "--fd-samples", "0"]
+
+
+VARIANTS = ["dense (with bias)", "relu", "dense (no bias)", "batchnorm (train mode)", "batchnorm (eval mode)",
+            "softmax cross-entropy + L2"] + [
+    f"model 10-12-6-10{bn} ({mode}), L2=0.1" for bn in ("", " +BN before ReLU", " +BN after ReLU")
+    for mode in ("train", "eval")]
+
+
+def test_the_default_command_checks_every_variant_and_lists_them(capsys):
+    assert cli.main(ARGS + ["--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["variants"] == VARIANTS
+    assert cli.main(ARGS) == 0
+    out = capsys.readouterr().out
+    assert "12 variants checked:\n" + "".join(f"  ok     {v}\n" for v in VARIANTS) in out
+
+
+def test_flags_narrow_the_models_and_the_layer_variants_they_contain(capsys):
+    assert cli.main(ARGS + ["--placement", "none", "--mode", "train", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["variants"] == [
+        "dense (with bias)", "relu", "softmax cross-entropy + L2", "model 10-12-6-10 (train), L2=0.1"]
+    assert cli.main(ARGS + ["--batchnorm", "--mode", "eval", "--json"]) == 0   # = --placement before,after
+    assert json.loads(capsys.readouterr().out)["variants"] == [
+        "dense (no bias)", "batchnorm (eval mode)", "relu", "dense (with bias)", "softmax cross-entropy + L2",
+        "model 10-12-6-10 +BN before ReLU (eval), L2=0.1", "model 10-12-6-10 +BN after ReLU (eval), L2=0.1"]
+    with pytest.raises(SystemExit) as e:
+        cli.main(ARGS + ["--placement", "middle"])
+    assert e.value.code == 2 and "'middle': choose from none,before,after" in capsys.readouterr().err
+    assert cli.main(ARGS + ["--batchnorm", "--placement", "none"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+def test_the_default_command_sees_the_branch_of_a_dense_layer_without_bias(monkeypatch, capsys):
+    """A bug in the bias-less branch (a Dense before BatchNorm) fails the command
+    a user runs, not only the suite."""
+    init, fwd, bwd = layers.LAYERS["dense"]
+    def broken(p, cache, dy):
+        g, dx = bwd(p, cache, dy)
+        return (g if "b" in p else {"W": 1.01 * g["W"]}), dx
+    monkeypatch.setitem(layers.LAYERS, "dense", layers.Layer(init, fwd, broken))
+    assert cli.main(ARGS) == EXIT_CHECK_FAILED
+    out = capsys.readouterr().out
+    assert "FAILED dense (no bias)" in out and "ok     dense (with bias)" in out
+    assert "FAILED model 10-12-6-10 +BN before ReLU (train), L2=0.1" in out
+    assert cli.main(ARGS + ["--placement", "none,after"]) == 0   # no Dense without bias there
 
 
 def test_gradcheck_json_schema_and_pass(capsys):

@@ -38,7 +38,9 @@ def test_a_single_run_checks_every_step_and_resumes_mid_epoch(devices_job, tmp_p
 
 def test_an_ensemble_checks_every_member_and_resumes_mid_epoch(devices_job, tmp_path):
     m = cases.flow(tmp_path, ensemble=2)
-    assert m["gradchecks"] == 2 * cases.STEPS and m["gradchecks_failed"] == 0
+    evals = 2 * cases.SETTINGS["epochs"]   # each member's eval-mode check at each epoch's end
+    assert m["gradchecks"] == 2 * cases.STEPS + evals and m["gradchecks_eval"] == evals
+    assert m["gradchecks_failed"] == 0
 
 
 def test_on_4_devices(devices_job):

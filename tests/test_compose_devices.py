@@ -47,6 +47,8 @@ def test_a_sweep_group_on_4_devices_equals_one_device():
     runs = {d: sweep.train_group([c.replace(lr=lr, devices=d) for lr in lrs], data) for d in ("4", "1")}
     for four, one in zip(runs["4"], runs["1"]):
         assert four["status"] == one["status"] == "completed"
-        assert len(four["gradchecks"]) == cases.STEPS and all(r["passed"] for r in four["gradchecks"])
+        modes = [r["mode"] for r in four["gradchecks"]]   # each step, and each epoch's end in eval mode
+        assert (modes.count("train"), modes.count("eval")) == (cases.STEPS, cases.SETTINGS["epochs"])
+        assert all(r["passed"] for r in four["gradchecks"])
         np.testing.assert_allclose([h["val_loss"] for h in four["history"]],
                                    [h["val_loss"] for h in one["history"]], rtol=TOL)

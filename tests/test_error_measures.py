@@ -112,6 +112,37 @@ def test_finite_diff_samples_entries_per_leaf_and_passes_extra_arguments():
     assert fd.loss == pytest.approx(3 * (np.sum((np.arange(12) / 10) ** 2) + np.sum(np.sin([0.3, -0.2]))))
 
 
+def test_finite_diff_draws_distinct_entries_with_the_callers_generator():
+    with gradcheck.float64():
+        p = (jnp.arange(12.0).reshape(3, 4) / 10, jnp.array([0.3, -0.2]))
+        picks = [gradcheck.finite_diff(_two_leaves, p, jnp.float64(3.0), samples=5,
+                                       rng=np.random.default_rng(seed)).picks[0] for seed in (1, 2)]
+    for seed, pick in zip((1, 2), picks):
+        np.testing.assert_array_equal(pick, np.sort(np.random.default_rng(seed).choice(12, 5, replace=False)))
+    assert list(picks[0]) != list(picks[1])
+
+
+def test_the_sharded_check_extrapolates_its_differences_the_same_way():
+    """distcheck's own loop over entries (a sharded loss is not mapped): for sum(p^5)
+    at h = 1e-2, R(h) = 5p^4 - 4h^4 and the spread is 60h^4 exactly (see the test
+    above), on distinct entries drawn with the caller's generator."""
+    from svhn_jax.nn import distcheck
+
+    w, h = np.array([0.5, -1.0, 2.0, 1.5, -0.7, 0.9]), 1e-2
+    loss = lambda v: float(np.sum(np.asarray(v, np.float64) ** 5))
+    fd = distcheck._finite_diff(loss, w, [2, 4], h, None, np.random.default_rng(0))
+    np.testing.assert_array_equal(fd.picks[0], [0, 1])
+    np.testing.assert_allclose(np.concatenate(fd.values), 5 * w ** 4 - 4 * h ** 4, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(np.concatenate(fd.spread), 60 * h ** 4, rtol=0, atol=1e-11)
+    assert fd.loss == pytest.approx(np.sum(w ** 5), rel=1e-15)
+    sampled = distcheck._finite_diff(loss, np.linspace(-1, 1, 40), [30, 10], h, 6, np.random.default_rng(3))
+    rng = np.random.default_rng(3)
+    np.testing.assert_array_equal(sampled.picks[0], np.sort(rng.choice(30, 6, replace=False)))
+    np.testing.assert_array_equal(sampled.picks[1], np.sort(rng.choice(10, 6, replace=False)))
+    np.testing.assert_allclose(sampled.values[1], 5 * np.linspace(-1, 1, 40)[30:][sampled.picks[1]] ** 4
+                               - 4 * h ** 4, rtol=0, atol=1e-11)
+
+
 def _relu_sum(p):
     return jnp.sum(jnp.maximum(p["w"], 0.0))
 
@@ -183,6 +214,18 @@ def test_compare_sets_aside_exactly_the_entries_that_are_not_smooth():
     # a wrong hand gradient at a smooth entry fails whatever the other entries do
     row, failures = _compare_one(g * [1, 1, -1], garbage, spread=[0.0, 1.0, 0.0])   # 0.5 / 2
     assert row["fd_set_aside"] == 1 and failures == [f"{FD_FAILURE} (rel error 2.50e-01 > 1e-06)"]
+
+
+def test_the_tolerances_are_inclusive():
+    """'At most': an error equal to its tolerance passes, and an entry whose spread
+    equals the set-aside threshold is compared, not set aside."""
+    finite = gradcheck.FiniteDiff([np.arange(1)], [np.zeros(1)], [np.zeros(1)], 1.0)
+    rows, failures = gradcheck._compare(gradcheck.path_namer(("g",)), (np.array([1e-18]),), (np.zeros(1),),
+                                        finite)
+    assert rows[0]["manual_vs_autodiff"] == gradcheck.TOL_AUTODIFF and failures == []   # 1e-18 / floor 1e-8
+    g, garbage = np.array([1.0, -0.5, 0.25]), np.array([1.0, 7.0, 0.25])
+    row, failures = _compare_one(g, garbage, spread=[0.0, 2e-6, 0.0])   # TOL * scale = 1e-6 * 2.0 exactly
+    assert row["fd_set_aside"] == 0 and failures == [f"{FD_FAILURE} (rel error 1.00e+00 > 1e-06)"]
 
 
 def test_compare_autodiff_floor_scales_with_the_largest_gradient_and_the_amplification():

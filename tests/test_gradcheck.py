@@ -30,6 +30,9 @@ def test_model_three_way_with_l2(hidden, bn, train):
     assert r["max_rel_error_manual_vs_autodiff"] <= TOL_AUTODIFF, r
     assert r["max_rel_error_manual_vs_finite_diff"] <= TOL_FD, r
     assert r["ok"]
+    # every entry compared with its finite difference, none set aside
+    assert [(leaf["fd_entries"], leaf["fd_set_aside"]) for leaf in r["leaves"]] == [
+        (leaf["size"], 0) for leaf in r["leaves"]]
     assert [leaf["name"] for leaf in r["leaves"]] == gradcheck.leaf_names(spec, model.init(
         jax.random.key(0), spec, 12)[0])
 
@@ -115,14 +118,48 @@ def test_missing_batchnorm_term_is_caught_per_layer_and_in_the_model(monkeypatch
         assert failed == wrong, reference
 
 
+def bn_backward_without_gamma(params, cache, dy):
+    """dxhat = dy, forgetting the scale: exact wherever gamma = 1, as at initialisation."""
+    grads, _ = layers.batchnorm_backward(params, cache, dy)
+    ones = {"gamma": jnp.ones_like(params["gamma"]), "beta": params["beta"]}
+    return grads, layers.batchnorm_backward(ones, cache, dy)[1]
+
+
+def test_checks_draw_gamma_far_from_one_and_catch_a_bug_invisible_at_one(monkeypatch):
+    with gradcheck.float64():
+        params, state = gradcheck._random_params(np.random.default_rng(0), model.make_spec((64,), batchnorm="after"), 5)
+    gamma, var = np.asarray(params[2]["gamma"]), np.asarray(state[2]["var"])
+    assert np.median(np.abs(gamma - 1)) > 0.2 and np.median(np.abs(var - 1)) > 0.1
+    assert np.median(np.abs(np.asarray(params[2]["beta"]))) > 0.1
+    for train in (True, False):
+        r = gradcheck.check_layer("batchnorm", train=train, backward=bn_backward_without_gamma)
+        assert not r["ok"] and any(f.startswith("x: hand-written gradient differs") for f in r["failures"])
+    _patch(monkeypatch, "batchnorm", bn_backward_without_gamma)
+    assert not gradcheck.check_model(model.make_spec((6,), batchnorm="before"), in_dim=5, batch=4)["ok"]
+    # the per-step check too, once gamma has left 1 (training moves it; here, drawn)
+    spec = model.make_spec((6,), batchnorm="before")
+    with gradcheck.float64():
+        drawn = gradcheck._random_params(np.random.default_rng(1), spec, 5)
+    params, state = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), drawn)
+    x, y = jax.random.normal(jax.random.key(1), (8, 5)), jnp.arange(8) % 10
+    jax.clear_caches()
+    try:
+        grads = model.loss_and_grads_manual(params, state, x, y, spec, 0.1)[1]
+        c = stepcheck.check(params, state, x, y, 0.1, jax.random.key(2), spec, "manual", grads=grads)
+    finally:
+        jax.clear_caches()
+    assert float(c.manual_vs_autodiff) > 1e-2
+
+
 def test_step_check_passes_on_the_real_backward_and_fails_on_a_broken_one(monkeypatch):
     spec = model.make_spec((16,), batchnorm="before")
     params, state = model.init(jax.random.key(0), spec, 20)
     x = jax.random.normal(jax.random.key(1), (8, 20))
     y = jnp.arange(8) % 10
     good = stepcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
-    assert good["manual_vs_autodiff"] <= TOL_AUTODIFF
-    assert good["directional_fd"] <= TOL_FD and good["smooth"]
+    # float64: hand vs jax.grad and vs jax.jvp are exact, to 2^10 float64 roundoffs
+    assert good["manual_vs_autodiff"] <= 2.0 ** -43 and good["directional_jvp"] <= 2.0 ** -43
+    assert good["directional_fd"] <= TOL_FD and good["smooth"] and good["passed"]
     # a step far too large for the loss's curvature (and its ReLU kinks) is flagged
     coarse = stepcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2), eps=0.3)
     assert not coarse["smooth"]
@@ -132,6 +169,7 @@ def test_step_check_passes_on_the_real_backward_and_fails_on_a_broken_one(monkey
     bad = stepcheck.step_check(params, state, x, y, spec, 1e-3, jax.random.key(2))
     assert bad["manual_vs_autodiff"] > 1e-3
     assert bad["directional_fd"] > 1e-4 and bad["smooth"]   # a real failure, at a smooth point
+    assert not bad["passed"]
     jax.clear_caches()
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from svhn_jax import cli
-from svhn_jax.nn import gradcheck, layers, model
+from svhn_jax.nn import coverage, gradcheck, layers, model
 from svhn_jax.nn.gradcheck import GradCheckError
 
 from test_gradcheck import (bn_backward_missing_mean_term, nan_dense_backward, relu_backward_wrong_side,
@@ -89,10 +89,11 @@ def test_the_command_that_failed_correct_code_passes(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is True and out["failures"] == []
     # the command runs exactly check_all: same checks, same numbers
-    assert out["checks"] == gradcheck.check_all((16,), batchnorm=True, batch=2, in_dim=12, reg=0.1, seed=1)
-    assert [c["check"] for c in out["checks"]][-3:] == [
+    assert out["checks"] == coverage.check_all((16,), placements=("before", "after"), batch=2, in_dim=12,
+                                               reg=0.1, seed=1)
+    assert [c["check"] for c in out["checks"]][-4:] == [
         "model 12-16-10 +BN before ReLU (train), L2=0.1", "model 12-16-10 +BN before ReLU (eval), L2=0.1",
-        "model 12-16-10 +BN after ReLU (train), L2=0.1"]
+        "model 12-16-10 +BN after ReLU (train), L2=0.1", "model 12-16-10 +BN after ReLU (eval), L2=0.1"]
 
 
 # ---------------------------------------------- every bug still fails, at batch 2

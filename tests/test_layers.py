@@ -208,6 +208,26 @@ def test_batchnorm_forward_and_running_statistics_match_numpy(train, batch):
         assert np.max(np.abs(np.asarray(new["mean"]) - mean)) > 1e-3
 
 
+@pytest.mark.parametrize("mean", [1e2, 1e3])
+def test_float32_batchnorm_keeps_its_digits_when_the_mean_dwarfs_the_spread(mean):
+    """Inputs of unit spread around a large mean (condition kappa = mean / spread):
+    the two-pass variance mean((x - mu)^2) loses only the batch mean's rounding,
+    a few float32 roundoffs of |x|, which the normalisation divides by the spread:
+    about kappa u. The one-pass mean(x^2) - mu^2 cancels two numbers of size
+    mean^2 and loses kappa^2 u (at kappa 1e3, most of the variance)."""
+    rng = np.random.default_rng(5)
+    x = (mean + rng.normal(size=(64, 6))).astype(np.float32)
+    gamma, beta = rng.normal(1.0, 0.7, 6), rng.normal(0.0, 0.7, 6)
+    state = {"mean": rng.normal(size=6), "var": rng.uniform(0.2, 3.0, 6)}
+    y, new, _ = layers.batchnorm_forward({"gamma": jnp.float32(gamma), "beta": jnp.float32(beta)},
+                                         jax.tree.map(jnp.float32, state), jnp.asarray(x), train=True)
+    want, want_mean, want_var = _np_batchnorm(x.astype(np.float64), gamma, beta, state["mean"], state["var"], True)
+    kappa, u = mean / 1.0, 2.0 ** -24
+    assert np.max(np.abs(np.asarray(y) - want)) <= 8 * kappa * u * np.max(np.abs(want))
+    np.testing.assert_allclose(new["var"], want_var, rtol=8 * kappa * u)
+    np.testing.assert_allclose(new["mean"], want_mean, rtol=8 * u)
+
+
 def test_batchnorm_defaults_are_the_documented_ones():
     """momentum 0.9 (CS231n), eps 1e-5, init gamma 1, beta 0, running mean 0, var 1."""
     assert (layers.BN_MOMENTUM, layers.BN_EPS) == (0.9, 1e-5)

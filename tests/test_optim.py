@@ -269,6 +269,22 @@ def test_schedule_values():
         [0.5, 1.0, 1.0, 0.5, 0.0, 0.0], rtol=1e-6, atol=1e-7)
 
 
+def test_exponential_schedule_and_a_warmup_spec_without_its_length():
+    """The range test's schedule: lr * ratio ** (step / steps). A schedule described
+    without its length (or its warm-up's) is refused, not run with a default one."""
+    from svhn_jax.nn import schedules
+
+    sched = schedules.make_schedule("exponential", 1e-3, ratio=100.0, steps=10)
+    np.testing.assert_allclose(_values(sched, [0, 5, 10, 20]), [1e-3, 1e-2, 1e-1, 10.0], rtol=1e-6)
+    spec = schedules.ScheduleSpec("exponential", total_steps=10, ratio=100.0)
+    np.testing.assert_allclose(_values(schedules.build(spec, 1e-3), [5]), [1e-2], rtol=1e-6)
+    with pytest.raises(SvhnJaxError, match="warmup_steps must be an integer >= 1, got 0"):
+        schedules.build(schedules.ScheduleSpec("warmup-cosine", total_steps=100), 1e-3)
+    for name, what in (("cosine", "cosine total_steps"), ("exponential", "exponential steps")):
+        with pytest.raises(SvhnJaxError, match=f"{what} must be an integer >= 1, got 0"):
+            schedules.build(schedules.ScheduleSpec(name), 1e-3)   # nor one without its length
+
+
 def test_make_schedule_values():
     mk = optim.make_schedule
     np.testing.assert_allclose(_values(mk("constant", 0.3), [0, 9]), [0.3, 0.3], rtol=1e-6)
@@ -490,6 +506,11 @@ def test_gradient_tree_mismatch(name, jit):
     with pytest.raises(SvhnJaxError, match=r"leaf \['b'\] has shape \(4,\) in the "
                        r"gradients but \(3,\) in the parameters"):
         update(wrong, state, PARAMS)
+    # the same leaf paths in another container (a list for a tuple): still named a mismatch
+    as_tuple = (PARAMS["w"], PARAMS["b"])
+    with pytest.raises(SvhnJaxError, match=r"gradient tree does not match the parameter tree: "
+                       r"structures differ"):
+        opt.update(list(as_tuple), opt.init(as_tuple), as_tuple)
 
 
 @pytest.mark.parametrize("name", ["momentum", "nesterov", "rmsprop", "adam"])

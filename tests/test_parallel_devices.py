@@ -120,6 +120,9 @@ def test_sharded_hand_backward_matches_jax_grad_and_finite_differences(n_dev):
         assert r["max_rel_error_manual_vs_autodiff"] <= TOL
         assert r["max_rel_error_manual_vs_finite_diff"] <= TOL_FD
         assert max(r["forward_rel_error"].values()) <= TOL
+        # the differences were compared, not set aside (a broken difference is set aside whole)
+        assert sum(leaf["fd_set_aside"] for leaf in r["leaves"]) <= 1
+        assert all(leaf["fd_entries"] >= min(leaf["size"], 8) - 1 for leaf in r["leaves"])
 
 
 SPEC_BN = model.make_spec((5,), batchnorm="before")   # leaves 0.dense.W, 1.batchnorm.*, 3.dense.*
@@ -256,17 +259,27 @@ def test_the_per_step_check_proves_the_sharded_step(runs):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_the_per_step_check_catches_a_gradient_averaged_over_devices(monkeypatch):
+@pytest.mark.parametrize("devices,precision", [(4, "highest"), (2, "tensorfloat32"), (2, "bfloat16")])
+def test_the_per_step_check_catches_a_gradient_averaged_over_devices(monkeypatch, devices, precision):
     """The hand reduction made a mean instead of a sum: each device's share of the
-    gradient is then 1/4 of what it should be, and every checked step fails."""
+    gradient is then 1/D of what it should be, and every checked step fails, also
+    where the products are rounded as a GPU's or a TPU's are (tests/reduced_precision.py),
+    on which correct code passes every check."""
+    import reduced_precision
     from svhn_jax.nn import stepcheck
 
-    monkeypatch.setattr(model, "allreduce_grads", lambda g, axis: jax.lax.pmean(g, axis))
-    jax.clear_caches()
-    try:
-        _, rows = _checked_segment(meshes.data_placement(4))
-    finally:
-        monkeypatch.undo()
+    reduced_precision.use(monkeypatch)
+    verdicts = []
+    for averaged in (False, True):
+        if averaged:
+            monkeypatch.setattr(model, "allreduce_grads", lambda g, axis: jax.lax.pmean(g, axis))
         jax.clear_caches()
-    assert len(rows) == cases.SEGMENT
-    assert not any(stepcheck.passed(r) for r in rows)
+        try:
+            with jax.default_matmul_precision(precision):
+                _, rows = _checked_segment(meshes.data_placement(devices))
+        finally:
+            jax.clear_caches()
+        assert len(rows) == cases.SEGMENT
+        verdicts.append([stepcheck.passed(r) for r in rows])
+    monkeypatch.undo()
+    assert all(verdicts[0]) and not any(verdicts[1])

@@ -120,7 +120,8 @@ def _run_rows():
     checks = stepcheck.StepCheck(checked=np.ones(n, bool), step=np.arange(n) * 20,
                                  manual_vs_autodiff=np.where(np.arange(n) == 25, 0.2, 1e-7),
                                  directional_jvp=np.full(n, 2e-7), directional_fd=fd,
-                                 smooth=np.arange(n) % 10 != 3)
+                                 smooth=np.arange(n) % 10 != 3, training_precision_error=np.zeros(n),
+                                 training_precision_bound=np.zeros(n))
     return stepcheck.records(checks, epoch=1)
 
 

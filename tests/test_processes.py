@@ -230,7 +230,7 @@ def test_an_ensemble_a_sweep_and_lr_find_compose_in_two_processes(tmp_path):
     one = sweep.train_group([c.replace(lr=lr) for lr in (1e-3, 3e-3)], data)
     np.testing.assert_allclose(got[0]["sweep_val_loss"],
                                [[h["val_loss"] for h in r["history"]] for r in one], rtol=1e-5)
-    assert got[0]["sweep_checks"] == [cases.STEPS] * 2
+    assert got[0]["sweep_checks"] == [cases.STEPS + cases.SETTINGS["epochs"]] * 2   # with the eval-mode checks
     lr = lrfind.lr_find(c, tmp_path / "lr_one", steps=20, lr_min=1e-5, lr_max=1.0)
     assert got[0]["lr_find"]["gradchecks"] == 20 and got[0]["lr_find"]["gradchecks_failed"] == 0
     assert got[0]["lr_find"]["suggested_lr"] == pytest.approx(lr["suggested_lr"], rel=1e-6)

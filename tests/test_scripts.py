@@ -130,13 +130,15 @@ def test_compare_grads(outputs):
     rows = _rows(out / "grad_diffs.csv")
     assert [int(x["step"]) for x in rows] == list(range(5))
     assert list(rows[0]) == ["step", "epoch", "loss", "f32_max_abs_diff", "f32_max_rel_diff",
-                             "f32_worst_leaf", "f64_manual_vs_autodiff", "f64_directional_fd",
-                             "f64_smooth"]
+                             "f32_worst_leaf", "f64_manual_vs_autodiff", "f64_directional_jvp",
+                             "f64_directional_fd", "f64_smooth"]
     # Dense(8) without bias (BatchNorm follows) - BatchNorm - ReLU - Dense(10)
     leaves = {"0.dense.W", "1.batchnorm.gamma", "1.batchnorm.beta", "3.dense.W", "3.dense.b"}
+    tol = stepcheck.tolerances(np.float64)   # the in-scan check's measures, in float64
     for x in rows:
-        assert float(x["f64_manual_vs_autodiff"]) <= stepcheck.TOL_STEP_AUTODIFF
-        assert float(x["f64_directional_fd"]) <= stepcheck.TOL_STEP_DIRECTIONAL
+        assert float(x["f64_manual_vs_autodiff"]) <= tol["manual_vs_autodiff"] < 1e-12
+        assert float(x["f64_directional_jvp"]) <= tol["directional_jvp"]
+        assert float(x["f64_directional_fd"]) <= tol["directional_fd"] and x["f64_smooth"] == "True"
         assert 0.0 <= float(x["f32_max_rel_diff"]) < 1e-3  # float32 rounding
         assert np.isfinite(float(x["loss"])) and x["f32_worst_leaf"] in leaves
     summary = _strict_json(out / "summary.json")
@@ -165,18 +167,25 @@ def test_bench_sweep_groups():
     assert {c.hidden for g in groups for c in g} == {(8,)}
 
 
-def test_compare_grads_summary_fails_on_nan():
-    """A NaN gradient error anywhere fails the summary, wherever it falls among the steps."""
+def test_compare_grads_summary_fails_on_nan_and_on_each_tolerance():
+    """A NaN gradient error anywhere fails the summary, wherever it falls among the
+    steps; so does any error over its tolerance (the difference only where smooth)."""
     grads = _script("compare_grads")
-    row = lambda step, err: {"step": step, "loss": 1.0, "f32_max_abs_diff": 0.0,
-                             "f32_max_rel_diff": 0.0, "f32_worst_leaf": "0.dense.W",
-                             "f64_manual_vs_autodiff": err, "f64_directional_fd": 0.0,
-                             "f64_smooth": True}
+    tol = {"manual_vs_autodiff": 1e-13, "directional_jvp": 2e-13, "directional_fd": 6e-5}
+    row = lambda step, err, **f64: {"step": step, "loss": 1.0, "f32_max_abs_diff": 0.0,
+                                    "f32_max_rel_diff": 0.0, "f32_worst_leaf": "0.dense.W",
+                                    "f64_manual_vs_autodiff": err, "f64_directional_jvp": 0.0,
+                                    "f64_directional_fd": 0.0, "f64_smooth": True, **f64}
     for errs in ([float("nan"), 1e-16], [1e-16, float("nan")]):
-        s = grads.summarize([row(i, e) for i, e in enumerate(errs)], 1e-10, 1e-5)
+        s = grads.summarize([row(i, e) for i, e in enumerate(errs)], tol)
         assert not s["f64_manual_vs_autodiff_ok"] and not s["ok"]
-    assert grads.summarize([row(0, 1e-16)], 1e-10, 1e-5)["ok"]
-    assert not grads.summarize([row(0, 2e-10)], 1e-10, 1e-5)["ok"]
+    assert grads.summarize([row(0, 1e-16)], tol)["ok"]
+    assert not grads.summarize([row(0, 2e-13)], tol)["ok"]
+    assert grads.summarize([row(0, 0.0, f64_directional_jvp=1.9e-13)], tol)["ok"]
+    assert not grads.summarize([row(0, 0.0, f64_directional_jvp=2.1e-13)], tol)["ok"]
+    assert not grads.summarize([row(0, 0.0, f64_directional_fd=7e-5)], tol)["ok"]
+    s = grads.summarize([row(0, 0.0, f64_directional_fd=7e-5, f64_smooth=False)], tol)
+    assert s["ok"] and s["f64_nonsmooth_steps"] == 1
 
 
 @pytest.mark.parametrize("script", ["seed_grid", "compare_grads"])

@@ -149,6 +149,8 @@ def test_every_injected_bug_fails_the_check_on_every_step(data, monkeypatch, bug
           f"{worst['manual_vs_autodiff']:.1e} (tolerance {TOL:.1e}), directional jvp median "
           f"{np.median([r['directional_jvp'] for r in rows]):.1e}")
     assert all(failed)
+    # the per-entry comparison fails on its own, every step: it is against jax.grad, not itself
+    assert all(r["manual_vs_autodiff"] > TOL for r in rows)
     assert stepcheck.first_failure(rows) is rows[0]
     assert stepcheck.summary(rows)["gradcheck_first_failed_step"] == 0
 
@@ -196,7 +198,7 @@ def _small_problem(hidden=(8,), batchnorm="none"):
 def test_tree_products_name_a_missing_or_misshapen_leaf():
     spec, params, _, _, _ = _small_problem()
     no_last_bias = (params[0], params[1], {"W": params[2]["W"]})
-    with pytest.raises(GradCheckError, match=r"lacks leaf 2\.dense\.b"):
+    with pytest.raises(GradCheckError, match=r"the gradient lacks 2\.dense\.b \(present in the direction\)"):
         jax.eval_shape(lambda: stepcheck.tree_vdot(no_last_bias, params, spec))
     transposed = (dict(params[0], W=params[0]["W"].T), params[1], params[2])
     with pytest.raises(GradCheckError, match=r"0\.dense\.W has shape \(8, 12\)"):
@@ -208,10 +210,10 @@ def test_tree_products_name_a_missing_or_misshapen_leaf():
 def test_the_check_names_a_missing_or_misshapen_gradient_leaf():
     spec, params, state, x, y = _small_problem()
     check = lambda grads: jax.eval_shape(lambda: stepcheck.check(
-        params, state, x, y, grads, 0.0, jax.random.key(0), spec, "manual"))
-    with pytest.raises(GradCheckError, match=r"hand gradient lacks leaf 2\.dense\.b"):
+        params, state, x, y, 0.0, jax.random.key(0), spec, "manual", grads=grads))
+    with pytest.raises(GradCheckError, match=r"the hand gradient lacks 2\.dense\.b"):
         check((params[0], params[1], {"W": params[2]["W"]}))
-    with pytest.raises(GradCheckError, match=r"leaf 2\.dense\.b has shape \(1, 10\)"):
+    with pytest.raises(GradCheckError, match=r"2\.dense\.b has shape \(1, 10\) in the hand gradient"):
         check((params[0], params[1], dict(params[2], b=params[2]["b"][None])))
     assert check(params).manual_vs_autodiff.shape == ()
 
@@ -225,17 +227,33 @@ def test_direction_is_a_unit_sign_vector_shaped_like_the_parameters():
     assert 0.4 < np.mean(flat > 0) < 0.6
 
 
-def test_a_kink_inside_the_step_sets_the_difference_aside():
-    spec, params, state, x, y = _small_problem()
-    # unit 0 of the first layer sits exactly at ReLU's kink for the first image
-    params = (dict(params[0], b=params[0]["b"].at[0].set(-(x[0] @ params[0]["W"][:, 0]))),) + params[1:]
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_a_kink_in_any_hidden_layer_sets_the_difference_aside(layer):
+    """Unit 0 of hidden layer `layer` (of three) sits half a step from ReLU's kink
+    for the first image: the two ends of the difference straddle it, whichever
+    layer it is in (far enough from it that rounding cannot decide its side)."""
+    spec, params, state, x, y = _small_problem((8, 6, 5))
+    eps, dense, v = 1e-3, 2 * layer, stepcheck.direction(jax.random.key(0), params)
+    pre = lambda p: model.forward(p[:dense + 1], state[:dense + 1], x, spec[:dense + 1], train=True)[0][0, 0]
+    at, along = jax.jvp(pre, (params,), (v,))     # the unit's input and its derivative along v
+    b = params[dense]["b"]
+    params = params[:dense] + (dict(params[dense], b=b.at[0].add(0.5 * eps * abs(along) - at)),) + params[dense + 1:]
     grads = model.loss_and_grads_manual(params, state, x, y, spec)[1]
-    c = jax.jit(lambda: stepcheck.check(params, state, x, y, grads, 0.0, jax.random.key(0), spec, "manual"))()
-    assert not bool(c.smooth) and float(c.directional_fd) > TOL   # the difference straddles the kink
-    row = {"step": 0, "epoch": 1, "directional_fd": float(c.directional_fd),
-           "manual_vs_autodiff": float(c.manual_vs_autodiff), "smooth": False,
-           "directional_jvp": float(c.directional_jvp)}
-    assert stepcheck.passed(row)                                  # ... and does not count
+    c = jax.jit(lambda: stepcheck.check(params, state, x, y, 0.0, jax.random.key(0), spec, "manual",
+                                        grads=grads, eps=eps))()
+    _, no_kink = jax.jit(lambda: stepcheck._ends(params, state, x, y, v, spec, 0.0, eps))()
+    assert not bool(no_kink) and not bool(c.smooth)
+    row = {"step": 0, "epoch": 1, "manual_vs_autodiff": float(c.manual_vs_autodiff),
+           "directional_jvp": float(c.directional_jvp), "directional_fd": 1.0, "smooth": False}
+    assert stepcheck.passed(row)                                  # a set-aside difference does not count
+    assert not stepcheck.passed(dict(row, smooth=True))
+
+
+def test_a_network_without_relu_has_no_kink_to_straddle():
+    """Softmax regression (no hidden layer): the difference always counts."""
+    spec, params, state, x, y = _small_problem(())
+    c = jax.jit(lambda: stepcheck.check(params, state, x, y, 0.0, jax.random.key(0), spec, "manual"))()
+    assert bool(c.smooth) and float(c.directional_fd) < TOL / 8
 
 
 def test_the_difference_is_the_float64_loss_difference():
@@ -254,13 +272,71 @@ def test_the_difference_is_the_float64_loss_difference():
     assert expected.dtype == np.float64
 
 
+def test_an_error_along_the_direction_fails_the_directional_comparisons_alone():
+    """An error of 3 tolerances of the typical directional derivative |g| / sqrt(P),
+    all along v: every entry stays well within the per-entry tolerance, yet both
+    directional comparisons fail. (A floor of |g| instead of
+    |g| / sqrt(P) would make them sqrt(P) ~ 50 times less sensitive and pass it.)"""
+    spec, params, state, x, y = _small_problem((200,))
+    grads = model.loss_and_grads_manual(params, state, x, y, spec, 0.0)[1]
+    key = jax.random.key(0)
+    v = stepcheck.direction(key, params)
+    n = sum(a.size for a in jax.tree.leaves(params))
+    floor = float(jnp.sqrt(stepcheck.tree_vdot(grads, grads))) / math.sqrt(n)
+    gv = float(stepcheck.tree_vdot(grads, v))
+    assert abs(gv) < floor and math.sqrt(n) > 50          # a typical direction for this key
+    delta = 3 * TOL * (2 * abs(gv) + floor)
+    wrong = jax.tree.map(lambda g, d: g + delta * d, grads, v)
+    c = jax.jit(lambda: stepcheck.check(params, state, x, y, 0.0, key, spec, "manual", grads=wrong))()
+    assert float(c.manual_vs_autodiff) < TOL / 8 and bool(c.smooth)   # every entry passes
+    assert float(c.directional_jvp) > 2 * TOL and float(c.directional_fd) > 2 * TOL
+    right = jax.jit(lambda: stepcheck.check(params, state, x, y, 0.0, key, spec, "manual", grads=grads))()
+    assert max(float(right.directional_jvp), float(right.directional_fd)) < TOL / 8
+
+
+def test_the_measures_known_values():
+    assert float(stepcheck.directional_error(1.0, 1.5, 0.5)) == pytest.approx(0.5 / 3.0)
+    assert float(stepcheck.directional_error(-1.0, 1.0, 0.0)) == 1.0
+    assert float(stepcheck.directional_error(0.0, 2e-9, 1e-8)) == pytest.approx(2e-9 / 1.2e-8)
+    a = (jnp.array([1.0, 2.0]), jnp.array([[1e-3]]))
+    b = (jnp.array([1.0, 2.5]), jnp.array([[2e-3]]))
+    assert float(stepcheck.leaf_rel_error(a[0], b[0])) == pytest.approx(0.5 / 4.5)
+    assert float(stepcheck.leaf_rel_error(a[1], b[1])) == pytest.approx(1 / 3)
+    assert float(stepcheck.leaf_rel_error(jnp.zeros(3), jnp.array([0.0, 2e-9, 0.0]))) == pytest.approx(0.2)
+    assert float(stepcheck.leaf_rel_error(jnp.zeros((0, 2)), jnp.zeros((0, 2)))) == 0.0
+    assert float(stepcheck.worst_leaf_error(a, b)) == pytest.approx(1 / 3)       # the worst leaf
+    assert float(stepcheck.tree_rel_error(a, b)) == pytest.approx(0.5 / 4.5)     # the whole gradient's scale
+    assert float(stepcheck.tree_rel_error(a, (b[0], a[1]))) == pytest.approx(0.5 / 4.5)
+    tiny = (jnp.zeros(2), jnp.array([[0.0]]))
+    assert float(stepcheck.tree_rel_error(tiny, (jnp.array([0.0, 2e-9]), tiny[1]))) == pytest.approx(0.2)  # floor 1e-8
+
+
+def test_a_difference_counts_when_its_rounding_is_within_a_tenth_of_the_tolerance():
+    """rounding = 16 ulps * (|L+| + |L-|) / 2 eps must be <= 0.1 tol (|gv| + |fd| + floor)."""
+    ends, eps, tol = jnp.array([1.0, -1.0], jnp.float32), 1e-5, 6e-5
+    with jax.enable_x64(True):
+        rounding = 16 * 2.0 ** -52 * 2.0 / (2 * eps)                       # 3.55e-10
+        scale = rounding / (0.1 * tol)                                       # 5.92e-5: the boundary
+        counts = lambda gv, fd, floor, t=tol, e=ends: bool(stepcheck.difference_counts(
+            jnp.asarray(e, jnp.float64), eps, gv, fd, floor, t))
+        # just above the boundary: dropping any term, or subtracting it, falls below
+        assert counts(0.5 * scale, -0.3 * scale, 0.22 * scale)
+        assert counts(-0.5 * scale, 0.3 * scale, 0.22 * scale)              # magnitudes
+        assert not counts(0.5 * scale, -0.3 * scale, 0.18 * scale)         # just below
+        assert counts(0.5 * scale, 0.0, 0.0, 2.01 * tol)                    # the tolerance is used
+        assert not counts(0.5 * scale, 0.0, 0.0, 1.99 * tol)
+        assert counts(1.01 * scale, 0.0, 0.0, tol, [3.0, -1.0]) is False   # the losses' size is used
+        assert counts(2.01 * scale, 0.0, 0.0, tol, [3.0, -1.0])
+
+
 # -------------------------------------------------------------- host side
 
 
 def _checks(**fields):
     base = dict(checked=[True, False, True, True], step=[10, 11, 12, 13],
                 manual_vs_autodiff=[1e-7, 0.0, 2e-7, 5e-1], directional_jvp=[3e-7, 0.0, 1e-6, 0.2],
-                directional_fd=[2e-7, 0.0, 0.4, 0.3], smooth=[True, False, False, True])
+                directional_fd=[2e-7, 0.0, 0.4, 0.3], smooth=[True, False, False, True],
+                training_precision_error=[1e-3, 0.0, 5e-2, 2e-3], training_precision_bound=[1e-2] * 4)
     base.update(fields)
     return stepcheck.StepCheck(*(np.asarray(base[f]) for f in stepcheck.StepCheck._fields))
 
@@ -268,22 +344,63 @@ def _checks(**fields):
 def test_records_passed_first_failure_message_and_summary_agree():
     rows = stepcheck.records(_checks(), epoch=2)
     assert [r["step"] for r in rows] == [10, 12, 13]
-    assert list(rows[0]) == ["step", "epoch", "directional_fd", "manual_vs_autodiff", "smooth",
-                             "directional_jvp", "passed"]
-    assert rows[1] == {"step": 12, "epoch": 2, "directional_fd": 0.4, "manual_vs_autodiff": 2e-7,
-                       "smooth": False, "directional_jvp": 1e-6, "passed": True}  # 0.4: set aside
+    # step, epoch, what was checked, the three comparisons in their usual order,
+    # the information, then the verdicts (issue 18, item 11)
+    assert list(rows[0]) == ["step", "epoch", "mode", "manual_vs_autodiff", "directional_jvp", "directional_fd",
+                             "training_precision_error", "training_precision_bound", "smooth", "passed"]
+    assert tuple(rows[0]) == stepcheck.COLUMNS
+    assert rows[1] == {"step": 12, "epoch": 2, "mode": "train", "manual_vs_autodiff": 2e-7,
+                       "directional_jvp": 1e-6, "directional_fd": 0.4, "training_precision_error": 5e-2,
+                       "training_precision_bound": 1e-2, "smooth": False, "passed": True}  # 0.4: set aside
     assert [r["passed"] for r in rows] == [True, True, False]
     assert stepcheck.first_failure(rows) is rows[2]
     msg = stepcheck.message(rows[2])
-    assert "step 13 (epoch 2)" in msg and "5.0e-01" in msg and f"{TOL:.1e}" in msg
+    assert "check at step 13 (epoch 2)" in msg and "5.0e-01" in msg and f"{TOL:.1e}" in msg
     s = stepcheck.summary(rows)
-    assert s == {"gradchecks": 3, "gradchecks_failed": 1, "gradchecks_nonsmooth": 1,
+    assert s == {"gradchecks": 3, "gradchecks_failed": 1, "gradchecks_eval": 0, "gradchecks_nonsmooth": 1,
                  "gradcheck_first_failed_step": 13, "gradcheck_max_manual_vs_autodiff": 0.5,
                  "gradcheck_max_directional_jvp": 0.2, "gradcheck_max_directional_fd": 0.3,
-                 "gradcheck_tolerance": TOL}
+                 "gradcheck_tolerance": TOL, "gradcheck_max_training_precision_error": 5e-2,
+                 "gradcheck_training_precision_bound": 1e-2, "gradchecks_over_training_precision_bound": 1}
     # a K-configuration result: pick one
     two = stepcheck.StepCheck(*(np.stack([a, a]) for a in _checks()))
     assert stepcheck.records(two, epoch=2, config=1) == rows
+    # one eval-mode check of scalars (train.check_eval)
+    one = stepcheck.StepCheck(*(a[3] for a in _checks()))
+    (row,) = stepcheck.records(one, epoch=4, mode="eval")
+    assert row == dict(rows[2], epoch=4, mode="eval")
+    assert stepcheck.message(row).startswith("gradient check (eval mode) at step 13 (epoch 4) failed")
+    assert stepcheck.summary(rows + [row])["gradchecks_eval"] == 1
+
+
+def test_each_comparison_fails_alone_and_the_finite_difference_only_where_smooth():
+    """One error over the tolerance fails a check, whichever comparison it is in;
+    per-comparison tolerances (`tolerances`) judge each with its own."""
+    ok = {"manual_vs_autodiff": TOL, "directional_jvp": TOL, "directional_fd": TOL, "smooth": True}
+    assert stepcheck.passed(ok)
+    for key in stepcheck.COMPARISONS:
+        assert not stepcheck.passed(dict(ok, **{key: 1.01 * TOL})), key
+        assert not stepcheck.passed(dict(ok, **{key: math.nan})), key
+        assert stepcheck.passed(dict(ok, **{key: 1.01 * TOL}), 1.02 * TOL)
+        tols = dict.fromkeys(stepcheck.COMPARISONS, TOL)
+        assert not stepcheck.passed(dict(ok, **{key: 1.01 * TOL}), tols)
+        assert stepcheck.passed(dict(ok, **{key: 1.01 * TOL}), dict(tols, **{key: 1.02 * TOL}))
+    assert stepcheck.passed(dict(ok, directional_fd=1.0, smooth=False))
+    assert not stepcheck.passed(dict(ok, directional_jvp=1.0, smooth=False))
+
+
+def test_rows_without_the_newer_columns_are_judged_and_summarised():
+    """Rows written before `smooth`, `directional_jvp`, `mode` and the training
+    precision existed (a checkpoint of an older run, a script's rows): the
+    difference counts, nothing is an eval check or over a bound."""
+    old = [{"step": 3, "epoch": 1, "manual_vs_autodiff": 1e-7, "directional_fd": 2e-7},
+           {"step": 4, "epoch": 1, "manual_vs_autodiff": 1e-7, "directional_fd": 1.0}]
+    assert stepcheck.passed(old[0]) and not stepcheck.passed(old[1])
+    assert "set aside" not in stepcheck.message(old[1]) and "(eval mode)" not in stepcheck.message(old[1])
+    s = stepcheck.summary(old)
+    assert (s["gradchecks"], s["gradchecks_failed"], s["gradchecks_eval"], s["gradchecks_nonsmooth"]) == (2, 1, 0, 0)
+    assert s["gradcheck_max_directional_fd"] == 1.0 and s["gradcheck_max_directional_jvp"] is None
+    assert s["gradcheck_max_training_precision_error"] is None and s["gradchecks_over_training_precision_bound"] == 0
 
 
 def test_summary_is_strict_json_when_maxima_are_undefined():
@@ -297,12 +414,26 @@ def test_summary_is_strict_json_when_maxima_are_undefined():
     assert s["gradchecks_failed"] == 3 and s["gradcheck_first_failed_step"] == 10   # NaN fails
 
 
-def test_tolerance_follows_the_matmul_precision():
-    assert stepcheck.matmul_roundoff("cpu") == 2.0 ** -24
-    assert stepcheck.matmul_roundoff("gpu", "default") == 2.0 ** -11
-    assert stepcheck.matmul_roundoff("gpu", "highest") == 2.0 ** -24
-    assert stepcheck.matmul_roundoff("tpu", "default") == 2.0 ** -8
-    assert stepcheck.tolerance(2.0 ** -24) == 2.0 ** -14
+def test_the_tolerance_is_the_checks_own_and_the_training_precision_is_information():
+    """The check multiplies at full float32 on every backend, so its tolerance is
+    2^10 float32 roundoffs whatever the training's products; matmul_roundoff says
+    what those are, and training_precision_bound what they may cost."""
+    assert stepcheck.tolerance() == 2.0 ** -14 <= 1e-4
+    assert stepcheck.tolerance(2.0 ** -53) == 2.0 ** -43
+    assert stepcheck.tolerances() == dict.fromkeys(stepcheck.COMPARISONS, 2.0 ** -14)
+    assert stepcheck.tolerances(jnp.float64) == {"manual_vs_autodiff": 2.0 ** -43, "directional_jvp": 2.0 ** -43,
+                                                 "directional_fd": 2.0 ** -14}
+    roundoff = stepcheck.matmul_roundoff
+    assert roundoff("cpu") == roundoff("cpu", "default") == roundoff("gpu", "highest") == 2.0 ** -24
+    assert roundoff("gpu", "default") == roundoff("gpu", "fastest") == roundoff("cpu", "tensorfloat32") == 2.0 ** -11
+    assert roundoff("tpu", "default") == roundoff("cpu", "bfloat16") == 2.0 ** -8
+    assert roundoff("tpu", "float32") == roundoff("tpu", "highest") == 2.0 ** -24
+    with jax.default_matmul_precision("tensorfloat32"):       # what a trace sees
+        assert roundoff("cpu") == 2.0 ** -11
+    spec = model.make_spec((16, 8))                            # 3 Dense layers: 6 products
+    assert stepcheck.training_precision_bound(spec, 64, 2.0 ** -11) == pytest.approx(2 * 2.0 ** -11 * 6 * 8)
+    assert stepcheck.training_precision_bound(spec, 16, 2.0 ** -8) == pytest.approx(2 * 2.0 ** -8 * 6 * 4)
+    assert stepcheck.training_precision_bound(spec, 64, 2.0 ** -24) == 0.0
 
 
 def test_check_every_must_be_a_whole_number_of_steps():

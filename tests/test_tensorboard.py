@@ -326,11 +326,16 @@ def test_a_run_writes_history_and_checks_as_events(tmp_path, npz):
     # every column of gradchecks.csv, whatever the check records, is a scalar at its step
     # (but the axes: step, and epoch, which the epoch scalar above maps)
     checks = _rows(tmp_path / "r" / "gradchecks.csv")
-    columns = [k for k in checks[0] if k not in ("step", "epoch")]
-    assert {"manual_vs_autodiff", "directional_jvp", "directional_fd", "smooth", "passed"} <= set(columns)
+    columns = [k for k in checks[0] if k not in ("step", "epoch", "mode")]
+    assert {"manual_vs_autodiff", "directional_jvp", "directional_fd", "smooth", "passed",
+            "training_precision_error", "training_precision_bound"} <= set(columns)
     as_float = lambda v: {"True": 1.0, "False": 0.0}[v] if v in ("True", "False") else f32(v)
-    for col in columns:
-        assert scalars(ea, f"gradcheck/{col}") == [(int(r["step"]), as_float(r[col])) for r in checks], col
+    for mode, prefix in (("train", "gradcheck/"), ("eval", "gradcheck_eval/")):
+        rows = [r for r in checks if r["mode"] == mode]
+        assert len(rows) == {"train": 3 * 3, "eval": 3}[mode]   # steps 0, 6, 12 of each epoch; each end
+        for col in columns:
+            assert tblog.gradcheck_tag(col, mode) == prefix + col
+            assert scalars(ea, prefix + col) == [(int(r["step"]), as_float(r[col])) for r in rows], (mode, col)
     assert [e.step for e in ea.Histograms("weights/0.dense.W")] == [int(hist[1]["step"])]
     assert [e.step for e in ea.Histograms("gradients/2.dense.b")] == [int(hist[1]["step"])]
     assert [s for s, v in scalars(ea, "grad_norm/total") if v > 0] == [int(hist[1]["step"])]

@@ -179,3 +179,37 @@ def test_per_step_check_warns_or_stops_on_a_wrong_backward(tmp_path, monkeypatch
     assert (strict["status"], strict["gradcheck_failed_at_step"]) == ("gradcheck_failed", 0)
     assert not (tmp_path / "strict" / "best.npz").exists()   # nothing after the failure is kept
     jax.clear_caches()
+
+
+def _bn_eval_backward_without_inv_std(params, cache, dy):
+    """Right in train mode; in eval mode forgets to divide by the running std."""
+    from svhn_jax.nn import layers
+
+    grads, dx = layers.batchnorm_backward(params, cache, dy)
+    return grads, (dx if cache["train"] else dy * params["gamma"])
+
+
+def test_the_eval_mode_check_at_each_epochs_end_catches_an_eval_only_bug(tmp_path, monkeypatch, capsys):
+    """The per-step checks run the train-mode pass; the eval mode that `evaluate`
+    runs (BatchNorm with its running statistics) is checked at every epoch's end,
+    before the epoch is evaluated: a bug there alone fails every eval-mode check."""
+    from svhn_jax.nn import layers
+
+    init, fwd, _ = layers.LAYERS["batchnorm"]
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, _bn_eval_backward_without_inv_std))
+    jax.clear_caches()
+    cfg = config.make(data="synthetic", synthetic_n=500, hidden=[8], batchnorm="before", epochs=2, batch=50,
+                      gradcheck_every=3, tensorboard=False)
+    try:
+        m = runs.train_run(cfg, tmp_path / "warn", quiet=True)
+        rows = list(csv.DictReader(open(tmp_path / "warn" / "gradchecks.csv")))
+        assert [r["mode"] for r in rows].count("eval") == 2 == m["gradchecks_eval"]
+        assert all(r["passed"] == ("True" if r["mode"] == "train" else "False") for r in rows)
+        assert "warning: gradient check (eval mode) at step 7 (epoch 1)" in capsys.readouterr().err
+        with pytest.raises(SvhnJaxError, match=r"\(eval mode\) at step 7 .*stopping \(--gradcheck-strict\)"):
+            runs.train_run(cfg.replace(gradcheck_strict=True), tmp_path / "strict", quiet=True)
+        strict = json.loads((tmp_path / "strict" / "metrics.json").read_text())
+        assert (strict["status"], strict["gradcheck_failed_at_step"]) == ("gradcheck_failed", 7)
+        assert not (tmp_path / "strict" / "best.npz").exists()   # the epoch was never evaluated
+    finally:
+        jax.clear_caches()

@@ -34,7 +34,7 @@ from jax.flatten_util import ravel_pytree
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from . import model
+from . import coverage, model
 from .gradcheck import (FD_STEP, FiniteDiff, _compare, _random_params, _report, rounding_amplification,
                         float64, path_namer, rel_error)
 
@@ -136,11 +136,9 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
     return dict(_report(title, rows, failures), devices=n_dev, forward_rel_error=forward)
 
 
-def check_sharded_all(mesh, hidden=(16,), *, batchnorm=False, batch=16, in_dim=12, reg=0.1,
-                      seed=0, fd_samples=None):
-    """check_sharded_model for BatchNorm none, or before (train and eval) and after."""
-    placements = [("before", True), ("before", False), ("after", True)] if batchnorm \
-        else [("none", True)]
+def check_sharded_all(mesh, hidden=(16,), *, placements=model.BATCHNORM_PLACEMENTS, modes=coverage.MODES,
+                      batch=16, in_dim=12, reg=0.1, seed=0, fd_samples=None):
+    """check_sharded_model for each BatchNorm placement and mode (coverage.model_variants)."""
     return [check_sharded_model(model.make_spec(hidden, batchnorm=bn), mesh, in_dim=in_dim,
                                 batch=batch, reg=reg, train=train, seed=seed, fd_samples=fd_samples)
-            for bn, train in placements]
+            for bn, train in coverage.model_variants(placements, modes)]

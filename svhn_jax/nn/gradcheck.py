@@ -61,8 +61,7 @@ from .treecheck import path_namer, tree_mismatch
 __all__ = ["TOL_AUTODIFF", "TOL_FINITE_DIFF", "AD_ROUNDING", "FD_ROUNDING", "FD_STEP", "UNIT_ROUNDOFF",
            "GradCheckError", "float64", "rel_error", "autodiff_noise", "rounding_amplification", "fd_noise",
            "finite_diff", "FiniteDiff", "path_namer", "tree_mismatch", "check_tree", "leaf_names",
-           "assert_ok", "check_layer", "check_loss", "check_model", "check_layers", "check_all",
-           "format_table"]
+           "assert_ok", "check_layer", "check_loss", "check_model", "format_table"]
 
 TOL_AUTODIFF = 1e-10     # hand VJP vs jax.grad, float64
 TOL_FINITE_DIFF = 1e-6   # hand VJP vs finite differences, float64
@@ -241,13 +240,14 @@ def _layer_grads(name: str, forward, backward, train: bool):
     return grads
 
 
-def check_layer(layer: str, *, batch=8, in_dim=6, out_dim=5, train=True, seed=0,
+def check_layer(layer: str, *, batch=8, in_dim=6, out_dim=5, train=True, bias=True, seed=0,
                 backward=None, fd_samples=None):
     """Check one layer's backward (or the `backward` given) on L = <y, dy>.
 
     Random float64 input x (kept away from 0 for ReLU), random parameters
     (gamma/beta far from 1/0), random upstream gradient dy. The input x is
-    checked as a leaf of its own, named 'x'.
+    checked as a leaf of its own, named 'x'. train: BatchNorm's mode; bias:
+    whether a Dense layer has one (a Dense before BatchNorm has none).
     """
     with float64():
         fns = layers.LAYERS[layer]
@@ -257,11 +257,14 @@ def check_layer(layer: str, *, batch=8, in_dim=6, out_dim=5, train=True, seed=0,
         width = out_dim if layer == "dense" else in_dim
         params, state = _random_params(rng, ((layer, width),), in_dim)
         p, s = params[0], state[0]
+        if layer == "dense" and not bias:
+            p = {"W": p["W"]}
         x = jnp.asarray(_away_from_zero(rng, (batch, in_dim)))
         dy = jnp.asarray(rng.normal(size=(batch, width)))
         manual, autodiff, amp = grads(p, s, x, dy)
         fd = finite_diff(loss, (p, x), s, dy, samples=fd_samples, rng=rng)
-        title = f"{layer} ({'train' if train else 'eval'} mode)" if layer == "batchnorm" else layer
+        title = {"batchnorm": f"batchnorm ({'train' if train else 'eval'} mode)",
+                 "dense": f"dense ({'with' if bias else 'no'} bias)"}.get(layer, layer)
         return _report(title, *_compare(path_namer((layer, "x")), manual, autodiff, fd, float(amp)))
 
 
@@ -339,28 +342,6 @@ def check_model(spec, *, in_dim=12, batch=8, reg=0.1, train=True, seed=0, fd_sam
         title = f"model {in_dim}-{widths}{bn} ({'train' if train else 'eval'}), L2={reg}"
         namer = path_namer(tuple(f"{i}.{layer}" for i, (layer, _) in enumerate(spec)))
         return _report(title, *_compare(namer, g_manual, g_auto, fd, float(amp)))
-
-
-def check_layers(*, batch=8, seed=0):
-    """Every layer (BatchNorm in both modes) and the loss terms."""
-    return [check_layer("dense", batch=batch, seed=seed),
-            check_layer("relu", batch=batch, seed=seed),
-            check_layer("batchnorm", batch=batch, seed=seed, train=True),
-            check_layer("batchnorm", batch=batch, seed=seed, train=False),
-            check_loss(batch=batch, seed=seed)]
-
-
-def check_all(hidden=(16,), *, batchnorm=False, batch=8, in_dim=12, reg=0.1, seed=0,
-              fd_samples=None):
-    """check_layers, then the model; with batchnorm, BN before ReLU (train and
-    eval mode) and after ReLU (the seed notebook's placement)."""
-    placements = [("none", True)]
-    if batchnorm:
-        placements = [("before", True), ("before", False), ("after", True)]
-    return check_layers(batch=batch, seed=seed) + [
-        check_model(model.make_spec(hidden, batchnorm=bn), in_dim=in_dim, batch=batch, reg=reg,
-                    seed=seed, train=train, fd_samples=fd_samples)
-        for bn, train in placements]
 
 
 def format_table(reports) -> str:

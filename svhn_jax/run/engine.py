@@ -108,10 +108,14 @@ def _host(job: Job, outs) -> Segment:
     ce, correct, *rest = outs
     checks = rest[0] if job.cfg.check_every else None
     grads = rest[-1] if job.cfg.keep_grads else None
-    k = job.k
-    fix = (lambda a: np.asarray(a)[:k]) if job.place.stacked else (lambda a: np.asarray(a)[None])
+    fix = lambda a: _per_model(job, a)
     return Segment(fix(ce), fix(correct),
                    None if checks is None else stepcheck.StepCheck(*map(fix, checks)), grads)
+
+
+def _per_model(job: Job, a) -> np.ndarray:
+    """An output of K models on the host with a leading model axis of K."""
+    return np.asarray(a)[:job.k] if job.place.stacked else np.asarray(a)[None]
 
 
 def orders(job: Job, epoch: int):
@@ -276,15 +280,16 @@ def _diverged(job: Job, states, progs, ce: np.ndarray, first_step: int):
                    f"{job.c.lr:g}); {kept}")
 
 
-def _judge_checks(job: Job, states, progs, checks, epoch: int, step: int):
-    """Record a segment's per-step checks. A failure: a GROUP marks the configuration
-    (a wrong gradient is not a result to choose) and goes on; otherwise a warning, or
-    under --gradcheck-strict a stop before anything trained after it is evaluated or
-    kept as best."""
+def _judge_checks(job: Job, states, progs, checks, epoch: int, step: int, mode: str = "train"):
+    """Record a segment's per-step checks (mode 'train'), or the epoch's eval-mode
+    checks ('eval'). A failure: a GROUP marks the configuration (a wrong gradient is
+    not a result to choose) and goes on; otherwise a warning, or under
+    --gradcheck-strict a stop before anything trained after it is evaluated or kept
+    as best."""
     progs = list(progs)
     for e, members in enumerate(job.entries):
         for m in members:
-            rows = stepcheck.records(checks, epoch + 1, config=m)
+            rows = stepcheck.records(checks, epoch + 1, config=m, mode=mode)
             if job.kind == ENSEMBLE:
                 rows = [dict(r, member=m) for r in rows]
             progs[e] = progs[e]._replace(gradchecks=progs[e].gradchecks + tuple(rows))
@@ -327,6 +332,10 @@ def scores(job: Job, states) -> list[tuple[float, float, dict]]:
 
 def _end_epoch(job: Job, states, progs, epoch: int, step: int, grads=None):
     """Score the finished epoch, keep each entry's best, rewrite history.csv, log it."""
+    if job.cfg.check_every:   # the eval-mode pass that scoring runs, checked before it runs
+        checks = parallel.run_eval_checks(states, job.hps, job.val, cfg=job.cfg, place=job.place)
+        progs = _judge_checks(job, states, progs, stepcheck.StepCheck(*(_per_model(job, a) for a in checks)),
+                              epoch, step, "eval")
     c, scored = job.c, scores(job, states)
     agree.vote("epoch", ([(loss, acc) for loss, acc, _ in scored],))
     out = []

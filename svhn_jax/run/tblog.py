@@ -3,10 +3,11 @@
 A run writes RUN/tb/ at every epoch end, outside compiled code:
 
     loss/train  loss/val  accuracy/train  accuracy/val  lr  images_per_s  epoch
-    gradcheck/<column>                   every column of gradchecks.csv but step and
-                                         epoch, at its step (directional_fd,
+    gradcheck/<column>                   every column of gradchecks.csv but step, epoch
+                                         and mode, at its step (directional_fd,
                                          manual_vs_autodiff, directional_jvp, ...;
-                                         smooth and passed as 0/1)
+                                         smooth and passed as 0/1); the epoch-end
+                                         eval-mode checks as gradcheck_eval/<column>
     weights/<leaf>  gradients/<leaf>     histograms, every few epochs
     grad_norm/<leaf>  grad_norm/total    L2 norms of the same gradients
     images/confusion  images/misclassified   at the end
@@ -52,9 +53,10 @@ HIST_BINS = 64         # TensorBoard re-buckets to 30 for display; 64 keeps the 
 EPOCH_TAGS = {"train_loss": "loss/train", "val_loss": "loss/val",
               "train_acc": "accuracy/train", "val_acc": "accuracy/val",
               "lr": "lr", "images_per_s": "images_per_s", "epoch": "epoch"}
-# gradchecks.csv columns that are no scalar of their own: `step` is the x axis, and
-# `epoch` the epoch scalar above; every other column is the scalar gradcheck_tag(column)
-GRADCHECK_AXES = ("step", "epoch")
+# gradchecks.csv columns that are no scalar of their own: `step` is the x axis,
+# `epoch` the epoch scalar above, `mode` picks the tag (gradcheck_tag); every
+# other column is the scalar gradcheck_tag(column, mode)
+GRADCHECK_AXES = ("step", "epoch", "mode")
 SWEEP_METRICS = ("best_val_acc", "final_val_acc", "final_val_loss", "diverged")
 # Hyperparameters every sweep session records; any other setting that varies is added.
 SWEEP_HPARAMS = ("lr", "reg", "optimizer", "hidden", "batchnorm", "batch", "schedule",
@@ -119,21 +121,23 @@ def log_epoch(writer, row: dict) -> None:
             writer.add_scalar(tag, float(row[key]), int(row["step"]))
 
 
-def gradcheck_tag(column: str) -> str:
+def gradcheck_tag(column: str, mode: str = "train") -> str:
     """The TensorBoard tag of a gradchecks.csv column ('directional_jvp' ->
-    'gradcheck/directional_jvp')."""
-    return f"gradcheck/{column}"
+    'gradcheck/directional_jvp'; of an eval-mode check's row, mode 'eval':
+    'gradcheck_eval/directional_jvp')."""
+    return f"gradcheck{'_eval' if mode == 'eval' else ''}/{column}"
 
 
 def log_gradchecks(writer, records) -> None:
     """Per-step gradient-check records (the rows of gradchecks.csv) as scalars at
-    their own steps: every column but GRADCHECK_AXES, booleans as 0/1."""
+    their own steps: every column but GRADCHECK_AXES, booleans as 0/1, under
+    their mode's tags."""
     if writer is None:
         return
     for r in records:
         for key, value in r.items():
             if key not in GRADCHECK_AXES:
-                writer.add_scalar(gradcheck_tag(key), float(value), int(r["step"]))
+                writer.add_scalar(gradcheck_tag(key, r.get("mode", "train")), float(value), int(r["step"]))
 
 
 def log_layers(writer, step: int, spec, params, grads=None) -> None:

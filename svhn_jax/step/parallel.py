@@ -5,6 +5,7 @@
     run_segment      steps start .. start+count-1 of K models on a mesh.Placement:
                      the one compiled program every run trains with
     run_steps        run_segment for one unstacked model on a data mesh
+    run_eval_checks  the eval-mode gradient check of every model, at an epoch's end
 
 The gradient modes over a global batch split along `data`:
   autodiff: jax.grad of the global-batch loss under jit; XLA partitions the
@@ -117,6 +118,23 @@ def segment(states, hps, X, y, orders, start, cfg: train.StepConfig, count: int,
     if place.mesh is not None and jax.process_count() > 1:   # readable in every process
         outs = jax.lax.with_sharding_constraint(outs, NamedSharding(place.mesh, P()))
     return states, outs
+
+
+def eval_checks(states, hps, es, cfg: train.StepConfig, place: Placement):
+    """train.check_eval (the eval-mode check at an epoch's end) of the models of
+    `place`, on the evaluation set `es` -> a stepcheck.StepCheck of arrays with a
+    trailing axis of 1 check: (K', 1) stacked, (1,) not, as `segment` gives its
+    checks. The set is replicated: each model's check runs where the model is."""
+    check = lambda s, h: jax.tree.map(lambda a: a[..., None], train.check_eval(s, h, es, cfg))
+    if place.stacked:
+        check = jax.vmap(check, spmd_axis_name=MODELS if place.mesh is not None else None)
+    out = check(states, hps)
+    if place.mesh is not None and jax.process_count() > 1:   # readable in every process
+        out = jax.lax.with_sharding_constraint(out, NamedSharding(place.mesh, P()))
+    return out
+
+
+run_eval_checks = jax.jit(eval_checks, static_argnames=("cfg", "place"))
 
 
 # One compiled program per (cfg, count, placement). The states' buffers are donated:

@@ -210,8 +210,8 @@ def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig, loss_
     grads, bn_state, logits = gradients(state, hp, xb, yb, cfg, loss_and_grads)
 
     def run():
-        c = stepcheck.check(state.params, state.bn_state, xb, yb, grads, hp.reg,
-                            check_key(state.key, state.step), cfg.spec, cfg.grad_mode)
+        c = stepcheck.check(state.params, state.bn_state, xb, yb, hp.reg, check_key(state.key, state.step),
+                            cfg.spec, cfg.grad_mode, grads=grads, loss_and_grads=loss_and_grads)
         return c._replace(step=state.step)
 
     if cfg.check_every == 1:
@@ -221,6 +221,19 @@ def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig, loss_
             check = jax.lax.cond(i % cfg.check_every == 0, run, lambda: stepcheck.not_checked(state.step))
     state, (ce, correct) = apply_gradients(state, hp, grads, bn_state, logits, yb, cfg)
     return state, (ce, correct, check)
+
+
+def check_eval(state: TrainState, hp: Hyper, es, cfg: StepConfig) -> stepcheck.StepCheck:
+    """stepcheck.check of the eval-mode pass that `evaluate` runs (BatchNorm with
+    its running statistics), on cfg.batch rows of the evaluation set `es`
+    (step.evaluate.EvalSet) drawn with the key of the state's step; run at each
+    epoch's end when cfg.check_every. Reads only: nothing is trained."""
+    key = jax.random.fold_in(jax.random.fold_in(state.key, 4), state.step)
+    rows = jax.random.randint(key, (cfg.batch,), 0, es.mask.sum())
+    x, y = es.X.reshape(-1, es.X.shape[-1])[rows], es.y.reshape(-1)[rows]
+    c = stepcheck.check(state.params, state.bn_state, features(x, cfg.prep), y, hp.reg,
+                        check_key(key, state.step), cfg.spec, cfg.grad_mode, train=False)
+    return c._replace(step=state.step)
 
 
 def _step(state, hp, X, y, order, i, cfg):
