@@ -46,8 +46,9 @@ def test_layer_three_way(layer, train):
 def test_loss_three_way():
     report = gradcheck.check_loss(batch=9, seed=4)
     assert_report_within(report)
-    assert [leaf["name"] for leaf in report["leaves"]] == ["softmax_ce.logits", "l2.W", "l2.b"]
-    assert report["leaves"][0]["size"] == 90
+    assert [leaf["name"] for leaf in report["leaves"]] == [
+        "softmax_ce.logits", "softmax_ce_smoothed.logits", "l2.W", "l2.b"]
+    assert report["leaves"][0]["size"] == report["leaves"][1]["size"] == 90
 
 
 @settings(max_examples=5, deadline=None)

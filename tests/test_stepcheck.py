@@ -43,7 +43,7 @@ def config(hidden=(16,), batchnorm="none", grad_mode="manual", every=1):
         BATCH, grad_mode, shift=2, image_shape=(32, 32, 1), check_every=every))
 
 
-HP = train.Hyper(jnp.float32(3e-3), jnp.float32(3e-3))
+HP = train.Hyper(lr=jnp.float32(3e-3), reg=jnp.float32(3e-3))
 
 
 def train_epochs(cfg, data, epochs, hp=HP):
@@ -161,9 +161,11 @@ def test_every_injected_bug_fails_the_check_on_every_step(data, monkeypatch, bug
 def test_sweeps_check_every_configuration_in_autodiff_mode_with_batchnorm(data):
     X, y = data
     cfg, k, epochs = config((16,), "before", "autodiff", every=3), 2, 2
-    hps = train.Hyper(jnp.asarray([1e-3, 3e-3], jnp.float32), jnp.asarray([0.0, 1e-2], jnp.float32))
+    hps = train.Hyper(lr=jnp.asarray([1e-3, 3e-3], jnp.float32), reg=jnp.asarray([0.0, 1e-2], jnp.float32),
+                      smoothing=jnp.asarray([0.0, 0.1], jnp.float32))
+    one = lambda i: jax.tree.map(lambda a: a[i], hps)
     init = lambda cfg: jax.tree.map(lambda *a: jnp.stack(a), *[
-        train.init_state(seed, cfg, IN_DIM, train.Hyper(hps.lr[i], hps.reg[i])) for i, seed in enumerate((0, 1))])
+        train.init_state(seed, cfg, IN_DIM, one(i)) for i, seed in enumerate((0, 1))])
     order = lambda states, e: jnp.stack([train.epoch_order(states.key[i], e, N, BATCH) for i in range(k)])
     states, plain = init(cfg), init(cfg._replace(check_every=0))
     place = meshes.Placement(None, k, k, True)

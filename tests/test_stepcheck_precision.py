@@ -69,7 +69,7 @@ def checked_epoch(data, precision, monkeypatch, bug=None, grad_mode="manual"):
     cfg = train.check_config(train.StepConfig(model.make_spec((16,)), "adam",
                                               schedules.ScheduleSpec("cosine", total_steps=50), BATCH, grad_mode,
                                               shift=2, image_shape=(16, 16, 1), check_every=1))
-    hp = train.Hyper(jnp.float32(3e-3), jnp.float32(3e-3))
+    hp = train.Hyper(lr=jnp.float32(3e-3), reg=jnp.float32(3e-3))
     jax.clear_caches()   # compiled with another layer or precision before
     try:
         with jax.default_matmul_precision(precision):

@@ -271,23 +271,29 @@ def check_layer(layer: str, *, batch=8, in_dim=6, out_dim=5, train=True, bias=Tr
 L2_INCLUDE = ("W", "b")  # an excluded leaf has an all-zero gradient: nothing to compare
 
 
-def _ce_loss(z, labels):
-    return losses.softmax_cross_entropy(z[0], labels)[0]
+def _ce_loss(z, labels, smoothing=0.0):
+    return losses.softmax_cross_entropy(z[0], labels, smoothing)[0]
 
 
 def _l2_loss(params, reg):
     return losses.l2_penalty(params, reg, L2_INCLUDE)
 
 
-def check_loss(*, batch=8, num_classes=10, seed=0, scale=1.0):
-    """Softmax cross-entropy's hand gradient w.r.t. the logits, and L2's w.r.t. W and b."""
+def check_loss(*, batch=8, num_classes=10, seed=0, scale=1.0, smoothing=0.2):
+    """Softmax cross-entropy's hand gradient w.r.t. the logits, plain and with label
+    smoothing `smoothing`, and L2's w.r.t. W and b."""
     with float64():
         rng = np.random.default_rng(seed)
         z = (jnp.asarray(scale * rng.normal(size=(batch, num_classes))),)
         labels = jnp.asarray(rng.integers(0, num_classes, batch))
-        manual = (losses.softmax_cross_entropy_backward(losses.softmax_cross_entropy(z[0], labels)[1]),)
-        ce = _compare(path_namer(("softmax_ce.logits",)), manual, jax.grad(_ce_loss)(z, labels),
-                      finite_diff(_ce_loss, z, labels))
+        ce = ([], [])
+        for name, s in (("softmax_ce.logits", 0.0), ("softmax_ce_smoothed.logits", smoothing)):
+            s = jnp.float64(s)
+            manual = (losses.softmax_cross_entropy_backward(losses.softmax_cross_entropy(z[0], labels, s)[1]),)
+            rows, failures = _compare(path_namer((name,)), manual, jax.grad(_ce_loss)(z, labels, s),
+                                      finite_diff(_ce_loss, z, labels, s))
+            ce[0].extend(rows)
+            ce[1].extend(failures)
         params = ({"W": jnp.asarray(rng.normal(size=(4, 3))), "b": jnp.asarray(rng.normal(size=3))},)
         reg = jnp.float64(0.3)
         l2 = _compare(path_namer(("l2",)), losses.l2_penalty_grad(params, reg, L2_INCLUDE),

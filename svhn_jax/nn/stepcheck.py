@@ -185,7 +185,7 @@ def direction(key, params):
 # -------------------------------------------------------------- the check
 
 
-def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True):
+def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True, smoothing=0.0):
     """(L(p + eps v), L(p - eps v)) (2,) float64, and whether every ReLU input kept
     its sign between the two ends (a kink inside the step breaks the difference).
 
@@ -214,7 +214,7 @@ def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True):
                 h, _, cache = layers.LAYERS[name].forward(q, s, h, train)
                 if name == "relu":
                     masks.append(cache)
-            ce, _ = losses.softmax_cross_entropy(h, y)
+            ce, _ = losses.softmax_cross_entropy(h, y, jnp.asarray(smoothing, jnp.float64))
             return ce + losses.l2_penalty(p, jnp.asarray(reg, jnp.float64)), masks
 
         (up, masks_up), (down, masks_down) = end(1.0), end(-1.0)
@@ -222,10 +222,12 @@ def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True):
         return jnp.stack([up, down]), jnp.all(jnp.stack(same)) if same else jnp.bool_(True)
 
 
-def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, grads=None, train: bool = True,
+def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, smoothing=0.0, grads=None,
+          train: bool = True,
           loss_and_grads=None, eps: float = FD_STEP, tol: float | None = None) -> StepCheck:
     """The check of the gradient that training computes in `grad_mode` on
-    (x (B, D), y (B,)) at `params`, with `bn_state` and L2 strength `reg`, in
+    (x (B, D), y (B,)) at `params`, with `bn_state`, L2 strength `reg` and label
+    smoothing `smoothing`, in
     train mode or (train=False) the eval mode of `train.evaluate`; v is
     `direction(key, params)`. Traceable (jit, scan, vmap). Returns a StepCheck
     with step 0 (the caller knows the step).
@@ -243,7 +245,8 @@ def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, grads=None,
         raise GradCheckError(f"the per-step check needs a Dense first layer, got {spec[0][0]!r}")
     tol = tolerance() if tol is None else tol
     modes = dict(model.GRAD_MODES, **({grad_mode: loss_and_grads} if loss_and_grads else {}))
-    gradient = lambda mode: modes[mode](params, bn_state, x, y, spec, reg, train=train)[1]
+    gradient = lambda mode: modes[mode](params, bn_state, x, y, spec, reg=reg, smoothing=smoothing,
+                                        train=train)[1]
     u_train = matmul_roundoff()
     reduced = u_train > F32_ROUNDOFF
     applied = gradient(grad_mode) if grads is None and reduced else grads
@@ -254,9 +257,9 @@ def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, grads=None,
         hand, auto = (g, g_other) if grad_mode == "manual" else (g_other, g)
         per_entry = worst_leaf_error(hand, auto, spec)
         v = direction(key, params)
-        loss = lambda p: model.loss(p, bn_state, x, y, spec, reg, train=train)[0]
+        loss = lambda p: model.loss(p, bn_state, x, y, spec, reg, smoothing=smoothing, train=train)[0]
         _, d_jvp = jax.jvp(loss, (params,), (v,))
-        ends, no_kink = _ends(params, bn_state, x, y, v, spec, reg, eps, train)
+        ends, no_kink = _ends(params, bn_state, x, y, v, spec, reg, eps, train, smoothing)
     # where nothing was recomputed, g is the applied gradient itself
     off = tree_rel_error(applied, g, spec) if reduced and applied is not None else jnp.zeros((), per_entry.dtype)
     bound = training_precision_bound(spec, x.shape[0], u_train)

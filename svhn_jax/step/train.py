@@ -210,8 +210,9 @@ def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig, loss_
     grads, bn_state, logits = gradients(state, hp, xb, yb, cfg, loss_and_grads)
 
     def run():
-        c = stepcheck.check(state.params, state.bn_state, xb, yb, hp.reg, check_key(state.key, state.step),
-                            cfg.spec, cfg.grad_mode, grads=grads, loss_and_grads=loss_and_grads)
+        c = stepcheck.check(state.params, state.bn_state, xb, yb, key=check_key(state.key, state.step),
+                            spec=cfg.spec, grad_mode=cfg.grad_mode, grads=grads,
+                            loss_and_grads=loss_and_grads, **loss_settings(hp))
         return c._replace(step=state.step)
 
     if cfg.check_every == 1:
@@ -231,8 +232,9 @@ def check_eval(state: TrainState, hp: Hyper, es, cfg: StepConfig) -> stepcheck.S
     key = jax.random.fold_in(jax.random.fold_in(state.key, 4), state.step)
     rows = jax.random.randint(key, (cfg.batch,), 0, es.mask.sum())
     x, y = es.X.reshape(-1, es.X.shape[-1])[rows], es.y.reshape(-1)[rows]
-    c = stepcheck.check(state.params, state.bn_state, features(x, cfg.prep), y, hp.reg,
-                        check_key(key, state.step), cfg.spec, cfg.grad_mode, train=False)
+    c = stepcheck.check(state.params, state.bn_state, features(x, cfg.prep), y,
+                        key=check_key(key, state.step), spec=cfg.spec, grad_mode=cfg.grad_mode,
+                        train=False, **loss_settings(hp))
     return c._replace(step=state.step)
 
 
