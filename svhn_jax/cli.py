@@ -15,7 +15,8 @@ from pathlib import Path
 
 from . import cli_tools, errors
 from . import __version__
-from .flags import Parser, add_settings, given_settings, make_config, number, process_settings
+from . import config
+from .flags import Parser, Refused, add_settings, given_settings, make_config, number, process_settings
 
 
 # ---------------------------------------------------------------- train / evaluate
@@ -273,6 +274,7 @@ def add_lr_find(sub):
     p = sub.add_parser("lr-find", help="learning-rate range test: loss against an exponentially rising lr")
     p.add_argument("--out", required=True, help="folder for lr_find.csv, .json and .png")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder's files")
+    p.add_argument("--resume", action=Refused, reason=config.NO_CHECKPOINTS)
     _add_processes(p)
     add_settings(p, "lr-find")
     p.add_argument("--lr-min", type=number(float), default=1e-7, help="learning rate of the first step")

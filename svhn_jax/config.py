@@ -42,17 +42,20 @@ SEED_MAX = 2**31 - 1   # jax.random.key takes a 32-bit seed on every backend
 INT_MAX = 2**31 - 1    # counts, sizes and periods: int32 in the compiled program
 
 TRAIN, SWEEP, LR_FIND = "train", "sweep", "lr-find"
+NO_CHECKPOINTS = ("lr-find keeps no checkpoint: the range test is --steps steps (300 by default), "
+                  "seconds of training; an interrupted one is run again")
 ALL = (TRAIN, SWEEP, LR_FIND)
 
 
 def setting(default, help: str, *, choices=None, low=None, high=None, above=None, below=None,
-            sweep: str | None = None, commands=ALL, metavar=None):
+            sweep: str | None = None, commands=ALL, refused=None, metavar=None):
     """A RunConfig field with what the command line and the validation need.
 
-    low/high bound a number inclusively, above/below exclusively (lr > 0)."""
+    low/high bound a number inclusively, above/below exclusively (lr > 0); refused:
+    {command: why} for subcommands that know the flag and refuse it with that reason."""
     return field(default=default, metadata=dict(
         help=help, choices=choices, low=low, high=high, above=above, below=below, sweep=sweep,
-        commands=commands, metavar=metavar))
+        commands=commands, refused=refused or {}, metavar=metavar))
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,8 @@ class RunConfig:
                                    "epoch (1: every step; 0: off)", low=0, high=INT_MAX)
     gradcheck_strict: bool = setting(False, "stop when a gradient check fails", commands=(TRAIN,))
     checkpoint_every: int = setting(0, "also checkpoint every N steps (always at each epoch's end)",
-                                    low=0, high=INT_MAX, commands=(TRAIN, SWEEP))
+                                    low=0, high=INT_MAX, commands=(TRAIN, SWEEP),
+                                    refused={LR_FIND: NO_CHECKPOINTS})
     tensorboard: bool = setting(True, "write TensorBoard event files into RUN/tb (--no-tensorboard: off)",
                                 commands=(TRAIN, SWEEP))
     histogram_every: int | None = setting(None, "TensorBoard histograms of every layer's weights and "

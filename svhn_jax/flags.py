@@ -98,6 +98,19 @@ def number(kind):
 _PARSERS = {"int": number(int), "float": number(float), "tuple": int_list, "str": str}
 
 
+class Refused(argparse.Action):
+    """A flag this subcommand knows and refuses, with the reason (a flag of another
+    subcommand that cannot take effect here): one `error:` line, like any other."""
+
+    def __init__(self, option_strings, dest, reason: str, **kwargs):
+        self.reason = reason
+        super().__init__(option_strings, dest, nargs="?", default=None,
+                         help=f"not here: {reason}", **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        parser.error(f"{option_string}: {self.reason}")
+
+
 def add_settings(p, command: str, *, lists: bool = False) -> None:
     """One flag per RunConfig field that `command` takes; every default is None,
     meaning "from --config, the preset, or the field's default". With `lists`, the
@@ -106,6 +119,9 @@ def add_settings(p, command: str, *, lists: bool = False) -> None:
                              else "settings (override --preset)")
     for name, f in config.FIELDS.items():
         m = f.metadata
+        flag = "--" + name.replace("_", "-")
+        if command in m["refused"]:
+            g.add_argument(flag, action=Refused, reason=m["refused"][command])
         if command not in m["commands"]:
             continue
         kind = config.kind(name)
@@ -117,7 +133,6 @@ def add_settings(p, command: str, *, lists: bool = False) -> None:
         if lists and m["sweep"]:
             extra.append(_LIST_HELP[kind])
         help = m["help"] + (f" ({'; '.join(extra)})" if extra else "")
-        flag = "--" + name.replace("_", "-")
         if kind == "bool":
             g.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help)
         elif lists and m["sweep"]:

@@ -67,3 +67,37 @@ def flow(tmp_path, **settings) -> dict:
         assert checked_steps(tmp_path / "whole", k) == checked_steps(tmp_path / "cut", k) == \
             sorted(list(range(STEPS)) * k)
     return whole
+
+
+def stopped_sweep(tmp_path, monkeypatch, stop_in_process=0) -> tuple:
+    """A sweep of two groups of two configurations with the per-step check and a
+    checkpoint every 5 steps, stopped by a Ctrl-C in the second group's third segment
+    (sent to process `stop_in_process` only), then resumed: (the resumed sweep's
+    results.csv, the uninterrupted one's) as text."""
+    import signal
+
+    from svhn_jax.step import parallel
+    from svhn_jax.tune import sweep
+
+    base = config.make(**SETTINGS)
+    axes = {"lr": [1e-3, 3e-3], "hidden": [(8,), (4,)]}
+    sweep.sweep(base, axes, tmp_path / "whole", final=False, quiet=True)
+    calls, real = [], parallel.run_segment
+
+    def stop_in_the_second_group(*a, **k):
+        calls.append(1)
+        if len(calls) == 8 + 3 and jax.process_index() == stop_in_process:
+            signal.raise_signal(signal.SIGINT)   # honoured at the end of this segment
+        return real(*a, **k)
+
+    monkeypatch.setattr(parallel, "run_segment", stop_in_the_second_group)
+    cut = tmp_path / "cut"
+    with pytest.raises(Interrupted, match=f"Resume with: svhn-jax sweep --resume {cut}"):
+        sweep.sweep(base, axes, cut, final=False, quiet=True)
+    monkeypatch.undo()
+    if processes.is_main_process():
+        assert (cut / "groups" / "g000" / "results.json").exists()
+        assert not (cut / "groups" / "g001" / "results.json").exists()
+        assert (cut / "groups" / "g001" / "checkpoint.npz").exists()
+    sweep.resume_sweep(cut, quiet=True)
+    return (cut / "results.csv").read_text(), (tmp_path / "whole" / "results.csv").read_text()

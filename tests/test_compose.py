@@ -49,39 +49,32 @@ def test_on_4_devices(devices_job):
     assert " passed" in out and "skipped" not in out, out[-2000:]
 
 
-def test_a_sweep_stopped_inside_a_group_resumes_to_the_same_results(devices_job, tmp_path, monkeypatch,
-                                                                     capsys):
-    """Two groups of two configurations; a stop request in the second group's third
-    segment (5 steps each, 8 a group): the first group's results are kept, the second
-    continues from its mid-epoch checkpoint, and results.csv ends as an uninterrupted
-    sweep's."""
+def test_a_sweep_stopped_inside_a_group_resumes_to_the_same_results(devices_job, tmp_path, monkeypatch):
+    """The second group continues from its mid-epoch checkpoint, the first is read back,
+    and results.csv ends as an uninterrupted sweep's; no checkpoint is left behind."""
+    resumed, whole = cases.stopped_sweep(tmp_path, monkeypatch)
+    assert resumed == whole
+    assert not list((tmp_path / "cut" / "groups").glob("*/checkpoint*.npz"))
+
+
+def test_lr_find_checks_every_step_and_keeps_nothing_to_resume(devices_job, tmp_path, monkeypatch):
+    """The range test with the per-step check; a stop request ends it and says so
+    (it has no --checkpoint-every and no --resume: README, "What composes")."""
     import signal
 
     from svhn_jax import cli, config
     from svhn_jax.errors import Interrupted
     from svhn_jax.step import parallel
-    from svhn_jax.tune import sweep
+    from svhn_jax.tune import lrfind
 
-    base = config.make(**cases.SETTINGS)
-    axes = {"lr": [1e-3, 3e-3], "hidden": [(8,), (4,)]}
-    sweep.sweep(base, axes, tmp_path / "whole", final=False, quiet=True)
-    calls, real = [], parallel.run_segment
-
-    def stop_in_the_second_group(*a, **k):
-        calls.append(1)
-        if len(calls) == 8 + 3:
-            signal.raise_signal(signal.SIGINT)   # honoured at the end of this segment
-        return real(*a, **k)
-
-    monkeypatch.setattr(parallel, "run_segment", stop_in_the_second_group)
-    cut = tmp_path / "cut"
-    with pytest.raises(Interrupted, match=f"Resume with: svhn-jax sweep --resume {cut}"):
-        sweep.sweep(base, axes, cut, final=False, quiet=True)
-    monkeypatch.undo()
-    assert (cut / "groups" / "g000" / "results.json").exists()
-    assert not (cut / "groups" / "g001" / "results.json").exists()
-    assert (cut / "groups" / "g001" / "checkpoint.npz").exists()
-    assert cli.main(["sweep", "--resume", str(cut), "--json"]) == 0
-    capsys.readouterr()
-    assert (cut / "results.csv").read_text() == (tmp_path / "whole" / "results.csv").read_text()
-    assert not list((cut / "groups").glob("*/checkpoint*.npz"))   # kept no longer than needed
+    c = config.make(**{**cases.SETTINGS, "checkpoint_every": 0})
+    r = lrfind.lr_find(c, tmp_path / "lr", steps=20)
+    assert r["gradchecks"] == 20 and r["gradchecks_failed"] == 0
+    real = parallel.run_segment
+    monkeypatch.setattr(parallel, "run_segment",
+                        lambda *a, **k: signal.raise_signal(signal.SIGINT) or real(*a, **k))
+    with pytest.raises(Interrupted, match="nothing is kept: run it again"):
+        lrfind.lr_find(c, tmp_path / "cut", steps=20)
+    with pytest.raises(SystemExit) as refused:   # argparse: one error line, exit 2
+        cli.main(["lr-find", "--data", "synthetic", "--out", str(tmp_path / "x"), "--checkpoint-every", "5"])
+    assert refused.value.code == 2

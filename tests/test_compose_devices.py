@@ -52,3 +52,8 @@ def test_a_sweep_group_on_4_devices_equals_one_device():
         assert all(r["passed"] for r in four["gradchecks"])
         np.testing.assert_allclose([h["val_loss"] for h in four["history"]],
                                    [h["val_loss"] for h in one["history"]], rtol=TOL)
+
+
+def test_a_sweep_on_4_devices_stops_inside_a_group_and_resumes(tmp_path, monkeypatch):
+    resumed, whole = cases.stopped_sweep(tmp_path, monkeypatch)
+    assert resumed == whole

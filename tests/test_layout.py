@@ -64,6 +64,20 @@ def test_nn_imports_nothing_of_the_package_but_the_error_types():
         assert not outside, f"{m} imports {sorted(outside)}"
 
 
+# Each layer of the package imports only layers below it (README, "What is inside").
+LAYERS = {"svhn_jax": 0, "errors": 0, "atomic": 1, "nn": 1, "config": 1, "flags": 2, "data": 2,
+          "plots": 2, "step": 3, "run": 4, "tune": 5, "bench": 5, "cli_tools": 6, "cli": 7}
+
+
+def test_nothing_imports_upward():
+    top = lambda m: m.split(".")[1] if "." in m else m
+    graph = _graph()
+    assert {top(m) for m in graph} == set(LAYERS), "a new top-level module needs its layer here"
+    upward = sorted((m, d) for m, deps in graph.items() for d in deps
+                    if d.startswith("svhn_jax") and top(m) != top(d) and LAYERS[top(d)] >= LAYERS[top(m)])
+    assert upward == []
+
+
 def test_no_import_cycles():
     graph = _graph()
     state: dict[str, int] = {}

@@ -100,14 +100,16 @@ out = sys.argv[1]
 losses = {}
 for d in ("1", "2"):
     c = config.make(data="synthetic", synthetic_n=600, hidden=[16], batchnorm="before", batch=32,
-                    devices=d)
-    assert lrfind.lr_find(c, out + "/d" + d, lr_min=1e-4, lr_max=1e-1, steps=30)["devices"] == int(d)
+                    devices=d, gradcheck_every=3)
+    r = lrfind.lr_find(c, out + "/d" + d, lr_min=1e-4, lr_max=1e-1, steps=30)
+    assert r["devices"] == int(d) and r["gradchecks"] == 10 and r["gradchecks_failed"] == 0
     losses[d] = [float(r["loss"]) for r in csv.DictReader(open(out + "/d" + d + "/lr_find.csv"))]
 print(json.dumps(losses))
 """
 
 
 def test_lr_find_on_two_devices_equals_one_device(tmp_path):
+    """... with the per-step check on every third step, which passes on both."""
     r = subprocess.run([sys.executable, "-c", LR_FIND, str(tmp_path)], capture_output=True, text=True,
                        env=dict(_env(), JAX_NUM_CPU_DEVICES="2"), timeout=300)
     assert r.returncode == 0, r.stderr

@@ -25,7 +25,7 @@ from parallel_cases import TOL_DEVICES
 
 TIMEOUT = 20   # --process-timeout: a silent peer is lost after TIMEOUT / 2 seconds
 RUN = ["--hidden", "16", "--batch", "32", "--epochs", "6", "--shift", "1", "--no-tensorboard",
-       "--process-timeout", str(TIMEOUT)]
+       "--gradcheck-every", "11", "--process-timeout", str(TIMEOUT)]
 
 
 def _free_port() -> int:
@@ -128,7 +128,9 @@ def uninterrupted(tmp_path_factory, npz):
     finally:
         group.kill()
     assert [r[0] for r in results] == [0, 0], results[0][2][-2000:]
-    return out, _metrics(out)
+    m = _metrics(out)   # the per-step check on both processes' devices, with the eval-mode check
+    assert m["gradchecks"] - m["gradchecks_eval"] == 6 * 4 and m["gradchecks_failed"] == 0
+    return out, m
 
 
 def test_sigint_to_process_0_stops_both_at_the_same_step_and_resumes_exactly(
@@ -231,6 +233,7 @@ def test_an_ensemble_a_sweep_and_lr_find_compose_in_two_processes(tmp_path):
     np.testing.assert_allclose(got[0]["sweep_val_loss"],
                                [[h["val_loss"] for h in r["history"]] for r in one], rtol=1e-5)
     assert got[0]["sweep_checks"] == [cases.STEPS + cases.SETTINGS["epochs"]] * 2   # with the eval-mode checks
+    assert got[0]["sweep_resumed_as_whole"]
     lr = lrfind.lr_find(c, tmp_path / "lr_one", steps=20, lr_min=1e-5, lr_max=1.0)
     assert got[0]["lr_find"]["gradchecks"] == 20 and got[0]["lr_find"]["gradchecks_failed"] == 0
     assert got[0]["lr_find"]["suggested_lr"] == pytest.approx(lr["suggested_lr"], rel=1e-6)
