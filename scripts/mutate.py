@@ -263,7 +263,7 @@ def run_mutant(m: dict, tree: Path, cache: Path, timeout: float, budget_left: fl
     return dict(m, status=status, killed_by=by, seconds=round(time.perf_counter() - t0, 1))
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sample", type=int, default=12, help="random mutants to run (0: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sample")
@@ -279,7 +279,11 @@ def main(argv=None) -> int:
                         "fails (without it, the suite is assumed green: run python -m pytest first)")
     p.add_argument("--out", help="write the report (JSON) here")
     p.add_argument("--list", action="store_true", help="list the mutants and exit")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
 
     mutants = find_mutants()
     if args.modules:

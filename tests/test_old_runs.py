@@ -15,6 +15,7 @@ settings, bit for bit (resuming is exact and the step is unchanged), and `evalua
 must read both before and after.
 """
 
+import csv
 import zipfile
 from pathlib import Path
 
@@ -46,5 +47,9 @@ def test_an_old_run_folder_evaluates_resumes_and_ends_as_an_uninterrupted_run(ol
     assert resumed["params_sha256"] == fresh["params_sha256"]
     assert evaluate.evaluate_run(run)["accuracy"] == fresh["test_acc"]
     if name == "single":   # both sessions' checks, each checked step once: every 2nd step of
-        rows = (run / "gradchecks.csv").read_text().splitlines()[1:]   # each 7-step epoch
-        assert [int(r.split(",")[0]) for r in rows] == [s for s in range(21) if s % 7 % 2 == 0]
+        with open(run / "gradchecks.csv", newline="") as f:   # each 7-step epoch, and today's
+            rows = list(csv.DictReader(f))                      # eval-mode check at the end of
+        train = [int(r["step"]) for r in rows if r["mode"] != "eval"]   # the epochs it ended
+        assert train == [s for s in range(21) if s % 7 % 2 == 0]
+        assert [int(r["step"]) for r in rows if r["mode"] == "eval"] == [14, 21]
+        assert all(r["mode"] == "" for r in rows[:4])   # the old rows lack today's columns

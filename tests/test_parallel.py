@@ -81,9 +81,10 @@ def test_cli_gradcheck_on_4_devices_proves_the_sharded_backward():
     assert out["ok"] and out["max_rel_error_manual_vs_autodiff"] <= 1e-12
     assert out["max_rel_error_manual_vs_finite_diff"] <= 1e-6
     sharded = [c for c in out["checks"] if c["check"].startswith("sharded model")]
-    assert [c["devices"] for c in sharded] == [4, 4, 4]
-    titles = [c["check"] for c in sharded]
-    for placement, title in zip(("before ReLU (train)", "before ReLU (eval)", "after ReLU (train)"), titles):
+    titles = [c["check"] for c in sharded]   # --batchnorm: both placements, each in both modes
+    assert [c["devices"] for c in sharded] == [4, 4, 4, 4], titles
+    for placement, title in zip(("before ReLU (train)", "before ReLU (eval)", "after ReLU (train)",
+                                 "after ReLU (eval)"), titles):
         assert placement in title and "4 devices x 2 rows" in title
 
 

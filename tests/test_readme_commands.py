@@ -17,7 +17,9 @@ handled by the first rule that applies, and one that no rule covers fails the te
   measure      `svhn-jax bench`: a timing, whose every mode tests/test_bench.py and
                tests/test_bench_devices.py run; here its arguments are parsed and
                checked by the bench's own checks (bench.parse_modes, bench.check_args),
-               which is all a tiny run would add (it costs a minute of the suite)
+               which is all a tiny run would add (it costs a minute of the suite);
+               `python scripts/mutate.py` (minutes a mutant): its arguments are parsed,
+               and tests/test_mutate.py runs one mutant
   run          everything else runs for real, here, in README order, downloads and the
                slice recipe first; a command that reads a run folder (--run, --resume,
                --config RUN/config.json) waits for the command that writes it, or, when
@@ -113,7 +115,7 @@ def rule(line: str) -> str:
         return "elsewhere"
     if PLACEHOLDER.search(runs) or "[" in runs or "..." in runs or "--coordinator" in runs:
         return "synopsis"
-    if ENV.sub("", runs).startswith("svhn-jax bench "):
+    if ENV.sub("", runs).startswith(("svhn-jax bench ", "python scripts/mutate.py")):
         return "measure"
     return "run"
 
@@ -176,8 +178,13 @@ def check_synopsis(line: str) -> None:
 
 def check_measure(line: str) -> None:
     """Parse a bench line and run the bench's own argument checks (what cmd_bench does
-    before it times anything)."""
+    before it times anything); parse a mutate.py line."""
     from svhn_jax import bench
+
+    if line.startswith("python scripts/mutate.py"):
+        from test_mutate import mutate
+        mutate.build_parser().parse_args(shlex.split(line)[2:])
+        return
 
     args = cli.build_parser().parse_args(shlex.split(ENV.sub("", line))[1:])
     assert bench.parse_modes(args.modes) is not None

@@ -54,8 +54,11 @@ def test_per_step_gradient_checks_are_recorded_and_tight(short_run):
     out, m = short_run
     rows = list(csv.DictReader((out / "gradchecks.csv").open()))
     steps_per_epoch = train.steps_per_epoch(m["n_train"], 128)
-    # a check at the start of each epoch and every 20 steps within it
-    assert len(rows) == 3 * len(range(0, steps_per_epoch, 20)) == m["gradchecks"]
+    # a check at the start of each epoch and every 20 steps within it, and one in eval
+    train_rows = [r for r in rows if r["mode"] == "train"]   # mode at the end of each epoch
+    assert len(train_rows) == 3 * len(range(0, steps_per_epoch, 20))
+    assert [r["epoch"] for r in rows if r["mode"] == "eval"] == ["1", "2", "3"]
+    assert len(rows) == m["gradchecks"] and m["gradchecks_eval"] == 3
     tol = stepcheck.tolerance()                # float32 gradients: see nn/stepcheck.py
     assert max(float(r["manual_vs_autodiff"]) for r in rows) <= tol
     assert max(float(r["directional_jvp"]) for r in rows) <= tol

@@ -148,7 +148,7 @@ def allreduce_grads(grads, axis_name):
     return grads if axis_name is None else jax.lax.psum(grads, axis_name)
 
 
-def loss(params, state, x, y, spec, reg=0.0, *, smoothing=0.0, train: bool = True, axis_name=None):
+def loss(params, state, x, y, spec, reg=0.0, *, smoothing=None, train: bool = True, axis_name=None):
     """Mean softmax cross-entropy (label smoothing `smoothing`, see
     losses.softmax_cross_entropy) + 0.5 * reg * sum ||W||^2 -> (loss, (new_state, logits)).
 
@@ -162,7 +162,7 @@ def loss(params, state, x, y, spec, reg=0.0, *, smoothing=0.0, train: bool = Tru
     return _global_mean(data_loss, axis_name) + losses.l2_penalty(params, reg), (new_state, logits)
 
 
-def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, smoothing=0.0, train: bool = True,
+def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, smoothing=None, train: bool = True,
                           axis_name=None):
     """(loss, grads, new_state, logits) with grads from the hand-written VJPs.
 
@@ -184,7 +184,7 @@ def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, smoothing=0.0, 
     return value, grads, new_state, logits
 
 
-def loss_and_grads_autodiff(params, state, x, y, spec, reg=0.0, *, smoothing=0.0, train: bool = True,
+def loss_and_grads_autodiff(params, state, x, y, spec, reg=0.0, *, smoothing=None, train: bool = True,
                             axis_name=None):
     """(loss, grads, new_state, logits) with grads from jax.grad of `loss`.
 

@@ -185,7 +185,7 @@ def direction(key, params):
 # -------------------------------------------------------------- the check
 
 
-def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True, smoothing=0.0):
+def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True, smoothing=None):
     """(L(p + eps v), L(p - eps v)) (2,) float64, and whether every ReLU input kept
     its sign between the two ends (a kink inside the step breaks the difference).
 
@@ -214,7 +214,7 @@ def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True, smoothing=0.0):
                 h, _, cache = layers.LAYERS[name].forward(q, s, h, train)
                 if name == "relu":
                     masks.append(cache)
-            ce, _ = losses.softmax_cross_entropy(h, y, jnp.asarray(smoothing, jnp.float64))
+            ce, _ = losses.softmax_cross_entropy(h, y, None if smoothing is None else f64(smoothing))
             return ce + losses.l2_penalty(p, jnp.asarray(reg, jnp.float64)), masks
 
         (up, masks_up), (down, masks_down) = end(1.0), end(-1.0)
@@ -222,7 +222,7 @@ def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True, smoothing=0.0):
         return jnp.stack([up, down]), jnp.all(jnp.stack(same)) if same else jnp.bool_(True)
 
 
-def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, smoothing=0.0, grads=None,
+def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, smoothing=None, grads=None,
           train: bool = True,
           loss_and_grads=None, eps: float = FD_STEP, tol: float | None = None) -> StepCheck:
     """The check of the gradient that training computes in `grad_mode` on

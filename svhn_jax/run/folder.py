@@ -57,9 +57,12 @@ def ensure_run_dir(out: Path, *, overwrite: bool) -> None:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
+    """Every column any row has, in the order first seen: rows an older release
+    wrote (resumed from its checkpoint) lack the columns added since, left empty."""
     buf = io.StringIO()
     if rows:
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
     atomic.write_text(path, buf.getvalue())

@@ -15,11 +15,14 @@ result (state, metrics) is readable in every process.
 from __future__ import annotations
 
 import atexit
+import os
+import sys
+import threading
 
 import jax
 import numpy as np
 
-from ..errors import SvhnJaxError
+from ..errors import EXIT_USAGE, SvhnJaxError
 from ..flags import process_settings
 from ..step import mesh as meshes
 from . import agree
@@ -41,20 +44,34 @@ def initialize(coordinator=None, num_processes=None, process_id=None, *,
         return False
     if not timeout_s > 0:
         raise SvhnJaxError(f"--process-timeout must be a number of seconds > 0, got {timeout_s}")
+    def failed(reason):
+        return (f"could not join the processes at {settings[0]} as process {settings[2]} of "
+                f"{settings[1]} within {timeout_s:g} s ({reason}); start process 0 first with "
+                f"--coordinator at its address, and give each process its own --process-id")
+
+    # JAX's own join timeout aborts the process (a fatal log, no exception) where a
+    # peer never registers; this deadline ends it first, with the message
+    deadline = threading.Timer(timeout_s, _give_up, args=(failed("no answer from every process"),))
+    deadline.daemon = True
+    deadline.start()
     try:
-        jax.distributed.initialize(*settings, initialization_timeout=max(1, int(timeout_s)),
+        jax.distributed.initialize(*settings, initialization_timeout=int(timeout_s) + 30,
                                    heartbeat_timeout_seconds=int(2 * timeout_s) + 30,
                                    shutdown_timeout_seconds=max(1, int(timeout_s)))
     except Exception as e:   # RuntimeError or JaxRuntimeError, by jax version
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise SvhnJaxError(f"could not join the processes at {settings[0]} as process "
-                           f"{settings[2]} of {settings[1]} within {timeout_s:g} s ({reason}); "
-                           f"start process 0 first with --coordinator at its address, and give "
-                           f"each process its own --process-id") from None
+        raise SvhnJaxError(failed(reason)) from None
+    finally:
+        deadline.cancel()
     agree.configure(timeout_s)
     agree.start_watchdog()
     atexit.register(agree.finish)
     return True
+
+
+def _give_up(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    os._exit(EXIT_USAGE)
 
 
 def is_main_process() -> bool:

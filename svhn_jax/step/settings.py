@@ -53,12 +53,18 @@ def step_config(c: RunConfig, steps_per_epoch: int, prep: dict | None = None, *,
 def hyper(c: RunConfig) -> train.Hyper:
     """The traced hyperparameters of a configuration: every train.Hyper field is read
     from the RunConfig field of the same name, so a new one needs no code here."""
-    return train.Hyper(**{f: jnp.float32(getattr(c, f)) for f in train.Hyper._fields})
+    return jax.tree.map(lambda x: x[0], hypers([c]))
 
 
 def hypers(configs) -> train.Hyper:
-    """hyper() of several configurations, stacked along a leading axis (a vmapped group)."""
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *map(hyper, configs))
+    """The hyperparameters of several configurations, stacked along a leading axis
+    (a vmapped group); None for an optional term that every configuration has at 0."""
+    def field(f):
+        values = [getattr(c, f) for c in configs]
+        if train.Hyper._field_defaults.get(f, 0) is None and not any(values):
+            return None
+        return jnp.asarray(values, jnp.float32)
+    return train.Hyper(**{f: field(f) for f in train.Hyper._fields})
 
 
 def check_batch(c: RunConfig, n_train: int) -> None:

@@ -52,11 +52,13 @@ class Hyper(NamedTuple):
     """Hyperparameters that enter the program as values, so one compilation serves
     every learning rate, L2 strength and label smoothing (and jax.vmap trains many
     at once). step.settings.hyper fills each field from the RunConfig field of the
-    same name; every field but lr is a keyword of the model's loss (nn.model.loss)."""
+    same name; every field but lr is a keyword of the model's loss (nn.model.loss).
+    A field whose default is None is a term of the loss that is left out of the
+    program (None) where every model has it 0."""
 
     lr: Any
     reg: Any
-    smoothing: Any = 0.0
+    smoothing: Any = None
 
 
 def loss_settings(hp: Hyper) -> dict:
