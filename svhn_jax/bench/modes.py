@@ -12,12 +12,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from ..errors import SvhnJaxError
-from . import machine, refs
+from . import machine, refs, roofline
 
-JAX_MODES = ("scan_manual", "scan_autodiff", "jit_manual", "jit_autodiff", "eager")
-LR = refs.DEFAULT_LR
-REG = refs.DEFAULT_REG
-IN_DIM = 32 * 32 * 3
+JAX_MODES = ("scan_manual", "scan_autodiff", "scan_features", "jit_manual", "jit_autodiff", "eager")
+FEATURES = "float32 features"
+IMAGES = "uint8 images, normalised in the step"
 
 
 class Measurement(NamedTuple):
@@ -33,15 +32,47 @@ class Measurement(NamedTuple):
 # ----------------------------------------------------------------------- data
 
 
-def make_data(n: int, seed: int = 0):
-    """Synthetic SVHN-shaped data: X float32 (n, 3072) in [-1, 1] (RGB, flattened), y int32 (n,)."""
-    from .. import data
+class Data(NamedTuple):
+    """The bench's data, made once: synthetic SVHN-shaped images and the float32
+    features the `scan_features` mode and the references train on."""
 
-    X8, y = data.synthetic(n, seed)
-    X = X8.reshape(len(X8), -1).astype(np.float32)
-    X *= np.float32(1 / 127.5)
-    X -= np.float32(1.0)
-    return X, np.asarray(y, np.int32)
+    images: np.ndarray    # uint8 (n, 3072): RGB rows, as `svhn-jax train` keeps them
+    labels: np.ndarray    # int32 (n,)
+    fitted: dict          # preprocess.fit(images) with the mission's preprocessing
+    features: np.ndarray  # float32 (n, D): preprocess.apply(images, fitted)
+
+
+def run_config(hidden: int, batch: int, grad: str = "manual", seed: int = 0, epochs: int = 5):
+    """The settings the bench trains with: `svhn-jax train --preset mission --hidden H
+    --batch B` (grayscale, per-image standardisation, shifts of 2 pixels, Adam, cosine
+    schedule over `epochs` epochs), without TensorBoard (whose once-an-epoch gradient is
+    not a step)."""
+    from .. import config
+
+    return config.make("mission", hidden=(int(hidden),), batch=int(batch), grad=grad, seed=int(seed),
+                       epochs=int(epochs), tensorboard=False)
+
+
+def make_data(n: int, seed: int = 0) -> Data:
+    """`n` synthetic images (`data.synthetic`), their preprocessing fitted on all of them."""
+    from .. import data
+    from ..data import preprocess
+
+    images, labels = data.synthetic(n, seed)
+    c = run_config(1, 1)
+    fitted = preprocess.fit(images, mode=c.preprocess, grayscale=c.grayscale)
+    return Data(images.reshape(len(images), -1), np.asarray(labels, np.int32), fitted,
+                preprocess.apply(images, fitted))
+
+
+def jax_setup(c, n: int, fitted: dict, features: bool = False):
+    """(StepConfig, Hyper) of RunConfig `c` as `svhn-jax train` builds them
+    (stepconfig.step_config, stepconfig.hyper), for n training images: uint8 images
+    normalised in the step, or with `features` float32 features ready to use."""
+    from .. import stepconfig, train
+
+    cfg = stepconfig.step_config(c, train.steps_per_epoch(n, c.batch), fitted)
+    return train.check_config(cfg._replace(prep=None) if features else cfg), stepconfig.hyper(c)
 
 
 # ------------------------------------------------------------------ JAX modes
@@ -66,18 +97,6 @@ def jit_step():
 
         _jit_step = jax.jit(_step, static_argnames=("cfg",), donate_argnums=(0,))
     return _jit_step
-
-
-def jax_setup(hidden: int, batch: int, grad_mode: str, seed: int = 0):
-    """(StepConfig, Hyper) of the bench network, as `svhn-jax train` would build them."""
-    import jax.numpy as jnp
-
-    from .. import train
-    from ..nn import model
-
-    cfg = train.StepConfig(model.make_spec((hidden,)), "adam", ("constant", ()), batch, grad_mode)
-    train.check_config(cfg)
-    return cfg, train.Hyper(jnp.float32(LR), jnp.float32(REG))
 
 
 def epoch_orders(key, n: int, batch: int, epochs: int) -> list:
@@ -187,20 +206,27 @@ def _run_eager(state, hp, X, y, orders, cfg, spe, epochs, eager_steps):
     return state, first - second, times, losses
 
 
-def measure_jax(mode: str, hidden: int, batch: int, X, y, *, epochs: int = 3, seed: int = 0,
-                eager_steps: int = 20) -> Measurement:
-    """Measure one JAX mode on device arrays X (N, D) float32, y (N,) int32."""
+def measure_jax(mode: str, hidden: int, batch: int, X, y, fitted: dict, *, epochs: int = 3,
+                seed: int = 0, eager_steps: int = 20) -> Measurement:
+    """Measure one JAX mode on device arrays X and y: X the uint8 image rows (n, 3072)
+    (Data.images), or for `scan_features` their float32 features (n, D) (Data.features);
+    y (n,) int32; fitted: their preprocessing (Data.fitted)."""
     import jax
 
     from .. import train
+    from ..data import preprocess
 
     if mode not in JAX_MODES:
         raise SvhnJaxError(f"{mode!r} is not a JAX mode; choose from {', '.join(JAX_MODES)}")
+    features = mode == "scan_features"
+    if (X.dtype == np.uint8) == features:
+        raise SvhnJaxError(f"{mode} trains on {FEATURES if features else IMAGES}; got X of dtype {X.dtype}")
     n = int(X.shape[0])
-    grad_mode = "autodiff" if mode.endswith("autodiff") else "manual"
-    cfg, hp = jax_setup(hidden, batch, grad_mode, seed)
+    c = run_config(hidden, batch, "autodiff" if mode.endswith("autodiff") else "manual", seed, 2 + epochs)
+    cfg, hp = jax_setup(c, n, fitted, features)
     spe = train.steps_per_epoch(n, batch)
-    state = train.init_state(seed, cfg, int(X.shape[1]), hp)
+    in_dim = preprocess.input_dim(fitted)
+    state = train.init_state(seed, cfg, in_dim, hp)
     eager_total = 2 + epochs * eager_steps
     orders = epoch_orders(state.key, n, batch,
                           -(-eager_total // spe) if mode == "eager" else 2 + epochs)
@@ -216,9 +242,10 @@ def measure_jax(mode: str, hidden: int, batch: int, X, y, *, epochs: int = 3, se
                                                          eager_steps)
             last = np.asarray(jax.numpy.stack(losses[-eager_steps:]))
     step_losses = np.concatenate([np.atleast_1d(np.asarray(v, np.float32)) for v in losses])
-    record = make_record(mode, hidden, batch, n, spe * batch, compile_s, times, load,
+    record = make_record(mode, c, n, spe, in_dim, X.dtype.itemsize * X.shape[1], compile_s, times, load,
                          loss=float(np.mean(last, dtype=np.float64)), loss_includes_l2=False,
-                         extrapolated=mode == "eager", runs_on=jax.default_backend())
+                         extrapolated=mode == "eager", runs_on=jax.default_backend(),
+                         inputs=FEATURES if features else IMAGES)
     if mode == "eager":
         record["eager_steps"] = eager_steps
     params = jax.tree.map(np.asarray, state.params)
@@ -228,14 +255,17 @@ def measure_jax(mode: str, hidden: int, batch: int, X, y, *, epochs: int = 3, se
 # ------------------------------------------------------------------ references
 
 
-def measure_ref(mode: str, hidden: int, batch: int, X: np.ndarray, y: np.ndarray, *,
-                epochs: int = 3, seed: int = 0) -> Measurement | None:
-    """Measure `numpy` or `torch_eager` on host arrays; None when torch is missing."""
+def measure_ref(mode: str, hidden: int, batch: int, data: Data, *, epochs: int = 3,
+                seed: int = 0) -> Measurement | None:
+    """Measure `numpy` or `torch_eager` on data.features (host); None when torch is missing.
+    They train the bench's network with its learning rate and L2 (constant schedule)."""
     make = {"numpy": refs.numpy_epoch_fn, "torch_eager": refs.torch_epoch_fn}
     if mode not in make:
         raise SvhnJaxError(f"{mode!r} is not a reference mode; choose numpy or torch_eager")
+    X, y = data.features, data.labels
     n = len(X)
-    fn = make[mode](hidden, batch, X.shape[1], seed, lr=LR, reg=REG)
+    c = run_config(hidden, batch, seed=seed)
+    fn = make[mode](hidden, batch, X.shape[1], seed, lr=c.lr, reg=c.reg)
     if fn is None:
         return None
     with machine.measure_load() as load:
@@ -245,23 +275,49 @@ def measure_ref(mode: str, hidden: int, batch: int, X: np.ndarray, y: np.ndarray
             dt, loss = fn(X, y)
             times.append(dt)
             losses.append(loss)
-    record = make_record(mode, hidden, batch, n, n // batch * batch, 0.0, times, load,
+    record = make_record(mode, c, n, n // batch, X.shape[1], X.itemsize * X.shape[1], 0.0, times, load,
                          loss=float(losses[-1]), loss_includes_l2=True, extrapolated=False,
-                         runs_on="cpu")
+                         runs_on="cpu", inputs=FEATURES)
     return Measurement(record, np.asarray(losses, np.float32), None)
 
 
 # ------------------------------------------------------------------- records
 
 
-def make_record(mode, hidden, batch, n, images, compile_s, times, load, *, loss, loss_includes_l2,
-                extrapolated, runs_on) -> dict:
+def spread(times) -> float:
+    """(slowest - fastest) / median of the timed epochs: 0 when they all agree."""
+    return (max(times) - min(times)) / statistics.median(times)
+
+
+def make_record(mode, c, n, steps, in_dim, row_bytes, compile_s, times, load, *, loss, loss_includes_l2,
+                extrapolated, runs_on, inputs) -> dict:
+    """A mode's JSON record (package docstring); the floors are added by `add_floors`."""
     s = statistics.median(times)
-    return {"mode": mode, "hidden": int(hidden), "batch": int(batch), "n": int(n),
-            "images_per_epoch": int(images), "compile_s": max(0.0, float(compile_s)),
-            "s_per_epoch": float(s), "samples_per_s": n / s,
-            "flops_per_epoch": refs.flops_per_epoch(images, IN_DIM, hidden),
-            "frac_peak": None, "epoch_s": [float(t) for t in times],
+    hidden, = c.hidden
+    images = steps * c.batch
+    return {"mode": mode, "hidden": int(hidden), "batch": int(c.batch), "n": int(n), "inputs": inputs,
+            "in_dim": int(in_dim), "shift": c.shift if mode not in ("numpy", "torch_eager") else 0,
+            "steps_per_epoch": int(steps), "images_per_epoch": int(images),
+            "compile_s": max(0.0, float(compile_s)), "s_per_epoch": float(s), "spread": spread(times),
+            "samples_per_s": n / s, "epoch_s": [float(t) for t in times],
+            "flops_per_epoch": refs.flops_per_epoch(images, in_dim, hidden),
+            "state_bytes": roofline.state_bytes(roofline.param_count(model_spec(c), in_dim), c.optimizer),
+            "batch_bytes": roofline.batch_bytes(c.batch, row_bytes),
             "extrapolated": bool(extrapolated), "runs_on": runs_on,
             "other_busy_cores": load.get("other_busy_cores"), "busy": load.get("busy"),
             "loss": loss, "loss_includes_l2": loss_includes_l2}
+
+
+def model_spec(c) -> tuple:
+    from ..nn import model
+
+    return model.make_spec(c.hidden, batchnorm=c.batchnorm)
+
+
+def add_floors(record: dict, peak_gflops: float, state_gbs: float, stream_gbs: float) -> dict:
+    """The record with its roofline (roofline.floors) and frac_floor = floor / s_per_epoch."""
+    record.update(roofline.floors(flops=record["flops_per_epoch"], steps=record["steps_per_epoch"],
+                                  state=record["state_bytes"], batch=record["batch_bytes"],
+                                  peak_gflops=peak_gflops, state_gbs=state_gbs, stream_gbs=stream_gbs))
+    record["frac_floor"] = record["floor_s"] / record["s_per_epoch"]
+    return record
