@@ -22,7 +22,9 @@ import argparse
 import sys
 import time
 
-from svhn_jax import atomic, bench_refs, config, data, errors, tune
+from svhn_jax import atomic, config, data, errors
+from svhn_jax.bench import machine
+from svhn_jax.tune import sweep as tune
 
 GRID = {"batchnorm": ["none", "before"], "optimizer": ["adam", "momentum"], "lr": [1e-3, 1e-2]}
 
@@ -36,11 +38,11 @@ def vmapped_groups(base: config.RunConfig) -> list[list[config.RunConfig]]:
 
 
 def timed(groups, parts) -> tuple[float, list[dict], dict]:
-    token = bench_refs.load_start()
+    token = machine.load_start()
     t = time.perf_counter()
     cache = {}
     results = [r for g in groups for r in tune.train_group(g, parts, cache)]
-    return time.perf_counter() - t, results, bench_refs.load_stop(token)
+    return time.perf_counter() - t, results, machine.load_stop(token)
 
 
 def main(argv=None) -> int:
@@ -84,7 +86,7 @@ def main(argv=None) -> int:
         print(f"  ratio sequential / vmapped: {report['speedup']:.2f}x")
         print(f"  largest validation-accuracy difference between the two: {report['max_val_acc_difference']:.4f}")
         busy = [b for b in report["other_busy_cores"] if b]
-        if busy and max(busy) > bench_refs.BUSY_THRESHOLD_CORES:
+        if busy and max(busy) > machine.BUSY_THRESHOLD_CORES:
             print(f"WARNING: other processes used up to {max(busy):.2f} cores: timings are unreliable")
     return 0
 

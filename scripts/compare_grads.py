@@ -51,7 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
-from svhn_jax import config, errors, flags, rundata, runfolder
+from svhn_jax import config, errors, flags
+from svhn_jax.run import parts as rundata, folder as runfolder
 
 F32_EXPECTED_REL = 1e-5      # float32 hand vs jax.grad: rounding, ~1e-6; a reference line, not a test
 
@@ -162,7 +163,9 @@ def compare(args) -> int:
     import jax
     import jax.numpy as jnp
 
-    from svhn_jax import atomic, plots, runs, stepconfig, train
+    from svhn_jax import atomic, plots
+    from svhn_jax.run import launch as runs
+    from svhn_jax.step import settings as stepconfig, train
     from svhn_jax.data import preprocess
     from svhn_jax.nn import gradcheck, stepcheck
 

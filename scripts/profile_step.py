@@ -21,7 +21,9 @@ from collections import Counter
 
 import jax.numpy as jnp
 
-from svhn_jax import config, data, profiling, stepconfig, train
+from svhn_jax import config, data
+from svhn_jax.run import profiling
+from svhn_jax.step import settings as stepconfig, train
 from svhn_jax.data import preprocess
 
 

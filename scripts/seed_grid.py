@@ -112,7 +112,7 @@ def run_grid(args) -> int:
                        batch=args.batch, epochs=args.epochs, seed=args.seed,
                        grayscale=args.grayscale, preprocess=args.preprocess,
                        schedule="constant", reg=0.0)
-    from svhn_jax import tune
+    from svhn_jax.tune import sweep as tune
 
     axes = {"batchnorm": ["none", args.bn_placement],
             "lr": tune.parse_values("lr", args.lrs),

@@ -10,7 +10,7 @@ settings at the end: everything `svhn-jax train` writes by default) and once wit
 time (what metrics.json calls train_seconds: compiled segments, evaluation, event
 writing) and of the whole train_run call (data, plots and closing the event file too),
 and their ratios. Timings drift on shared machines: read the ratio, and the load of other
-processes that bench_refs measures alongside.
+processes that bench.machine measures alongside.
 """
 
 from __future__ import annotations
@@ -22,20 +22,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from svhn_jax import bench_refs, config, runs
+from svhn_jax import config
+from svhn_jax.bench import machine
+from svhn_jax.run import launch as runs
 
 
 def measure(data: str, repeats: int) -> dict:
     base = config.make("mission", data=data, synthetic_n=8000)
     times = {"events": [], "none": []}
-    token = bench_refs.load_start()
+    token = machine.load_start()
     with tempfile.TemporaryDirectory(prefix="tb_cost_") as tmp:
         for r in range(repeats):
             for name, on in (("events", True), ("none", False)):
                 t0 = time.perf_counter()
                 m = runs.train_run(base.replace(tensorboard=on), Path(tmp) / f"{name}{r}", quiet=True)
                 times[name].append((m["train_seconds"], time.perf_counter() - t0))
-    load = bench_refs.load_stop(token)
+    load = machine.load_stop(token)
     med = {k: [statistics.median(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
     return {"data": data, "repeats": repeats,
             "train_seconds": {k: v[0] for k, v in med.items()},

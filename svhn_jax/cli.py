@@ -67,9 +67,10 @@ def cmd_train(args) -> int:
         if not args.download:
             # Before importing JAX: a missing dataset is reported in a fraction of a second.
             data.ensure_available(c.data, c.data_dir, download=False, extra=c.extra)
-    from . import parallel, runs
+    from .run import launch as runs
+    from .run import processes
 
-    parallel.initialize(args.coordinator, args.num_processes, args.process_id)
+    processes.initialize(args.coordinator, args.num_processes, args.process_id)
     try:
         # With --json, stdout carries the JSON object alone (tensorflow-datasets prints
         # while preparing, Gloo from C++ when processes connect): the rest goes to stderr.
@@ -113,7 +114,8 @@ def add_train(sub):
 
 
 def cmd_evaluate(args) -> int:
-    from . import atomic, evaluate
+    from . import atomic
+    from .run import evaluate
 
     r = evaluate.evaluate_run(args.run, args.data, split=args.split, data_dir=args.data_dir)
     if r["overlap_with_training"]:
@@ -150,7 +152,8 @@ def add_evaluate(sub):
 
 
 def cmd_sweep(args) -> int:
-    from . import atomic, config, tune
+    from . import atomic, config
+    from .tune import sweep as tune
 
     axes = {a: tune.parse_values(a, getattr(args, a)) for a in config.SWEEPABLE
             if getattr(args, a, None) is not None}
@@ -200,7 +203,8 @@ def add_sweep(sub):
 
 
 def cmd_lr_find(args) -> int:
-    from . import atomic, lrfind
+    from . import atomic
+    from .tune import lrfind
 
     c = make_config(args, "lr-find")
     with contextlib.redirect_stdout(sys.stderr if args.json else sys.stdout):

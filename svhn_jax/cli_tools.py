@@ -24,11 +24,12 @@ def cmd_gradcheck(args) -> int:
     if args.fd_samples == 0:
         args.fd_samples = None
     if args.devices is not None:  # settle the mesh before the slow checks
-        from . import parallel
         from .nn import distcheck
+        from .step import mesh as meshes
 
-        mesh = parallel.make_mesh(args.devices)
-        parallel.check_batch(args.batch, mesh)
+        place = meshes.data_placement(args.devices)
+        meshes.check_batch(args.batch, place)
+        mesh = place.mesh
 
     # The model check uses the real input width; finite differences sample
     # entries of the big first layer instead of perturbing all 393k of them.

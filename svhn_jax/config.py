@@ -88,6 +88,12 @@ class RunConfig:
     warmup_epochs: float | None = setting(
         None, "length of the linear warm-up of a warmup-* schedule, in epochs (default 1)",
         above=0.0, high=1e6, sweep="group", commands=(TRAIN, SWEEP))
+    decay_factor: float = setting(0.1, "step schedule: multiply the learning rate by this at "
+                                  "every decay", above=0.0, high=1e6, sweep="group",
+                                  commands=(TRAIN, SWEEP))
+    decay_epochs: float | None = setting(
+        None, "step schedule: epochs between decays (default a third of the run)", above=0.0,
+        high=1e6, sweep="group", commands=(TRAIN, SWEEP))
     reg: float = setting(0.0, "L2 strength: loss += 0.5 * reg * sum(W**2)", low=0.0, high=1e6,
                          sweep="vmap")
     batch: int = setting(64, "batch size", low=1, high=INT_MAX, sweep="group")
@@ -98,9 +104,11 @@ class RunConfig:
                         "(autodiff)", choices=("manual", "autodiff"))
     seed: int = setting(0, "seed of initialisation, data order and augmentation", low=0,
                         high=SEED_MAX, sweep="vmap")
-    devices: str = setting("1", "devices to train on, data-parallel: a number or all (the batch is "
-                           "split over them; results equal one device's up to float32 rounding)",
-                           commands=(TRAIN, LR_FIND), metavar="N|all")
+    devices: str = setting("auto", "devices to train on: a number, all, or auto (one device for a "
+                           "single model in one process, else all); one model's batch is split "
+                           "over them, K models are spread over them first (README, 'Scaling "
+                           "out'); results equal one device's up to float32 rounding",
+                           commands=ALL, metavar="N|all|auto")
     ensemble: int = setting(1, "train this many seeds (--seed, --seed + 1, ...) at once and score "
                             "their averaged probabilities as one model (1: a single model)",
                             low=1, high=4096, commands=(TRAIN,))
@@ -108,8 +116,7 @@ class RunConfig:
     patience: int = setting(0, "early stopping after this many epochs without a better "
                             "validation accuracy (0: off)", low=0, high=INT_MAX, commands=(TRAIN,))
     gradcheck_every: int = setting(0, "check the gradient of every N-th step inside the compiled "
-                                   "epoch (1: every step; 0: off)", low=0, high=INT_MAX,
-                                   commands=(TRAIN, SWEEP))
+                                   "epoch (1: every step; 0: off)", low=0, high=INT_MAX)
     gradcheck_strict: bool = setting(False, "stop when a gradient check fails", commands=(TRAIN,))
     checkpoint_every: int = setting(0, "also checkpoint every N steps (always at each epoch's end)",
                                     low=0, high=INT_MAX, commands=(TRAIN,))
@@ -136,11 +143,16 @@ class RunConfig:
             raise SvhnJaxError(f"--warmup-epochs {self.warmup_epochs:g} has no effect with "
                                f"--schedule {self.schedule}; use --schedule warmup-{self.schedule.removeprefix('warmup-')}"
                                f" or drop --warmup-epochs")
-        if not (self.devices == "all" or (self.devices.isdigit() and int(self.devices) >= 1)):
-            raise SvhnJaxError(f"--devices must be a positive integer or all, got {self.devices!r}")
-        if self.ensemble > 1 and self.devices != "1":
-            raise SvhnJaxError("--ensemble spreads its members over every device by itself (a "
-                               "models axis); drop --devices")
+        if not (self.devices in ("all", "auto") or (self.devices.isdigit() and int(self.devices) >= 1)):
+            raise SvhnJaxError(f"--devices must be a positive integer, all or auto, got "
+                               f"{self.devices!r}")
+        step = self.schedule.removeprefix("warmup-") == "step"
+        for flag, value, default in (("--decay-factor", self.decay_factor, 0.1),
+                                     ("--decay-epochs", self.decay_epochs, None)):
+            if value != default and not step:
+                raise SvhnJaxError(f"{flag} {value:g} has no effect with --schedule "
+                                   f"{self.schedule}; use --schedule step (or warmup-step) or drop "
+                                   f"{flag}")
         if self.batchnorm != "none" and self.batch < 2:
             raise SvhnJaxError("BatchNorm needs a batch of at least 2; use --batch 2 or more")
         if self.histogram_every is not None and not self.tensorboard:
@@ -186,12 +198,6 @@ def _check_ensemble(c: RunConfig) -> None:
     if last > SEED_MAX:
         raise SvhnJaxError(f"--ensemble {c.ensemble} trains seeds {c.seed} to {last}, beyond the "
                            f"largest seed {SEED_MAX}; use a smaller --seed")
-    # An ensemble trains whole epochs in one program and checkpoints at their ends.
-    for flag, value in (("--gradcheck-every", c.gradcheck_every),
-                        ("--checkpoint-every", c.checkpoint_every)):
-        if value:
-            raise SvhnJaxError(f"{flag} acts on single runs, not on --ensemble (which checkpoints "
-                               f"at every epoch's end); drop one of them")
 
 
 def kind(name: str) -> str:

@@ -5,7 +5,8 @@ a worker can still call jax.distributed.initialize afterwards.
 
 import numpy as np
 
-from svhn_jax import parallel, train
+from svhn_jax.step import mesh as meshes
+from svhn_jax.step import parallel, train
 from svhn_jax.nn import model
 
 N_TRAIN, N_VAL, BATCH, SEGMENT = 370, 200, 32, 6   # 12 steps per epoch, the last batch wraps
@@ -34,24 +35,24 @@ def cfg(mode):
                             grad_mode=mode, shift=1, image_shape=(4, 4, 3))
 
 
-def run(mode, mesh=None, state=None, start_step=0, stop_step=RUN_STEPS, Xy=None):
-    """Steps start_step .. stop_step in segments of SEGMENT, on the mesh (None:
+def run(mode, place=None, state=None, start_step=0, stop_step=RUN_STEPS, Xy=None):
+    """Steps start_step .. stop_step in segments of SEGMENT, on the placement (None:
     train.run_steps on one device). Xy: the training arrays already placed
     (default: all of data()'s, sharded here). -> (state, cross-entropy per step)."""
     c = cfg(mode)
     X, y = Xy or data()[:2]
     state = state or train.init_state(0, c, 48, HP)
-    if mesh is not None and Xy is None:
-        X, y = parallel.shard_rows(X, y, mesh)
+    if place is not None and Xy is None:
+        X, y = meshes.shard_rows(X, y, place)
     spe = train.steps_per_epoch(N_TRAIN, BATCH)
     ces = []
     for step in range(start_step, stop_step, SEGMENT):
         epoch, pos = divmod(step, spe)
         order = train.epoch_order(state.key, epoch, N_TRAIN, BATCH)
-        if mesh is None:
+        if place is None:
             state, (ce, _) = train.run_steps(state, HP, X, y, order, pos, c, SEGMENT)
         else:
-            state, (ce, _) = parallel.run_steps(state, HP, X, y, order, pos, c, SEGMENT, mesh)
+            state, (ce, _) = parallel.run_steps(state, HP, X, y, order, pos, c, SEGMENT, place)
         ces.append(np.asarray(ce))
     return state, np.concatenate(ces)
 

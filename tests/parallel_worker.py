@@ -13,23 +13,24 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from svhn_jax import parallel, train
+from svhn_jax.run import processes
+from svhn_jax.step import evaluate, mesh as meshes
 
 import parallel_cases as cases
 
 
 def main(out: Path) -> None:
-    assert parallel.initialize(timeout_s=60)
-    mesh = parallel.make_mesh("all")
+    assert processes.initialize(timeout_s=60)
+    place = meshes.data_placement("all")
     X, y, X_val, y_val = cases.data()
-    part = parallel.local_rows(cases.N_TRAIN, mesh)
+    part = meshes.local_rows(cases.N_TRAIN, place)
     rows = slice(part.start, min(part.stop, cases.N_TRAIN))
-    Xy = parallel.shard_rows(X[rows], y[rows], mesh, cases.N_TRAIN)   # only this process's rows
+    Xy = meshes.shard_rows(X[rows], y[rows], place, cases.N_TRAIN)   # only this process's rows
     results = {"local_devices": jax.local_device_count(), "devices": jax.device_count(),
                "rows_start": part.start, "rows_stop": part.stop}
-    state, results["ce"] = cases.run("manual", mesh, Xy=Xy)   # the hand-written collectives
-    val = parallel.replicate(train.make_eval_set(X_val, y_val), mesh)
-    results["val_acc"] = train.evaluate(state.params, state.bn_state, val, cases.cfg("manual").spec)[1]
+    state, results["ce"] = cases.run("manual", place, Xy=Xy)   # the hand-written collectives
+    val = meshes.replicate(evaluate.make_eval_set(X_val, y_val), place)
+    results["val_acc"] = evaluate.evaluate(state.params, state.bn_state, val, cases.cfg("manual").spec)[1]
     for i, leaf in enumerate(jax.tree.leaves((state.params, state.bn_state))):
         results[f"leaf{i}"] = np.asarray(leaf)   # replicated: readable in every process
     np.savez(out / f"process{jax.process_index()}.npz", **results)

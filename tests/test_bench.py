@@ -11,7 +11,8 @@ import math
 import numpy as np
 import pytest
 
-from svhn_jax import bench, cli, cli_tools, config, stepconfig, train
+from svhn_jax import bench, cli, cli_tools, config
+from svhn_jax.step import settings, train
 from svhn_jax.bench import machine, modes, refs, roofline
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
@@ -114,15 +115,15 @@ def test_jax_modes_run_the_same_training(measured):
 
 def test_the_bench_trains_with_the_settings_train_builds():
     """The step the bench times is the one `svhn-jax train --preset mission --hidden H
-    --batch B` compiles: stepconfig's StepConfig (uint8 images normalised in the
+    --batch B` compiles: step.settings' StepConfig (uint8 images normalised in the
     step, shifts) and Hyper from the same RunConfig."""
     data = bench.make_data(N, 0)
     c = bench.run_config(H, B, epochs=3)
-    assert c == config.make("mission", hidden=(H,), batch=B, epochs=3, tensorboard=False)
+    assert c == config.make("mission", hidden=(H,), batch=B, epochs=3)
     cfg, hp = bench.jax_setup(c, N, data.fitted)
     spe = train.steps_per_epoch(N, B)
-    assert cfg == stepconfig.step_config(c, spe, data.fitted)
-    assert hp == stepconfig.hyper(c)
+    assert cfg == settings.step_config(c, spe, data.fitted)
+    assert hp == settings.hyper(c)
     assert cfg.prep is not None and cfg.shift == 2 and cfg.image_shape == (32, 32, 1)
     assert (hp.lr, hp.reg) == (np.float32(3e-3), np.float32(3e-3))
     features, _ = bench.jax_setup(c, N, data.fitted, features=True)

@@ -182,11 +182,3 @@ def test_flops_per_epoch_matches_guide_anchor():
     # GUIDE section 7: 57.8 GFLOP forward at H=128 for 73,257 images.
     assert refs.flops_per_epoch(73257, 3072, 128) == pytest.approx(2 * 57.8e9, rel=1e-3)
     assert refs.flops_per_epoch(1, 3, 2, classes=5) == 4 * (3 * 2 + 2 * 5)
-
-
-def test_the_old_module_name_still_serves_scripts():
-    from svhn_jax import bench_refs
-
-    assert bench_refs.load_start is machine.load_start and bench_refs.load_stop is machine.load_stop
-    assert bench_refs.BUSY_THRESHOLD_CORES == machine.BUSY_THRESHOLD_CORES
-    assert bench_refs.numpy_epoch_fn is refs.numpy_epoch_fn

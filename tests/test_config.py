@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-from svhn_jax import cli, config, runfolder, stepconfig
+from svhn_jax import cli, config
+from svhn_jax.run import folder as runfolder
+from svhn_jax.step import settings as stepconfig
 from svhn_jax.data import preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model, optim, schedules
@@ -48,13 +50,18 @@ def test_json_round_trip_and_clear_errors_for_unknown_or_ill_typed_keys():
 NUMBERS = [f.name for f in dataclasses.fields(config.RunConfig) if config.kind(f.name) in ("int", "float")]
 
 
+# settings that take effect only beside another one
+NEEDS = {"warmup_epochs": dict(schedule="warmup-constant"), "decay_factor": dict(schedule="step"),
+         "decay_epochs": dict(schedule="step")}
+
+
 @pytest.mark.parametrize("name", NUMBERS)
 def test_every_bounded_field_rejects_values_outside_its_range(name):
     """Boundary values from the field's own metadata: the limit itself passes, one
     step beyond it fails with a message naming the flag."""
     m, kind = config.FIELDS[name].metadata, config.kind(name)
     assert any(m[k] is not None for k in ("low", "high", "above", "below")), "unbounded"
-    base = config.make(schedule="warmup-constant") if name == "warmup_epochs" else config.RunConfig()
+    base = config.make(**NEEDS.get(name, {}))
     step = 1 if kind == "int" else 1e-9
     for limit, outside in ((m["low"], -step), (m["high"], step)):
         if limit is not None:
@@ -73,9 +80,9 @@ def test_warm_up_settings():
         config.make(schedule="cosine", warmup_epochs=2.0)
     c = config.make(schedule="warmup-cosine")
     assert c.warmup_epochs is None and c.warmup == 1.0       # the documented default
-    name, opts = stepconfig.step_config(c, steps_per_epoch=50).schedule
-    assert name == "warmup-cosine" and dict(opts)["warmup_steps"] == 50
-    assert dict(stepconfig.step_config(c.replace(warmup_epochs=2.5), 50).schedule[1])["warmup_steps"] == 125
+    s = stepconfig.step_config(c, steps_per_epoch=50).schedule
+    assert s.name == "warmup-cosine" and s.warmup_steps == 50
+    assert stepconfig.step_config(c.replace(warmup_epochs=2.5), 50).schedule.warmup_steps == 125
     assert "(default 1)" in " ".join(cli.build_parser()._subparsers._group_actions[0]
                                      .choices["train"].format_help().split())
 
@@ -128,7 +135,7 @@ def test_config_and_preset_together_are_refused(tmp_path, capsys):
 def test_traced_hyperparameters_come_from_the_vmapped_fields():
     """stepconfig.hyper fills train.Hyper from the RunConfig fields of the same names: a new
     sweepable float is its field plus its use (README, "Adding a setting")."""
-    from svhn_jax import train
+    from svhn_jax.step import train
 
     assert set(train.Hyper._fields) <= set(config.VMAPPED)
     c = config.make(lr=2e-3, reg=5e-4)

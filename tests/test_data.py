@@ -260,7 +260,8 @@ def test_load_extra_appends_it_to_train_then_reads_the_cache(with_extra, monkeyp
 def test_train_extra_setting_trains_on_the_extra_images(with_extra, tmp_path):
     """`svhn-jax train --data svhn --extra` splits train+extra into its training and
     validation parts; without --extra the same data give only the train images."""
-    from svhn_jax import config, evaluate, rundata, runs
+    from svhn_jax import config
+    from svhn_jax.run import evaluate, parts as rundata, launch as runs
 
     data_dir, expected = with_extra
     base = config.make(data="svhn", data_dir=str(data_dir), hidden=(8,), batch=8, epochs=1,

@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import config, rundata, runs, stepconfig, train
+from svhn_jax import config
+from svhn_jax.run import parts as rundata, launch as runs
+from svhn_jax.step import evaluate as evaluation, settings as stepconfig, train
 from svhn_jax.data import arrays, preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
@@ -77,9 +79,9 @@ def test_evaluating_uint8_images_equals_evaluating_features(images):
     X, y = images
     for name, on_uint8, on_float, whole in _configs(X[:50], shift=0):
         params, bn_state = model.init(jax.random.key(3), on_float.spec, whole.shape[1])
-        got = train.evaluate(params, bn_state, train.make_eval_set(X[:50], y[:50], chunk=16),
+        got = evaluation.evaluate(params, bn_state, evaluation.make_eval_set(X[:50], y[:50], chunk=16),
                              on_uint8.spec, on_uint8.prep)
-        want = train.evaluate(params, bn_state, train.make_eval_set(whole, y[:50], chunk=16),
+        want = evaluation.evaluate(params, bn_state, evaluation.make_eval_set(whole, y[:50], chunk=16),
                               on_float.spec)
         assert got[:2] == want[:2], name
         np.testing.assert_array_equal(got[2], want[2])
@@ -90,11 +92,11 @@ def test_uint8_images_without_their_preprocessing_are_refused(images):
     cfg = train.StepConfig(spec=model.make_spec((8,)), batch=BATCH)
     with pytest.raises(SvhnJaxError, match="without their preprocessing"):
         train.get_batch(jnp.asarray(X.reshape(N, -1)), y, jnp.arange(N), 0, jax.random.key(0), 0, cfg)
-    es = train.make_eval_set(X, y)
+    es = evaluation.make_eval_set(X, y)
     assert es.X.dtype == jnp.uint8
     params, bn_state = model.init(jax.random.key(0), cfg.spec, 3072)
     with pytest.raises(SvhnJaxError, match="without their preprocessing"):
-        train.evaluate(params, bn_state, es, cfg.spec)
+        evaluation.evaluate(params, bn_state, es, cfg.spec)
 
 
 # ---------------------------------------------------------------- the layout in memory
@@ -199,18 +201,17 @@ def test_a_process_reads_only_its_training_rows(source, tmp_path, monkeypatch):
 
 
 def test_a_run_of_several_processes_reads_by_rows(monkeypatch):
-    """runs._load takes load_split_rows with the rows of this process's devices when
+    """launch._load takes load_split_rows with the rows of this process's devices when
     there are several processes (simulated: one process, told it is one of two)."""
-    from svhn_jax import parallel
+    from svhn_jax.step import mesh as meshes
 
     calls = []
     real = rundata.load_split_rows
     monkeypatch.setattr(rundata, "load_split_rows",
                         lambda c, rows, **k: calls.append(rows) or real(c, rows, **k))
     c = config.make(data="synthetic", synthetic_n=300)
-    mesh = parallel.make_mesh(1)
-    assert runs._load(c, mesh)[1] == 210 and calls == []
+    place = meshes.data_placement(1)
+    assert runs._load(c, place)[1] == 210 and calls == []
     monkeypatch.setattr(jax, "process_count", lambda: 2)
-    parts, n = runs._load(c, mesh)
-    assert n == 210 and calls[0](n) == parallel.local_rows(n, mesh)
-    assert runs._load(c.replace(ensemble=2), mesh)[1] == 210 and len(calls) == 1   # replicated
+    parts, n = runs._load(c, place)
+    assert n == 210 and calls[0](n) == meshes.local_rows(n, place)

@@ -14,7 +14,9 @@ import jax
 import numpy as np
 import pytest
 
-from svhn_jax import checkpoint, cli, config, ensemble, evaluate, plots, rundata, runfolder, runs, stepconfig, train
+from svhn_jax.run import checkpoint, evaluate, parts as rundata, folder as runfolder, launch as runs
+from svhn_jax import cli, config, plots
+from svhn_jax.step import evaluate as evaluation, parallel, settings as stepconfig, train
 from svhn_jax.data import preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
@@ -37,8 +39,7 @@ def _state(run):
     c, derived = runfolder.read_run(run)
     cfg = stepconfig.step_config(c, train.steps_per_epoch(derived["n_train"], c.batch))
     dim = preprocess.input_dim(derived["preprocessing"])
-    make = (lambda: ensemble.init_members(c, cfg, dim)) if c.ensemble > 1 else \
-        (lambda: train.init_state(c.seed, cfg, dim, train.Hyper(c.lr, c.reg)))
+    make = lambda: runs.initial_states(runs.member_configs(c), cfg, dim, c.ensemble > 1)
     return checkpoint.load(run / "checkpoint.npz", jax.eval_shape(lambda: {"state": make()}))[0]["state"]
 
 
@@ -75,15 +76,17 @@ def ens(tmp_path_factory, device_jobs):
     """An ensemble run of K seeds; the number of times the training step was traced."""
     out = tmp_path_factory.mktemp("ens") / "run"
     traces = []
-    step = train._step
+    step, segment = train.train_step, parallel.run_segment
 
-    def forbidden(*a, **k):
-        raise AssertionError("an ensemble must not train its members one at a time")
+    def stacked_only(*a, **k):
+        if not k["place"].stacked:
+            raise AssertionError("an ensemble must not train its members one at a time")
+        return segment(*a, **k)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "_step", lambda *a, **k: traces.append(1) or step(*a, **k))
-        mp.setattr(train, "run_steps", forbidden)
-        train.run_steps_many.clear_cache()
+        mp.setattr(train, "train_step", lambda *a, **k: traces.append(1) or step(*a, **k))
+        mp.setattr(parallel, "run_segment", stacked_only)
+        segment.clear_cache()
         metrics = runs.train_run(config.make(**{**SETTINGS, "tensorboard": True}, ensemble=K), out,
                                  quiet=True)
     return out, metrics, len(traces)
@@ -125,7 +128,7 @@ def test_evaluate_scores_the_averaged_probabilities(ens, capsys):
     X, y = rundata.load_split(c)["test"]
     x = preprocess.apply(X, derived["preprocessing"])
     spec = model.make_spec(c.hidden, batchnorm=c.batchnorm)
-    best = ensemble.load_best(out, c, spec, x.shape[1])
+    best = runs.load_best(out, c, spec, x.shape[1])
     probs = []
     for i in range(K):
         logits = np.asarray(model.forward(_member(best["params"], i), _member(best["bn_state"], i),
@@ -165,13 +168,13 @@ def test_an_interrupted_ensemble_resumes_to_the_same_parameters(ens, tmp_path):
 
 
 def test_a_diverged_member_stops_the_ensemble_and_is_named(tmp_path, monkeypatch):
-    real = train.run_steps_many
+    real = parallel.run_segment
 
     def nan_in_member_1(*a, **k):
         states, (ce, correct) = real(*a, **k)
         return states, (ce.at[1, 3].set(np.nan), correct)
 
-    monkeypatch.setattr(train, "run_steps_many", nan_in_member_1)
+    monkeypatch.setattr(parallel, "run_segment", nan_in_member_1)
     with pytest.raises(runs.Diverged, match=r"member 1 \(seed 1\) diverged at step 4"):
         runs.train_run(config.make(**SETTINGS, ensemble=K), tmp_path / "d", quiet=True)
     m = json.loads((tmp_path / "d" / "metrics.json").read_text())
@@ -182,9 +185,6 @@ def test_a_diverged_member_stops_the_ensemble_and_is_named(tmp_path, monkeypatch
 def test_ensemble_settings_that_cannot_take_effect_are_refused(tmp_path, capsys):
     with pytest.raises(SvhnJaxError, match="beyond the largest seed"):
         config.make(ensemble=3, seed=config.SEED_MAX - 1)
-    for flag in ("gradcheck_every", "checkpoint_every"):
-        with pytest.raises(SvhnJaxError, match=f"--{flag.replace('_', '-')} acts on single runs"):
-            config.make(ensemble=2, **{flag: 5})
     with pytest.raises(SvhnJaxError, match="--profile"):
         runs.train_run(config.make(**SETTINGS, ensemble=2), tmp_path / "p", profile=tmp_path / "t")
     assert not (tmp_path / "p").exists()
@@ -199,15 +199,18 @@ def test_ensemble_settings_that_cannot_take_effect_are_refused(tmp_path, capsys)
 _SCRIPT = """
 import json, re, sys
 import jax
-from svhn_jax import config, models_axis, plots, rundata, runs, train, tune
-per_device, programs, real = [], [], train.run_steps_many
+from svhn_jax import config, plots
+from svhn_jax.step import mesh as meshes, parallel
+from svhn_jax.run import parts as rundata, launch as runs
+from svhn_jax.tune import sweep as tune
+per_device, programs, real = [], [], parallel.run_segment
 def spy(*a, **k):
     if not programs:   # the compiled program, before the call donates its state
         programs.append(real.lower(*a, **k).compile().as_text())
     out = real(*a, **k)
     per_device.append(sorted(x.data.shape[0] for x in out[0].params[0]["W"].addressable_shards))
     return out
-train.run_steps_many = spy
+parallel.run_segment = spy
 for name in ("curves", "confusion", "misclassified"):   # figures are not under test here
     setattr(plots, name, lambda *a, **k: None)
 settings, k, out = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
@@ -221,7 +224,8 @@ group = tune.train_group([c.replace(ensemble=1, seed=s) for s in range(k)], part
 print(json.dumps({"devices": jax.device_count(), "ensemble_per_device": ensemble_per_device,
                   "sweep_per_device": per_device,
                   "collectives": len(re.findall(COLLECTIVES, programs[0])),
-                  "placements": [models_axis.placement(n)[1:] for n in (3, 5)],
+                  "placements": [[p.k, p.padded] for p in
+                                 (meshes.placement(n, "all", batch=32, stacked=True) for n in (3, 5))],
                   "sweep_val_loss": [[h["val_loss"] for h in r["history"]] for r in group]}))
 """
 

@@ -52,7 +52,7 @@ def test_the_import_graph_is_read_correctly():
     graph = _graph()
     assert "svhn_jax.nn.layers" in graph["svhn_jax.nn.model"]
     assert "svhn_jax.errors" in graph["svhn_jax.nn.layers"]
-    assert "svhn_jax.runs" in graph["svhn_jax.cli"]           # a lazy import counts too
+    assert "svhn_jax.run.launch" in graph["svhn_jax.cli"]           # a lazy import counts too
 
 
 def test_nn_imports_nothing_of_the_package_but_the_error_types():

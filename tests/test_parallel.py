@@ -16,7 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from svhn_jax import cli, parallel, train
+from svhn_jax import cli
+from svhn_jax.run import processes
+from svhn_jax.step import evaluate, mesh as meshes
 from svhn_jax.errors import SvhnJaxError
 
 import parallel_cases as cases
@@ -26,40 +28,40 @@ ROOT = TESTS.parent
 
 
 def _env(devices: int, **extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in parallel.ENV}
+    env = {k: v for k, v in os.environ.items() if k not in processes.ENV}
     return dict(env, JAX_NUM_CPU_DEVICES=str(devices), JAX_PLATFORMS="cpu", **extra)
 
 
 def test_more_devices_than_jax_sees_is_a_clear_error(capsys):
     n = jax.device_count() + 1
     with pytest.raises(SvhnJaxError, match=f"set JAX_NUM_CPU_DEVICES={n} in the environment"):
-        parallel.make_mesh(n)
+        meshes.device_count(n, stacked=False)
     for bad in (0, -2, "two", "1.5"):
-        with pytest.raises(SvhnJaxError, match="positive integer or 'all'"):
-            parallel.make_mesh(bad)
+        with pytest.raises(SvhnJaxError, match="positive integer, all or auto"):
+            meshes.device_count(bad, stacked=False)
     assert cli.main(["gradcheck", "--devices", str(n)]) == 2
     assert f"JAX_NUM_CPU_DEVICES={n}" in capsys.readouterr().err
 
 
 def test_a_batch_that_does_not_split_is_a_clear_error():
-    mesh = jax.sharding.AbstractMesh((3,), ("data",))
+    place = meshes.Placement(jax.sharding.AbstractMesh((1, 3), (meshes.MODELS, meshes.DATA)), 1, 1, False)
     with pytest.raises(SvhnJaxError, match=r"batch of 64 does not split evenly over 3 devices.*--batch 63"):
-        parallel.check_batch(64, mesh)
-    assert parallel.check_batch(63, mesh) == 63
+        meshes.check_batch(64, place)
+    assert meshes.check_batch(63, place) == 63
 
 
 def test_process_settings_from_arguments_or_environment():
-    env = dict(zip(parallel.ENV, ("10.0.0.1:1234", "2", "1")))
-    assert parallel.process_settings(environ={}) is None
-    assert parallel.process_settings(environ=env) == ("10.0.0.1:1234", 2, 1)
-    assert parallel.process_settings("h:9", 4, 3, environ=env) == ("h:9", 4, 3)
+    env = dict(zip(processes.ENV, ("10.0.0.1:1234", "2", "1")))
+    assert processes.process_settings(environ={}) is None
+    assert processes.process_settings(environ=env) == ("10.0.0.1:1234", 2, 1)
+    assert processes.process_settings("h:9", 4, 3, environ=env) == ("h:9", 4, 3)
     bad = [({"SVHN_JAX_COORDINATOR": "h:1"}, "missing --num-processes"),
            (dict(env, SVHN_JAX_COORDINATOR="no-port"), "HOST:PORT"),
            (dict(env, SVHN_JAX_PROCESS_ID="2"), r"--process-id must be in \[0, 1\]"),
            (dict(env, SVHN_JAX_NUM_PROCESSES="x"), "must be integers")]
     for environ, message in bad:
         with pytest.raises(SvhnJaxError, match=message):
-            parallel.process_settings(environ=environ)
+            processes.process_settings(environ=environ)
 
 
 def test_on_1_2_4_and_8_devices():
@@ -117,6 +119,6 @@ def test_two_processes_of_two_devices_train_the_one_device_model(tmp_path):
     assert cases.max_diff(got[0], ref) <= cases.TOL_DEVICES
     np.testing.assert_allclose(out[0]["ce"], ce, rtol=cases.TOL_DEVICES)
     _, _, X_val, y_val = cases.data()
-    acc = train.evaluate(state.params, state.bn_state, train.make_eval_set(X_val, y_val),
+    acc = evaluate.evaluate(state.params, state.bn_state, evaluate.make_eval_set(X_val, y_val),
                          cases.cfg("manual").spec)[1]
     assert float(out[0]["val_acc"]) == float(out[1]["val_acc"]) == acc

@@ -14,7 +14,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from svhn_jax import checkpoint, cli, parallel, train
+from svhn_jax.run import checkpoint
+from svhn_jax import cli
+from svhn_jax.step import evaluate, parallel, train
+from svhn_jax.step import mesh as meshes
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import distcheck, gradcheck, layers, model
 
@@ -28,24 +31,30 @@ TOL = 1e-12          # float64: sharded vs single-device, hand vs jax.grad
 TOL_FD = 1e-6        # float64: hand vs central finite differences
 
 
-def test_mesh_takes_n_or_all_and_refuses_a_batch_that_does_not_split():
-    assert parallel.size(parallel.make_mesh("all")) == 8
-    assert parallel.make_mesh(4).devices.tolist() == jax.devices()[:4]
-    assert parallel.check_batch(16, parallel.make_mesh(8)) == 16
+def test_placement_shapes_the_mesh_and_refuses_a_batch_that_does_not_split():
+    one = meshes.placement(1, "all", batch=16, stacked=False)
+    assert (one.models, one.data, one.padded) == (1, 8, 1)
+    assert meshes.placement(1, "4", batch=16, stacked=False).mesh.devices.ravel().tolist() == jax.devices()[:4]
+    assert meshes.placement(1, "auto", batch=16, stacked=False).mesh is None   # one model: one device
+    # K stacked models: the fewest rounds, then the rest of the devices along data
+    shapes = {k: meshes.placement(k, "all", batch=16, stacked=True) for k in (2, 3, 5, 8, 9)}
+    assert {k: (p.models, p.data, p.padded) for k, p in shapes.items()} == {
+        2: (2, 4, 2), 3: (3, 2, 3), 5: (5, 1, 5), 8: (8, 1, 8), 9: (5, 1, 10)}
+    assert meshes.check_batch(16, one) == 16
     with pytest.raises(SvhnJaxError, match="does not split evenly over 3 devices"):
-        parallel.check_batch(16, parallel.make_mesh(3))
+        meshes.placement(1, "3", batch=16, stacked=False)
     with pytest.raises(SvhnJaxError, match="JAX_NUM_CPU_DEVICES=9"):
-        parallel.make_mesh(9)
+        meshes.placement(1, "9", batch=16, stacked=False)
 
 
 def test_training_arrays_are_split_by_rows_and_state_is_replicated():
-    mesh = parallel.make_mesh(4)
+    place = meshes.data_placement(4)
     X = np.arange(30 * 3, dtype=np.float32).reshape(30, 3)
-    Xs, ys = parallel.shard_rows(X, np.arange(30), mesh)
+    Xs, ys = meshes.shard_rows(X, np.arange(30), place)
     assert Xs.shape == (32, 3) and ys.dtype == jnp.int32   # padded to a multiple of 4
     assert [s.data.shape for s in Xs.addressable_shards] == [(8, 3)] * 4
     np.testing.assert_array_equal(np.asarray(Xs)[:30], X)
-    rep = parallel.replicate({"W": jnp.ones((3, 2))}, mesh)["W"]
+    rep = meshes.replicate({"W": jnp.ones((3, 2))}, place)["W"]
     assert rep.sharding.is_fully_replicated and len(rep.addressable_shards) == 4
 
 
@@ -57,7 +66,7 @@ def _numpy_batchnorm(x, gamma, beta, mean, var, momentum=0.9, eps=1e-5):
 
 
 def test_synchronised_batchnorm_uses_the_global_batch():
-    mesh = parallel.make_mesh(8)
+    mesh = meshes.data_placement(8).mesh
     rng = np.random.default_rng(8)
     x, dy = rng.normal(2.0, 3.0, (16, 5)), rng.normal(size=(16, 5))
     p = {"gamma": rng.uniform(0.5, 2.0, 5), "beta": rng.normal(size=5)}
@@ -85,7 +94,7 @@ def test_synchronised_batchnorm_uses_the_global_batch():
 
 def test_jax_grad_inside_shard_map_also_gives_the_global_gradient():
     """A third route: autodiff through the psums of the sharded loss."""
-    mesh, spec = parallel.make_mesh(8), model.make_spec((5,), batchnorm="after")
+    mesh, spec = meshes.data_placement(8).mesh, model.make_spec((5,), batchnorm="after")
     with gradcheck.float64():
         params, state = gradcheck._random_params(np.random.default_rng(0), spec, 6)   # gamma, beta not 1, 0
         x, y = jax.random.normal(jax.random.key(1), (16, 6), jnp.float64), jnp.arange(16) % 10
@@ -101,7 +110,7 @@ def test_jax_grad_inside_shard_map_also_gives_the_global_gradient():
 
 @pytest.mark.parametrize("n_dev", [1, 2, 4, 8])
 def test_sharded_hand_backward_matches_jax_grad_and_finite_differences(n_dev):
-    mesh = parallel.make_mesh(n_dev)
+    mesh = meshes.data_placement(n_dev).mesh
     checks = [("none", True), ("before", True), ("after", True)] + [("before", False)] * (n_dev == 8)
     for bn, train_mode in checks:
         r = distcheck.check_sharded_model(model.make_spec((5,), batchnorm=bn), mesh, in_dim=6,
@@ -125,7 +134,7 @@ def _failed_leaves(report):
 
 
 def test_a_missing_gradient_psum_is_refused_by_jax_and_caught_by_the_check(monkeypatch):
-    mesh = parallel.make_mesh(4)
+    mesh = meshes.data_placement(4).mesh
     monkeypatch.setattr(model, "allreduce_grads", lambda grads, axis_name: grads)
     # shard_map knows each device's gradient differs, so it will not return it as replicated
     with pytest.raises(ValueError, match="out_specs"):
@@ -140,7 +149,7 @@ def test_a_missing_gradient_psum_is_refused_by_jax_and_caught_by_the_check(monke
 def test_a_gradient_averaged_instead_of_summed_is_caught(monkeypatch):
     # pmean divides by the device count a second time (it is already in dlogits)
     monkeypatch.setattr(model, "allreduce_grads", lambda g, axis_name: jax.lax.pmean(g, axis_name))
-    r = _check_bn(parallel.make_mesh(4), reg=0.0)
+    r = _check_bn(meshes.data_placement(4).mesh, reg=0.0)
     assert not r["ok"] and _failed_leaves(r) >= {"0.dense.W", "3.dense.W", "3.dense.b"}
     assert r["max_rel_error_manual_vs_autodiff"] == pytest.approx(0.6, abs=1e-9)  # |g/4 - g| / (|g/4| + |g|)
 
@@ -149,7 +158,7 @@ def test_a_missing_psum_in_batchnorm_backward_is_caught(monkeypatch):
     init, fwd, bwd = layers.LAYERS["batchnorm"]
     local_backward = lambda p, cache, dy: bwd(p, dict(cache, axis_name=None), dy)
     monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, local_backward))
-    r = _check_bn(parallel.make_mesh(4))
+    r = _check_bn(meshes.data_placement(4).mesh)
     assert not r["ok"]
     # dx of BatchNorm is wrong, so only the layer below it is; its own gamma/beta are right
     assert _failed_leaves(r) == {"0.dense.W"}
@@ -160,7 +169,7 @@ def test_local_batchnorm_statistics_are_refused_by_jax_and_caught_by_the_check(m
     init, fwd, bwd = layers.LAYERS["batchnorm"]
     local_forward = lambda p, s, x, train, axis_name=None: fwd(p, s, x, train)
     monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, local_forward, bwd))
-    mesh = parallel.make_mesh(4)
+    mesh = meshes.data_placement(4).mesh
     # each device's running statistics differ: they cannot be returned as replicated
     with pytest.raises(ValueError, match=r"out_specs\[2\] is P\(\)"):
         _check_bn(mesh)
@@ -186,7 +195,7 @@ def runs():
     """Final state and per-step cross-entropy of each (grad mode, device count);
     0 devices: train.run_steps without a mesh. (autodiff on a 1-device mesh is
     the 0-device program with a trivial sharding: skipped to save a compilation.)"""
-    return {(mode, n): cases.run(mode, parallel.make_mesh(n) if n else None)
+    return {(mode, n): cases.run(mode, meshes.data_placement(n) if n else None)
             for mode, counts in (("manual", (0, 1, 2, 4)), ("autodiff", (0, 2, 4))) for n in counts}
 
 
@@ -194,9 +203,9 @@ def runs():
 def test_training_gives_the_same_model_on_1_2_and_4_devices(runs, mode):
     ref_state, ref_ce = runs[mode, 0]
     _, _, X_val, y_val = cases.data()
-    val = train.make_eval_set(X_val, y_val)
+    val = evaluate.make_eval_set(X_val, y_val)
     spec = cases.cfg(mode).spec
-    ref_acc = train.evaluate(ref_state.params, ref_state.bn_state, val, spec)[1]
+    ref_acc = evaluate.evaluate(ref_state.params, ref_state.bn_state, val, spec)[1]
     assert ref_acc > 0.4   # it learned something, so equal accuracies mean something
     for n in (1, 2, 4) if mode == "manual" else (2, 4):
         state, ce = runs[mode, n]
@@ -206,16 +215,16 @@ def test_training_gives_the_same_model_on_1_2_and_4_devices(runs, mode):
                               (ref_state.params, ref_state.bn_state)) <= cases.TOL_DEVICES
         np.testing.assert_allclose(ce, ref_ce, rtol=cases.TOL_DEVICES)
         # evaluation takes the replicated state as it is
-        assert train.evaluate(state.params, state.bn_state, val, spec)[1] == ref_acc
+        assert evaluate.evaluate(state.params, state.bn_state, val, spec)[1] == ref_acc
 
 
 def test_a_checkpoint_from_4_devices_resumes_on_1_and_2(runs, tmp_path):
-    state, _ = cases.run("manual", parallel.make_mesh(4), stop_step=cases.SEGMENT)
+    state, _ = cases.run("manual", meshes.data_placement(4), stop_step=cases.SEGMENT)
     checkpoint.save(tmp_path / "c.npz", {"state": state}, {})
     template = jax.eval_shape(lambda: {"state": train.init_state(0, cases.cfg("manual"), 48, cases.HP)})
     for n in (1, 2):
         loaded = checkpoint.load(tmp_path / "c.npz", template)[0]["state"]
-        resumed, _ = cases.run("manual", parallel.make_mesh(n), loaded, start_step=cases.SEGMENT)
+        resumed, _ = cases.run("manual", meshes.data_placement(n), loaded, start_step=cases.SEGMENT)
         assert int(resumed.step) == cases.RUN_STEPS
         assert cases.max_diff(resumed.params, runs["manual", 4][0].params) <= cases.TOL_DEVICES
 
@@ -223,16 +232,16 @@ def test_a_checkpoint_from_4_devices_resumes_on_1_and_2(runs, tmp_path):
 # ------------------------------------------------ the per-step check on a mesh
 
 
-def _checked_segment(mesh):
+def _checked_segment(place):
     """One segment of manual-mode training on the mesh with the per-step check on
     every step -> (state, StepCheck rows)."""
     from svhn_jax.nn import stepcheck
 
     c = cases.cfg("manual")._replace(check_every=1)
-    X, y = parallel.shard_rows(*cases.data()[:2], mesh)
+    X, y = meshes.shard_rows(*cases.data()[:2], place)
     state = train.init_state(0, c, 48, cases.HP)
     order = train.epoch_order(state.key, 0, cases.N_TRAIN, cases.BATCH)
-    state, (_, _, checks) = parallel.run_steps(state, cases.HP, X, y, order, 0, c, cases.SEGMENT, mesh)
+    state, (_, _, checks) = parallel.run_steps(state, cases.HP, X, y, order, 0, c, cases.SEGMENT, place)
     return state, stepcheck.records(checks, 1)
 
 
@@ -240,9 +249,9 @@ def test_the_per_step_check_proves_the_sharded_step(runs):
     """--gradcheck-every on 4 devices: every check passes and training is unchanged."""
     from svhn_jax.nn import stepcheck
 
-    state, rows = _checked_segment(parallel.make_mesh(4))
+    state, rows = _checked_segment(meshes.data_placement(4))
     assert len(rows) == cases.SEGMENT and stepcheck.first_failure(rows) is None
-    plain, _ = cases.run("manual", parallel.make_mesh(4), stop_step=cases.SEGMENT)
+    plain, _ = cases.run("manual", meshes.data_placement(4), stop_step=cases.SEGMENT)
     for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(plain.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -255,7 +264,7 @@ def test_the_per_step_check_catches_a_gradient_averaged_over_devices(monkeypatch
     monkeypatch.setattr(model, "allreduce_grads", lambda g, axis: jax.lax.pmean(g, axis))
     jax.clear_caches()
     try:
-        _, rows = _checked_segment(parallel.make_mesh(4))
+        _, rows = _checked_segment(meshes.data_placement(4))
     finally:
         monkeypatch.undo()
         jax.clear_caches()

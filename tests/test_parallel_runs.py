@@ -65,7 +65,8 @@ def test_the_readme_two_process_commands_write_one_run_folder(tmp_path):
 
 SCRIPT = """
 import json, sys, numpy as np
-from svhn_jax import config, runs
+from svhn_jax import config
+from svhn_jax.run import launch as runs
 out = sys.argv[1]
 c = config.make(data="synthetic", synthetic_n=1200, hidden=[16], batchnorm="before", epochs=2,
                 batch=64, shift=1, devices="4", checkpoint_every=7)
@@ -93,7 +94,8 @@ def test_four_devices_then_one_equal_one_device(tmp_path):
 
 LR_FIND = """
 import csv, json, sys
-from svhn_jax import config, lrfind
+from svhn_jax import config
+from svhn_jax.tune import lrfind
 out = sys.argv[1]
 losses = {}
 for d in ("1", "2"):

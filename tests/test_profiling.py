@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from svhn_jax import profiling
+from svhn_jax.run import profiling
 from svhn_jax.errors import SvhnJaxError
 
 

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from svhn_jax import checkpoint, cli, config, data, runs
+from svhn_jax.run import checkpoint, launch as runs
+from svhn_jax import cli, config, data
 from svhn_jax.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
 
 RUN = ["--hidden", "32", "--batch", "128", "--shift", "2", "--schedule", "cosine", "--seed", "3"]

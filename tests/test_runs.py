@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svhn_jax import atomic, cli, config, data, progress, rundata, runfolder, runs
+from svhn_jax import atomic, cli, config, data
+from svhn_jax.run import progress, parts as rundata, folder as runfolder, launch as runs
 from svhn_jax.errors import SvhnJaxError
 
 

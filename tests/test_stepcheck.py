@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import train
-from svhn_jax.nn import layers, model, stepcheck
+from svhn_jax.step import mesh as meshes, parallel, train
+from svhn_jax.nn import layers, model, schedules, stepcheck
 from svhn_jax.nn.gradcheck import GradCheckError
 
 N, BATCH, IN_DIM = 512, 32, 1024
@@ -39,7 +39,7 @@ def data():
 
 def config(hidden=(16,), batchnorm="none", grad_mode="manual", every=1):
     return train.check_config(train.StepConfig(
-        model.make_spec(hidden, batchnorm=batchnorm), "adam", ("cosine", (("total_steps", 200),)),
+        model.make_spec(hidden, batchnorm=batchnorm), "adam", schedules.ScheduleSpec("cosine", total_steps=200),
         BATCH, grad_mode, shift=2, image_shape=(32, 32, 1), check_every=every))
 
 
@@ -164,12 +164,14 @@ def test_sweeps_check_every_configuration_in_autodiff_mode_with_batchnorm(data):
         train.init_state(seed, cfg, IN_DIM, train.Hyper(hps.lr[i], hps.reg[i])) for i, seed in enumerate((0, 1))])
     order = lambda states, e: jnp.stack([train.epoch_order(states.key[i], e, N, BATCH) for i in range(k)])
     states, plain = init(cfg), init(cfg._replace(check_every=0))
-    jaxpr = str(jax.make_jaxpr(lambda s: train.run_steps_many(s, hps, X, y, order(s, 0), 0, cfg, 1))(states))
+    place = meshes.Placement(None, k, k, True)
+    many = lambda s, o, cfg, count: parallel.run_segment(s, hps, X, y, o, 0, cfg, count, place)
+    jaxpr = str(jax.make_jaxpr(lambda s: many(s, order(s, 0), cfg, 1))(states))
     assert "cond[" in jaxpr   # a real branch: the steps between checks do not run it
     rows = [[], []]
     for e in range(epochs):
-        states, (ce, _, checks) = train.run_steps_many(states, hps, X, y, order(states, e), 0, cfg, STEPS)
-        plain, _ = train.run_steps_many(plain, hps, X, y, order(plain, e), 0, cfg._replace(check_every=0), STEPS)
+        states, (ce, _, checks) = many(states, order(states, e), cfg, STEPS)
+        plain, _ = many(plain, order(plain, e), cfg._replace(check_every=0), STEPS)
         assert ce.shape == (k, STEPS) and checks.manual_vs_autodiff.shape == (k, STEPS)
         for i in range(k):
             rows[i] += stepcheck.records(checks, epoch=e + 1, config=i)

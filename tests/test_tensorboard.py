@@ -19,7 +19,8 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from svhn_jax import cli, config, data, runfolder, runs, tblog
+from svhn_jax import cli, config, data
+from svhn_jax.run import folder as runfolder, launch as runs, tblog
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
 
@@ -281,7 +282,7 @@ def test_writing_never_imports_tensorflow(tmp_path):
                     tried.append(name)
         sys.meta_path.insert(0, Spy())
         import numpy as np
-        from svhn_jax import tblog
+        from svhn_jax.run import tblog
         w = tblog.open_writer({str(tmp_path / 'run')!r})
         tblog.log_epoch(w, {{"step": 1, "val_loss": 1.0}})
         tblog.log_image(w, "img", np.zeros((2, 2, 3), np.uint8), 1)

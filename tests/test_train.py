@@ -10,7 +10,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from svhn_jax import cli, config, runs, train
+from svhn_jax import cli, config
+from svhn_jax.run import launch as runs
+from svhn_jax.step import train
 from svhn_jax.nn import model, stepcheck
 from svhn_jax.errors import EXIT_DIVERGED, SvhnJaxError
 

@@ -8,7 +8,9 @@ import pytest
 
 import jax
 
-from svhn_jax import cli, config, rundata, runs, tune
+from svhn_jax import cli, config
+from svhn_jax.run import outputs, parts as rundata, launch as runs
+from svhn_jax.tune import sweep as tune
 from svhn_jax.errors import SvhnJaxError
 
 BASE = dict(hidden=[16], epochs=2, batch=128, seed=0, split_seed=0)
@@ -70,9 +72,9 @@ def test_vmapped_group_matches_separate_runs(tmp_path, base_config):
 def test_sweep_survives_divergence_and_touches_test_once_after_selection(tmp_path, monkeypatch,
                                                                         base_config):
     events = []
-    real_group, real_test = tune.train_group, runs.evaluate_on_test
+    real_group, real_test = tune.train_group, outputs.evaluate_on_test
     monkeypatch.setattr(tune, "train_group", lambda *a, **k: events.append("group") or real_group(*a, **k))
-    monkeypatch.setattr(runs, "evaluate_on_test", lambda *a, **k: events.append("test") or real_test(*a, **k))
+    monkeypatch.setattr(outputs, "evaluate_on_test", lambda *a, **k: events.append("test") or real_test(*a, **k))
     base = base_config(optimizer="sgd")
     axes = {"lr": [1e-2, 1e5], "hidden": [(16,), (8,)]}   # lr 1e5 diverges
     s = tune.sweep(base, axes, tmp_path / "sw", quiet=True)

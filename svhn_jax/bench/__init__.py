@@ -3,7 +3,7 @@ execution modes, measured back to back in one process, against the floor the
 machine allows.
 
 What is trained: `svhn-jax train --preset mission --hidden H --batch B`
-(`modes.run_config`, turned into the step's settings by `stepconfig` as
+(`modes.run_config`, turned into the step's settings by `step.settings` as
 training does): Dense(1024 -> H) - ReLU - Dense(10), softmax cross-entropy +
 0.5 * 3e-3 * sum W^2, Adam lr 3e-3 on a cosine schedule, float32, on n
 synthetic SVHN-shaped images (`data.synthetic`). The images are made once;
@@ -99,8 +99,9 @@ def profile(hidden: int, batch: int, n: int, folder, seed: int = 0):
     images, after one compiling step; returns its folder."""
     import jax
 
-    from .. import profiling, train
     from ..data import preprocess
+    from ..run import profiling
+    from ..step import train
 
     data = make_data(n, seed)
     cfg, hp = jax_setup(run_config(hidden, batch, seed=seed), n, data.fitted)

@@ -33,8 +33,8 @@ def measure(hidden: int, batch: int, data, X, y, every: int, *, epochs: int = 3,
     """
     import jax
 
-    from .. import train
     from ..data import preprocess
+    from ..step import train
 
     n = len(data.labels)
     spe = train.steps_per_epoch(n, batch)

@@ -45,12 +45,11 @@ class Data(NamedTuple):
 def run_config(hidden: int, batch: int, grad: str = "manual", seed: int = 0, epochs: int = 5):
     """The settings the bench trains with: `svhn-jax train --preset mission --hidden H
     --batch B` (grayscale, per-image standardisation, shifts of 2 pixels, Adam, cosine
-    schedule over `epochs` epochs), without TensorBoard (whose once-an-epoch gradient is
-    not a step)."""
+    schedule over `epochs` epochs)."""
     from .. import config
 
     return config.make("mission", hidden=(int(hidden),), batch=int(batch), grad=grad, seed=int(seed),
-                       epochs=int(epochs), tensorboard=False)
+                       epochs=int(epochs))
 
 
 def make_data(n: int, seed: int = 0) -> Data:
@@ -67,12 +66,12 @@ def make_data(n: int, seed: int = 0) -> Data:
 
 def jax_setup(c, n: int, fitted: dict, features: bool = False):
     """(StepConfig, Hyper) of RunConfig `c` as `svhn-jax train` builds them
-    (stepconfig.step_config, stepconfig.hyper), for n training images: uint8 images
-    normalised in the step, or with `features` float32 features ready to use."""
-    from .. import stepconfig, train
+    (step.settings.step_config, step.settings.hyper), for n training images: uint8
+    images normalised in the step, or with `features` float32 features ready to use."""
+    from ..step import settings, train
 
-    cfg = stepconfig.step_config(c, train.steps_per_epoch(n, c.batch), fitted)
-    return train.check_config(cfg._replace(prep=None) if features else cfg), stepconfig.hyper(c)
+    cfg = settings.step_config(c, train.steps_per_epoch(n, c.batch), fitted)
+    return train.check_config(cfg._replace(prep=None) if features else cfg), settings.hyper(c)
 
 
 # ------------------------------------------------------------------ JAX modes
@@ -80,7 +79,7 @@ def jax_setup(c, n: int, fitted: dict, features: bool = False):
 
 def _step(state, hp, X, y, order, i, cfg):
     """Batch i of the epoch `order`, then one training step: what one scan iteration does."""
-    from .. import train
+    from ..step import train
 
     xb, yb = train.get_batch(X, y, order, i, state.key, state.step, cfg)
     return train.train_step(state, hp, xb, yb, cfg)
@@ -104,7 +103,7 @@ def epoch_orders(key, n: int, batch: int, epochs: int) -> list:
     timer starts and before the state, whose key they derive from, is donated."""
     import jax
 
-    from .. import train
+    from ..step import train
 
     return [jax.block_until_ready(train.epoch_order(key, e, n, batch)) for e in range(epochs)]
 
@@ -120,7 +119,7 @@ def run_scan(state, hp, X, y, orders, cfg, spe, epochs, run_steps=None):
     `run_steps` (default `train.run_steps`; the scaling bench passes a mesh's)."""
     import jax
 
-    from .. import train
+    from ..step import train
 
     run_steps = run_steps or train.run_steps
 
@@ -213,8 +212,8 @@ def measure_jax(mode: str, hidden: int, batch: int, X, y, fitted: dict, *, epoch
     y (n,) int32; fitted: their preprocessing (Data.fitted)."""
     import jax
 
-    from .. import train
     from ..data import preprocess
+    from ..step import train
 
     if mode not in JAX_MODES:
         raise SvhnJaxError(f"{mode!r} is not a JAX mode; choose from {', '.join(JAX_MODES)}")

@@ -1,7 +1,7 @@
 """`svhn-jax bench --devices 1,2,4`: what data parallelism costs or gains per epoch.
 
 For every hidden size H and global batch B, both scan modes (scan_manual,
-scan_autodiff) train whole epochs with `parallel.run_steps` on a mesh of D
+scan_autodiff) train whole epochs with `step.parallel.run_steps` on a mesh of D
 devices for each requested D: the same compiled epoch scan as `svhn-jax train
 --devices D`, the global batch B split along the mesh axis `data` (B / D rows
 per device), the training set stored split by rows. The plain single-device
@@ -81,14 +81,14 @@ def resolve(devices, batch: Sequence[int]) -> tuple[int, ...]:
     asked for (the message says how to get them) or a batch does not split."""
     import jax
 
-    from .. import parallel
+    from ..step import mesh as meshes
 
     if devices == "all":
         available = jax.device_count()
         counts = {1 << k for k in range(available.bit_length()) if 1 << k < available} | {available}
     else:
         counts = set(devices)
-        parallel.make_mesh(max(counts))  # the error names JAX_NUM_CPU_DEVICES on a CPU
+        meshes.device_count(max(counts), stacked=False)  # the error names JAX_NUM_CPU_DEVICES on a CPU
     counts = tuple(sorted(counts | {1}))
     check_batches(counts, batch)
     return counts
@@ -107,11 +107,12 @@ def cpu_note(backend: str, counts: Sequence[int]) -> str | None:
 # ------------------------------------------------------------------------ run
 
 
-def _measure_mesh(mode: str, hidden: int, batch: int, mesh, X, y, fitted: dict, n: int, *, epochs: int,
+def _measure_mesh(mode: str, hidden: int, batch: int, place, X, y, fitted: dict, n: int, *, epochs: int,
                   seed: int):
-    """One scan mode on the mesh, X and y from parallel.shard_rows -> (record, step losses)."""
-    from .. import parallel, train
+    """One scan mode on the mesh, X and y from mesh.shard_rows -> (record, step losses)."""
     from ..data import preprocess
+    from ..step import mesh as meshes
+    from ..step import parallel, train
 
     c = modes.run_config(hidden, batch, "autodiff" if mode.endswith("autodiff") else "manual", seed, 2 + epochs)
     cfg, hp = modes.jax_setup(c, n, fitted)
@@ -119,8 +120,8 @@ def _measure_mesh(mode: str, hidden: int, batch: int, mesh, X, y, fitted: dict, 
     in_dim = preprocess.input_dim(fitted)
     state = train.init_state(seed, cfg, in_dim, hp)
     orders = modes.epoch_orders(state.key, n, batch, 2 + epochs)
-    state, hp, orders = parallel.replicate((state, hp, orders), mesh)  # before the timers, once
-    run_steps = partial(parallel.run_steps, mesh=mesh)
+    state, hp, orders = meshes.replicate((state, hp, orders), place)  # before the timers, once
+    run_steps = partial(parallel.run_steps, place=place)
     with machine.measure_load() as load:
         _, compile_s, times, losses = modes.run_scan(state, hp, X, y, orders, cfg, spe, epochs, run_steps)
     record = modes.make_record(mode, c, n, spe, in_dim, int(X.shape[1]), compile_s, times, load,
@@ -151,15 +152,15 @@ def measure(hidden: Sequence[int], batch: Sequence[int], counts: Sequence[int], 
     """
     import jax
 
-    from .. import parallel
+    from ..step import mesh as meshes
 
     say = progress or (lambda msg: None)
     n = len(data.labels)
     measured, losses = {}, {}
     for d in (None,) + tuple(counts):  # one copy of the sharded set at a time
         if d is not None:
-            mesh = parallel.make_mesh(d)
-            Xs, ys = parallel.shard_rows(data.images, data.labels, mesh)
+            place = meshes.data_placement(d)
+            Xs, ys = meshes.shard_rows(data.images, data.labels, place)
         for h in hidden:
             for b in batch:
                 for mode in SCAN_MODES:
@@ -167,7 +168,7 @@ def measure(hidden: Sequence[int], batch: Sequence[int], counts: Sequence[int], 
                         m = modes.measure_jax(mode, h, b, X, y, data.fitted, epochs=epochs, seed=seed)
                         record, steps = _fields(m.record, 1, False), m.step_losses
                     else:
-                        record, steps = _measure_mesh(mode, h, b, mesh, Xs, ys, data.fitted, n, epochs=epochs,
+                        record, steps = _measure_mesh(mode, h, b, place, Xs, ys, data.fitted, n, epochs=epochs,
                                                       seed=seed)
                         record = _fields(record, d, True)
                     measured[h, b, mode, d], losses[h, b, mode, d] = record, steps

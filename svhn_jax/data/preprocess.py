@@ -116,7 +116,7 @@ def fit(X_train, *, mode: str, grayscale: bool = False, sum_over=None) -> dict:
       grayscale: convert to luminance first (C = 1 instead of 3).
       sum_over: with several processes each holding some of the training
         images, a function that sums an array over the processes
-        (parallel.sum_over_processes): the statistics are then those of all
+        (run.processes.sum_over_processes): the statistics are then those of all
         of them. X_train may then be empty in some processes.
 
     Returns:

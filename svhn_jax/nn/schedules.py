@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -117,6 +117,19 @@ def cosine(lr: float, *, total_steps: int, final: float = 0.0) -> Schedule:
     return schedule
 
 
+def exponential(lr: float, *, ratio: float, steps: int) -> Schedule:
+    """lr * ratio ** (step / steps): from lr at step 0 to ratio * lr at `steps`, growing
+    by the same factor every step (the learning-rate range test's sweep)."""
+    check_positive("learning rate", lr)
+    check_positive("exponential ratio", ratio)
+    steps = check_int("exponential steps", steps, 1)
+
+    def schedule(step):
+        return lr * ratio ** (_float(step) / steps)
+
+    return schedule
+
+
 def warmup(schedule: LearningRate, *, steps: int) -> Schedule:
     """Linear warm-up for `steps` updates, then `schedule` from its own step 0.
 
@@ -138,11 +151,12 @@ def warmup(schedule: LearningRate, *, steps: int) -> Schedule:
 
 
 SCHEDULES = ("constant", "step", "cosine", "warmup-constant", "warmup-step",
-             "warmup-cosine")
+             "warmup-cosine")   # what a run's --schedule may name; "exponential" is the range test's
 _SCHEDULE_OPTIONS = {
     "constant": ((), ()),
     "step": (("rate", "every"), ()),
     "cosine": (("total_steps",), ("final",)),
+    "exponential": (("ratio", "steps"), ()),
 }
 
 
@@ -158,7 +172,7 @@ def make_schedule(name: str, lr: float, **kwargs: Any) -> Schedule:
     the cosine part lasts total_steps - warmup_steps and reaches final * lr at
     step total_steps.
     """
-    if name not in SCHEDULES:
+    if name not in SCHEDULES and name != "exponential":
         raise SvhnJaxError(f"unknown schedule {name!r}; choose one of "
                            f"{', '.join(SCHEDULES)}")
     base_name = name.removeprefix("warmup-")
@@ -183,6 +197,8 @@ def make_schedule(name: str, lr: float, **kwargs: Any) -> Schedule:
         base = constant(lr)
     elif base_name == "step":
         base = step_decay(lr, **kwargs)
+    elif base_name == "exponential":
+        base = exponential(lr, **kwargs)
     else:
         total = kwargs.pop("total_steps")
         if warmup_steps is not None:
@@ -193,3 +209,37 @@ def make_schedule(name: str, lr: float, **kwargs: Any) -> Schedule:
             total -= warmup_steps
         base = cosine(lr, total_steps=total, **kwargs)
     return base if warmup_steps is None else warmup(base, steps=warmup_steps)
+
+
+class ScheduleSpec(NamedTuple):
+    """A schedule as data: hashable, so it can sit in the step's static settings, and
+    readable, so a run can say what it uses. `build(spec, lr)` makes the function.
+
+    name          one of SCHEDULES, or "exponential"
+    total_steps   cosine: the run's length in updates (warm-up included)
+    warmup_steps  warmup-*: updates of the linear warm-up
+    decay_factor  step: the factor applied every decay_every updates
+    decay_every   step: updates between decays
+    ratio         exponential: the learning rate grows by this factor over total_steps
+    """
+
+    name: str = "constant"
+    total_steps: int = 0
+    warmup_steps: int = 0
+    decay_factor: float = 0.1
+    decay_every: int = 0
+    ratio: float = 1.0
+
+
+def build(spec: ScheduleSpec, lr: LearningRate) -> Schedule:
+    """The schedule function that `spec` describes, for a base learning rate `lr`
+    (a float or a traced scalar: a sweep's learning rates are values of the program)."""
+    base = spec.name.removeprefix("warmup-")
+    options = {"constant": {}, "cosine": {"total_steps": spec.total_steps},
+               "step": {"rate": spec.decay_factor, "every": spec.decay_every},
+               "exponential": {"ratio": spec.ratio, "steps": spec.total_steps}}.get(base)
+    if options is None:
+        raise SvhnJaxError(f"unknown schedule {spec.name!r}; choose one of {', '.join(SCHEDULES)}")
+    if base != spec.name:
+        options["warmup_steps"] = spec.warmup_steps
+    return make_schedule(spec.name, lr, **options)

@@ -1,8 +1,9 @@
 """Where a run stands between compiled segments, and what it tells the user about it.
 
-    Progress        the typed record every checkpoint holds (history, checks, best so far)
+    Progress        the typed record every checkpoint holds (history, checks, best so far),
+                    one per scored entry of a run (a model, or an ensemble)
     say_epoch       one line per epoch on stderr (a bar in front of it on a terminal)
-    SigintFlag      the first Ctrl-C becomes a flag read between segments
+    StopFlag        the first Ctrl-C or SIGTERM becomes a flag read between segments
 
 No JAX here.
 """
@@ -13,7 +14,7 @@ import signal
 import sys
 from typing import NamedTuple
 
-from .runfolder import say
+from .folder import say
 
 
 class EpochSums(NamedTuple):
@@ -36,6 +37,8 @@ class Progress(NamedTuple):
     bad_epochs: int = 0        # epochs since the best one, for early stopping
     sums: EpochSums = EpochSums()
     seconds: float = 0.0       # training time so far, over every session of the run
+    status: str = "training"   # then completed, diverged or gradcheck_failed
+    status_step: int | None = None   # the step that diverged or failed its check
 
 
 def to_json(p: Progress) -> dict:
@@ -72,25 +75,31 @@ def _bar(done: int, total: int, width: int = 20) -> str:
     return "[" + "#" * k + "." * (width - k) + "]"
 
 
-class SigintFlag:
-    """Turns the first Ctrl-C into a flag checked between compiled segments;
-    a second one interrupts at once."""
+class StopFlag:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM (what a scheduler sends before it
+    takes a machine back) into a flag checked between compiled segments; a second
+    signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.set = False
+        self.signal = None
+        self._old = {}
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self._old = None
+        for sig in self.SIGNALS:
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave the signals alone
+                break
         return self
 
     def _handle(self, signum, frame):
         if self.set:
             raise KeyboardInterrupt
-        self.set = True
+        self.set, self.signal = True, signal.Signals(signum).name
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)

@@ -36,9 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import atomic
-from .errors import SvhnJaxError
-from .nn.gradcheck import leaf_names
+from .. import atomic
+from ..errors import SvhnJaxError
+from ..nn.gradcheck import leaf_names
 
 TB_DIR = "tb"          # events of a run or sweep go to OUT/tb
 FLUSH_SECS = 10        # how stale a live TensorBoard may be; flushing runs in a thread

@@ -10,7 +10,6 @@ The pieces, all pure:
     epoch_order  the batch order of an epoch, a pure function of (key, epoch)
     run_steps    `count` steps of training in one compiled scan, with the
                  per-step gradient check inside it when `check_every` asks
-    evaluate     loss, accuracy and predictions over a padded evaluation set
 
 Data live on the device as one array passed to `run_steps` as an argument
 (never closed over, which would bake it into the program); each step gathers
@@ -24,17 +23,14 @@ run resumed from a checkpoint repeats the uninterrupted run bit for bit.
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .data import preprocess
-from .data.arrays import empty_aligned
-from .nn import losses, model, optim, stepcheck
-from .errors import SvhnJaxError
+from ..data import preprocess
+from ..nn import losses, model, optim, schedules, stepcheck
+from ..errors import SvhnJaxError
 
 
 class StepConfig(NamedTuple):
@@ -42,7 +38,7 @@ class StepConfig(NamedTuple):
 
     spec: tuple                       # model.make_spec(...)
     optimizer: str = "adam"           # a name in optim.OPTIMIZERS
-    schedule: tuple = ("constant", ())  # (name, ((option, value), ...)) for optim.make_schedule
+    schedule: schedules.ScheduleSpec = schedules.ScheduleSpec()   # settings.schedule builds it
     batch: int = 64
     grad_mode: str = "manual"         # "manual" (hand VJPs) or "autodiff" (jax.grad)
     shift: int = 0                    # random-shift augmentation, pixels (0: off)
@@ -88,8 +84,7 @@ def check_config(cfg: StepConfig) -> StepConfig:
 
 def make_optimizer(cfg: StepConfig, lr) -> optim.Optimizer:
     """The optimizer for a (possibly traced) base learning rate `lr`."""
-    name, options = cfg.schedule
-    return optim.get(cfg.optimizer, optim.make_schedule(name, lr, **dict(options)))
+    return optim.get(cfg.optimizer, schedules.build(cfg.schedule, lr))
 
 
 def init_state(seed: int, cfg: StepConfig, in_dim: int, hp: Hyper) -> TrainState:
@@ -201,7 +196,7 @@ def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig, loss_
     traces in float32 (see stepcheck.check). A transformation applied to the
     traced check must run inside that scope too: vmap's rule for the cond runs
     when the cond is built, hence the scope around it; vmap of a whole scan
-    would run its rule later, outside any scope, which is why `run_steps_many`
+    would run its rule later, outside any scope, which is why `parallel.segment`
     scans a vmapped step rather than vmapping a scan.
     """
     grads, bn_state, logits = gradients(state, hp, xb, yb, cfg, loss_and_grads)
@@ -261,92 +256,3 @@ def final_grads(state: TrainState, hp: Hyper, X, y, order, i, cfg: StepConfig, l
 # One compiled scan per (config, count). The state's buffers are donated: the
 # caller must use the returned state.
 run_steps = jax.jit(steps, static_argnames=("cfg", "count"), donate_argnums=(0,))
-
-
-@partial(jax.jit, static_argnames=("cfg", "count"), donate_argnums=(0,))
-def run_steps_many(states, hps, X, y, orders, start, cfg: StepConfig, count: int):
-    """`steps` for K configurations at once: each step is jax.vmap-ed over the
-    leading axis of states and hps (the data are shared), so one program trains
-    them all. Outputs have a leading K axis: (K, count).
-
-    orders is (K, L) (one batch order per configuration) or (L,) when all K
-    share it (same seed). A shared order without augmentation gives every
-    configuration the same batch, and vmap then turns the K products x @ W_k
-    into one wider x @ [W_1 ... W_K], which runs faster than K separate ones.
-    """
-    one = lambda i: lambda s, h, o: _step(s, h, X, y, o, i, cfg)
-    body = lambda states, i: jax.vmap(one(i), in_axes=(0, 0, 0 if orders.ndim == 2 else None))(
-        states, hps, orders)
-    states, outs = jax.lax.scan(body, states, start + jnp.arange(count))
-    return states, jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), outs)
-
-
-# ----------------------------------------------------------------- evaluation
-
-
-class EvalSet(NamedTuple):
-    """An evaluation set padded to whole chunks: X (C, B, D), y (C, B), mask (C, B).
-    X is uint8 images (D = 3072, evaluated with a `prep`) or float32 features."""
-
-    X: Any
-    y: Any
-    mask: Any
-
-
-def make_eval_set(X, y, chunk: int = 1024) -> EvalSet:
-    """Pad X (N, ...) / y (N,) to a multiple of `chunk` once, so evaluating it every
-    epoch neither copies nor recompiles. uint8 images stay uint8 (rows of 3072);
-    anything else becomes float32. Padded on the host, in one aligned array that a
-    CPU device shares (see put_images)."""
-    X = np.asarray(X)
-    n = X.shape[0]
-    if n == 0:
-        raise SvhnJaxError("cannot evaluate on an empty set")
-    chunk = min(chunk, n)
-    c = steps_per_epoch(n, chunk)
-    rows = X.reshape(n, -1)
-    Xp = empty_aligned((c * chunk, rows.shape[1]), np.uint8 if X.dtype == np.uint8 else np.float32)
-    Xp[:n], Xp[n:] = rows, 0
-    yp = np.zeros(c * chunk, np.int32)
-    yp[:n] = y
-    mask = np.arange(c * chunk) < n
-    return EvalSet(*jax.device_put((Xp.reshape(c, chunk, -1), yp.reshape(c, chunk),
-                                    mask.reshape(c, chunk))))
-
-
-def _eval_sums(params, bn_state, es: EvalSet, spec, prep):
-    def one(chunk):
-        x, y, m = chunk
-        logits, _, _ = model.forward(params, bn_state, features(x, prep), spec, train=False)
-        z = logits - logits.max(axis=1, keepdims=True)
-        nll = jnp.log(jnp.exp(z).sum(axis=1)) - jnp.take_along_axis(z, y[:, None], axis=1)[:, 0]
-        pred = jnp.argmax(logits, axis=1).astype(jnp.int32)
-        return jnp.sum(jnp.where(m, nll, 0.0)), jnp.sum((pred == y) & m), pred
-
-    nll, correct, pred = jax.lax.map(one, es)
-    n = es.mask.sum()
-    return nll.sum() / n, correct.sum() / n, pred.reshape(-1)
-
-
-_evaluate = jax.jit(_eval_sums, static_argnames=("spec", "prep"))
-
-
-def evaluate(params, bn_state, es: EvalSet, spec, prep=None):
-    """(mean cross-entropy, accuracy, predictions (N,)) with BatchNorm in eval mode;
-    prep: the preprocess.DevicePrep of uint8 images (see features)."""
-    loss, acc, pred = _evaluate(params, bn_state, es, spec, prep)
-    return float(loss), float(acc), np.asarray(pred)[: int(es.mask.sum())]
-
-
-@partial(jax.jit, static_argnames=("spec", "prep"))
-def evaluate_many(params, bn_state, es: EvalSet, spec, prep=None):
-    """Mean cross-entropy (K,) and accuracy (K,) of K stacked parameter sets."""
-    loss, acc, _ = jax.vmap(lambda p, s: _eval_sums(p, s, es, spec, prep))(params, bn_state)
-    return loss, acc
-
-
-def confusion_matrix(y_true, y_pred, k: int = 10) -> np.ndarray:
-    """(K, K) int64 counts: rows are true labels, columns predictions."""
-    m = np.zeros((k, k), np.int64)
-    np.add.at(m, (np.asarray(y_true), np.asarray(y_pred)), 1)
-    return m

@@ -27,8 +27,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from . import atomic
-from .errors import SvhnJaxError
+from .. import atomic
+from ..errors import SvhnJaxError
 
 PROFILE_SUBDIR = Path("plugins") / "profile"
 
@@ -113,7 +113,7 @@ def profile_training(state, hp, X, y, cfg, n: int, logdir, steps: int = 5) -> Pa
     """A trace of `steps` single training steps of epoch 0 after one untraced
     (compiling) step, on a copy of `state`: the run itself is unchanged.
     Returns the trace folder."""
-    from . import train
+    from ..step import train
 
     order = train.epoch_order(state.key, 0, n, cfg.batch)
     cfg = cfg._replace(keep_grads=False)   # once per segment in a run: not part of a step

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import data
-from .config import RunConfig
-from .errors import SvhnJaxError
+from .. import data
+from ..config import RunConfig
+from ..errors import SvhnJaxError
 
 
 def load(c: RunConfig, *, download: bool = False, spec: str | None = None, data_dir=None) -> dict:

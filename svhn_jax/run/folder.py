@@ -15,8 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import atomic, config
-from .errors import DataError, SvhnJaxError
+from .. import atomic, config
+from ..errors import DataError, SvhnJaxError
 
 # What a run, a sweep or lr-find writes; --overwrite removes these (and nothing else).
 RUN_FILES = ("config.json", "history.csv", "gradchecks.csv", "metrics.json", "checkpoint*.npz",

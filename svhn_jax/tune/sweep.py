@@ -5,13 +5,14 @@ A sweep expands per-hyperparameter value lists (or ranges) into configurations,
 by grid or random search. Configurations that differ only in learning rate, L2
 strength and seed share every array shape, so they form one *group* and are
 trained simultaneously: their train states are stacked along a leading axis and
-one jax.vmap-ed, jit-compiled epoch trains them all (`train.run_steps_many`).
+one jax.vmap-ed, jit-compiled program trains them all (a GROUP job of `run.engine`,
+spread over the devices by `step.mesh.placement`).
 Groups differing in anything else (architecture, optimizer, batch size, epochs,
 schedule, augmentation, preprocessing) run one after another.
 
 Selection uses the validation split only; the test split is dropped right
 after loading, and touched once, by the final run of the chosen configuration
-(`runs.train_run`), whose folder `svhn-jax evaluate` understands.
+(`launch.train_run`), whose folder `svhn-jax evaluate` understands.
 """
 
 from __future__ import annotations
@@ -23,14 +24,20 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from . import atomic, config, data, models_axis, rundata, runfolder, runs, stepconfig, tblog, train
-from .config import VMAPPED, RunConfig
-from .data import preprocess
-from .errors import SvhnJaxError
-from .nn import stepcheck
+from .. import atomic, config, data
+from ..step import mesh as meshes
+from ..step import settings as stepconfig, train
+from ..step.evaluate import make_eval_set
+from ..run import engine, launch, tblog
+from ..run import folder as runfolder
+from ..run import parts as rundata
+from ..run.progress import Progress
+from ..config import VMAPPED, RunConfig
+from ..data import preprocess
+from ..errors import SvhnJaxError
+from ..nn import stepcheck
 
 
 def parse_values(name: str, text: str) -> list | tuple:
@@ -120,84 +127,51 @@ def _label(c: RunConfig, swept) -> str:
 # ---------------------------------------------------------------------- sweep
 
 
-def _device_data(parts: dict, c: RunConfig, cache: dict):
-    """(training images, labels, validation set) on the device, uint8, placed once and
-    shared by every group; and the preprocessing fitted for c, once per setting."""
-    if "data" not in cache:
+def _device_data(parts: dict, c: RunConfig, place, cache: dict):
+    """(training images, labels, validation set) on the placement, uint8, placed once
+    per placement and shared by every group; and the preprocessing fitted for c, once
+    per setting."""
+    if place not in cache:
         X_tr, y_tr = parts["train"]
-        cache["data"] = (train.put_images(X_tr), jnp.asarray(y_tr, jnp.int32),
-                         train.make_eval_set(*parts["val"]))
+        cache[place] = (meshes.shard_rows(X_tr.reshape(len(X_tr), -1), y_tr, place),
+                        meshes.replicate(make_eval_set(*parts["val"]), place))
     key = (c.preprocess, c.grayscale)
     if key not in cache:
         cache[key] = preprocess.fit(parts["train"][0], mode=c.preprocess, grayscale=c.grayscale)
-    return cache["data"] + (cache[key],)
+    (X, y), val = cache[place]
+    return X, y, val, cache[key]
 
 
 def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None) -> list[dict]:
-    """Train configurations that differ only in lr/reg/seed together; return one
-    result per configuration (history, best and final validation numbers, status).
-    `cache` shares the data on the device and fitted preprocessing between calls."""
-    c0 = configs[0]
+    """Train configurations that differ only in vmapped settings (lr, reg, seed)
+    together, as one GROUP job of the engine, spread over the devices (c.devices);
+    return one result per configuration (history, best and final validation numbers,
+    status). `cache` shares the data on the devices and fitted preprocessing between
+    calls."""
+    c0, k = configs[0], len(configs)
     n = len(parts["train"][1])
     stepconfig.check_batch(c0, n)
-    X, y, val, prep = _device_data(parts, c0, {} if cache is None else cache)
-    spe = train.steps_per_epoch(n, c0.batch)
-    cfg = stepconfig.step_config(c0, spe, prep)
-    hps = stepconfig.hypers(configs)
-    stack = lambda trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
-    states = stack([train.init_state(c.seed, cfg, preprocess.input_dim(prep), stepconfig.hyper(c))
-                    for c in configs])
-    place = models_axis.placement(len(configs))   # K configurations, about K/D per device
-    states, hps = models_axis.spread((states, hps), place)
-    X, y, val = models_axis.replicate((X, y, val), place)
-    shared = len({c.seed for c in configs}) == 1   # one data order for the whole group
-    orders = jax.jit(jax.vmap(train.epoch_order, in_axes=(0, None, None, None)), static_argnums=(2, 3))
-    if shared:
-        orders = lambda keys, epoch, n, b: train.epoch_order(keys[0], epoch, n, b)
-    k = len(configs)
-    results = [{"history": [], "gradchecks": [], "best_val_acc": -1.0, "best_epoch": 0,
-                "status": "completed"} for _ in configs]
+    place = meshes.placement(k, c0.devices, batch=c0.batch, stacked=True)
+    X, y, val, prep = _device_data(parts, c0, place, {} if cache is None else cache)
+    cfg = stepconfig.step_config(c0, train.steps_per_epoch(n, c0.batch), prep)
+    states = launch.initial_states(configs, cfg, preprocess.input_dim(prep), stacked=True)
+    job = engine.Job(engine.GROUP, tuple(configs), cfg, place,
+                     meshes.spread(stepconfig.hypers(configs), place), X, y, n, val, quiet=True)
     t0 = time.perf_counter()
-    for epoch in range(c0.epochs):
-        te = time.perf_counter()
-        states, (ce, correct, *checks) = train.run_steps_many(
-            states, hps, X, y, orders(states.key, epoch, n, c0.batch), 0, cfg, spe)
-        val_loss, val_acc = train.evaluate_many(states.params, states.bn_state, val, cfg.spec, cfg.prep)
-        ce, val_loss, val_acc = np.asarray(ce), np.asarray(val_loss), np.asarray(val_acc)
-        correct = np.asarray(correct)
-        seconds = time.perf_counter() - te
-        lr_now = [stepconfig.lr_at(cfg, c.lr, (epoch + 1) * spe - 1) for c in configs]
-        for i, r in enumerate(results):
-            if r["status"] != "completed":
-                continue
-            if checks:
-                rows = stepcheck.records(checks[0], epoch + 1, config=i)
-                r["gradchecks"] += rows
-                failed = stepcheck.first_failure(rows)
-                if failed is not None:   # a wrong gradient: not a result to choose
-                    runfolder.say(f"warning: configuration {i + 1} of the group: "
-                                  + stepcheck.message(failed))
-                    r.update(status="gradcheck_failed", gradcheck_failed_at_step=failed["step"])
-                    continue
-            finite = np.isfinite(ce[i])
-            if not finite.all() or not np.isfinite(val_loss[i]):
-                step = epoch * spe + (int(np.argmin(finite)) + 1 if not finite.all() else spe)
-                r.update(status="diverged", diverged_at_step=step)
-                continue
-            r["history"].append({"epoch": epoch + 1, "step": (epoch + 1) * spe,
-                                 "train_loss": float(ce[i].mean()),
-                                 "train_acc": float(correct[i].sum() / (spe * c0.batch)),
-                                 "val_loss": float(val_loss[i]), "val_acc": float(val_acc[i]),
-                                 "lr": lr_now[i], "seconds": seconds / k})
-            if val_acc[i] > r["best_val_acc"]:
-                r.update(best_val_acc=float(val_acc[i]), best_epoch=epoch + 1)
+    _, progs, _ = engine.run(job, meshes.spread(states, place), (Progress(),) * k, 0)
     group_seconds = time.perf_counter() - t0
-    for c, r in zip(configs, results):
-        last = r["history"][-1] if r["history"] else {}
-        r.update(config=c, final_val_loss=last.get("val_loss", float("nan")),
-                 final_val_acc=last.get("val_acc", float("nan")),
-                 final_train_loss=last.get("train_loss", float("nan")),
-                 group_size=k, group_seconds=group_seconds)
+    results = []
+    for c, p in zip(configs, progs):
+        last = p.history[-1] if p.history else {}
+        r = {"history": list(p.history), "gradchecks": list(p.gradchecks),
+             "best_val_acc": p.best_val_acc, "best_epoch": p.best_epoch, "status": p.status,
+             "config": c, "final_val_loss": last.get("val_loss", float("nan")),
+             "final_val_acc": last.get("val_acc", float("nan")),
+             "final_train_loss": last.get("train_loss", float("nan")),
+             "group_size": k, "group_seconds": group_seconds}
+        if p.status != "completed":
+            r[f"{p.status}_at_step"] = p.status_step
+        results.append(r)
     return results
 
 
@@ -234,7 +208,7 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
     seconds = time.perf_counter() - t0
     ok = [r for r in results if r["status"] == "completed"]
     if not ok:
-        raise runs.Diverged("every configuration diverged; lower the learning rates")
+        raise launch.Diverged("every configuration diverged; lower the learning rates")
     ok.sort(key=lambda r: (-r["best_val_acc"], r["final_val_loss"]))
     ranked = ok + [r for r in results if r["status"] != "completed"]
     rows = [{"rank": i + 1, **{a: _show(getattr(r["config"], a)) if a == "hidden" else getattr(r["config"], a)
@@ -257,14 +231,14 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
         best = ranked[0]["config"].replace(train_on_val=(final_on == "train+val"))
         runfolder.say(f"final: retraining the best configuration ({_label(best, swept)}) on "
                        f"{final_on} and evaluating once on test", quiet=quiet)
-        summary["final"] = runs.train_run(best, out / "final", overwrite=overwrite, quiet=quiet)
+        summary["final"] = launch.train_run(best, out / "final", overwrite=overwrite, quiet=quiet)
         summary["final_run"] = str(out / "final")
     atomic.write_json(out / "results.json", summary)
     return summary
 
 
 def _write_outputs(out: Path, rows, ranked, swept, axes):
-    from . import plots
+    from .. import plots
 
     runfolder.write_csv(out / "results.csv", rows)
     curves = [{"label": _label(r["config"], swept), "history": r["history"]} for r in ranked]

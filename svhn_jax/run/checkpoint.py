@@ -24,8 +24,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from . import atomic
-from .errors import DataError
+from .. import atomic
+from ..errors import DataError
 
 
 def _flatten(tree):

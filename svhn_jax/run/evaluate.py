@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jax
 import numpy as np
 
-from . import checkpoint, data, ensemble, rundata, runfolder, stepconfig, train
-from .data import preprocess
-from .errors import SvhnJaxError
-from .nn import model
+from .. import data
+from ..data import preprocess
+from ..errors import SvhnJaxError
+from ..step import evaluate as evaluation
+from ..step import settings
+from . import folder, launch
+from . import parts as run_parts
 
 SPLITS = ("train", "val", "test", "all")
 
@@ -38,32 +40,29 @@ def choose_images(c, loaded: dict, *, own: bool, split: str | None) -> tuple[str
     if split == "all":
         arrays = list(loaded.values())
         return split, (np.concatenate([X for X, _ in arrays]), np.concatenate([y for _, y in arrays]))
-    return split, rundata.split(c, loaded, consume=True)[split]   # loaded is ours alone
+    return split, run_parts.split(c, loaded, consume=True)[split]   # loaded is ours alone
 
 
 def evaluate_run(run, spec: str | None = None, *, split: str | None = None, data_dir=None) -> dict:
     """Accuracy, loss, per-class accuracy and confusion of the run's best parameters,
     plus `split`, `n` and `overlap_with_training` (scored images the run trained on)."""
     run = Path(run)
-    c, derived = runfolder.read_run(run)
+    c, derived = folder.read_run(run)
     own = spec is None or _same_data(str(spec), c.data)
-    loaded = rundata.load(c, spec=spec, data_dir=data_dir)
+    loaded = run_parts.load(c, spec=spec, data_dir=data_dir)
     split, (X, y) = choose_images(c, loaded, own=own, split=split)
     prep = derived["preprocessing"]
-    cfg = stepconfig.step_config(c, 1, prep)   # the network and the per-batch preprocessing
-    net, es = cfg.spec, train.make_eval_set(X, y)
+    cfg = settings.step_config(c, 1, prep)   # the network and the per-batch preprocessing
+    es = evaluation.make_eval_set(X, y)
+    best = launch.load_best(run, c, cfg.spec, preprocess.input_dim(prep))
     extra = {}
     if c.ensemble > 1:   # the members' averaged probabilities, scored as one model
-        best = ensemble.load_best(run, c, net, preprocess.input_dim(prep))
-        loss, acc, pred, members = ensemble.evaluate(best["params"], best["bn_state"], es, net,
-                                                     prep=cfg.prep)
+        loss, acc, pred, members = evaluation.evaluate_ensemble(best["params"], best["bn_state"], es,
+                                                                cfg.spec, prep=cfg.prep)
         extra = {"ensemble": c.ensemble, "member_accuracy": members}
     else:
-        params, bn_state = jax.eval_shape(lambda: model.init(jax.random.key(0), net,
-                                                             preprocess.input_dim(prep)))
-        best, _ = checkpoint.load(run / "best.npz", {"params": params, "bn_state": bn_state})
-        loss, acc, pred = train.evaluate(best["params"], best["bn_state"], es, net, cfg.prep)
-    conf = train.confusion_matrix(y, pred)
+        loss, acc, pred = evaluation.evaluate(best["params"], best["bn_state"], es, cfg.spec, cfg.prep)
+    conf = evaluation.confusion_matrix(y, pred)
     trained = run / "train_fingerprints.npy"
     overlap = (data.count_overlap(data.image_fingerprints(X), np.load(trained, allow_pickle=False))
                if trained.exists() else None)

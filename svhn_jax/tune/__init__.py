@@ -1,0 +1,2 @@
+"""Choosing settings on validation: sweeps (`sweep`) and the learning-rate range
+test (`lrfind`)."""
