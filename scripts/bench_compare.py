@@ -33,6 +33,7 @@ import csv
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -245,4 +246,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # a terminated comparison still removes its worktrees (SystemExit runs main's finally)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     sys.exit(main())
