@@ -150,7 +150,7 @@ def compare(args) -> int:
     if args.fd_eps is not None and not 0 < args.fd_eps < 1:
         raise errors.SvhnJaxError(f"--fd-eps must lie between 0 and 1, got {args.fd_eps}; e.g. 1e-5")
     c = flags.make_config(args, "lr-find")
-    if c.devices != "1":
+    if c.devices not in ("1", "auto"):
         raise errors.SvhnJaxError("compare_grads compares gradients on one device; drop --devices "
                                   "(svhn-jax gradcheck --devices N proves the sharded backward)")
     if args.lr is not None:

@@ -5,6 +5,7 @@ what to do) and exits with `exit_code`, so no user mistake ends in a traceback.
 All of them are `ValueError`s, so library callers can catch them that way.
 """
 
+import os
 import sys
 
 EXIT_OK = 0
@@ -13,6 +14,7 @@ EXIT_USAGE = 2          # bad argument or bad array passed in
 EXIT_DATA = 3           # data missing, unreadable, corrupt or invalid
 EXIT_NETWORK = 4        # download failed (host unreachable, checksum mismatch)
 EXIT_DIVERGED = 5       # training produced a non-finite loss
+EXIT_PROCESS_LOST = 6   # another process of a several-process run died or stopped answering
 EXIT_INTERRUPTED = 130  # Ctrl-C; a checkpoint was written first
 
 
@@ -46,6 +48,22 @@ class Interrupted(SvhnJaxError):
     exit_code = EXIT_INTERRUPTED
 
 
+class ProcessLost(SvhnJaxError):
+    """Another process of the run died or stopped answering; every process stops."""
+
+    exit_code = EXIT_PROCESS_LOST
+
+
+def error_types() -> dict:
+    """Every error type by name (another process's error is re-raised as its own type)."""
+    found, todo = {}, [SvhnJaxError]
+    while todo:
+        cls = todo.pop()
+        found[cls.__name__] = cls
+        todo += cls.__subclasses__()
+    return found
+
+
 def run(fn, *args) -> int:
     """fn(*args) for a command line: a user's mistake becomes one `error:` line on stderr
     and its exit code, Ctrl-C outside training (nothing to save yet) exit code 130."""
@@ -53,6 +71,10 @@ def run(fn, *args) -> int:
         return fn(*args)
     except SvhnJaxError as e:
         print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, ProcessLost):   # not through JAX's shutdown, which would wait for it
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

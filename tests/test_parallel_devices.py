@@ -184,7 +184,7 @@ def test_cli_gradcheck_on_a_mesh(capsys):
     assert cli.main(args + ["--devices", "3"]) == 2
     assert "does not split evenly over 3 devices" in capsys.readouterr().err
     assert cli.main(args + ["--devices", "two"]) == 2
-    assert "positive integer or 'all'" in capsys.readouterr().err
+    assert "positive integer, all or auto" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------- training on N devices

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from . import checkpoint, outputs, progress, tblog
+from . import agree, checkpoint, outputs, progress, tblog
 from ..config import RunConfig
 from ..errors import Diverged, Interrupted, SvhnJaxError
 from ..nn import stepcheck
@@ -60,7 +60,9 @@ class Job(NamedTuple):
     y: Any
     n_train: int
     val: Any                  # evaluation set on the placement; None: no validation
-    out: Path | None = None   # run folder (SINGLE, ENSEMBLE); None: nothing kept on disk
+    out: Path | None = None   # run folder (SINGLE, ENSEMBLE): its outputs; None: none written
+    checkpoints: Path | None = None   # folder of checkpoint.npz (the run folder, a sweep group's)
+    resume: str = ""          # the command that resumes the job, for the stop message
     derived: dict | None = None   # what the run derived from its data (config.json)
     tb: Any = None            # TensorBoard writer (process 0), or None
     quiet: bool = False
@@ -162,9 +164,12 @@ def run(job: Job, states, progs: tuple, step: int, trace: list | None = None):
                     if limit:
                         count = min(count, limit - step)
                 states, outs = parallel.run_segment(states, job.hps, job.X, job.y, epoch_orders, pos,
-                                                    job.cfg, count, job.place)
+                                                    cfg=job.cfg, count=count, place=job.place)
                 seg = _host(job, outs)
                 pos, step = pos + count, step + count
+                # every process takes the same decisions: a stop request anywhere stops all
+                asked, why = agree.vote("segment", (seg.ce, seg.correct, *(seg.checks or ())),
+                                        flag.set, flag.signal)
                 if trace is not None:
                     trace.append(seg.ce)
                 if seg.checks is not None:
@@ -172,7 +177,7 @@ def run(job: Job, states, progs: tuple, step: int, trace: list | None = None):
                 seconds = time.perf_counter() - t0
                 progs = _diverged(job, states, progs, seg.ce, step - count)
                 progs = _add_segment(job, progs, seg, count, seconds)
-                stop = flag.set or bool(job.stop_after_steps and step - start >= job.stop_after_steps)
+                stop = asked or bool(job.stop_after_steps and step - start >= job.stop_after_steps)
                 if stop or (c.checkpoint_every and pos < spe) or _ended_early(job, progs, step):
                     break
             if pos == spe and job.val is not None:   # the epoch is complete: score it first
@@ -180,13 +185,13 @@ def run(job: Job, states, progs: tuple, step: int, trace: list | None = None):
                 if job.kind in (SINGLE, ENSEMBLE):
                     progress.say_epoch(progs[0], c.epochs, c.epochs * spe - step, step - start,
                                        time.perf_counter() - wall0, job.quiet)
-            if job.out is not None:
+            if job.checkpoints is not None:
                 save_checkpoint(job, states, progs)
             if stop:
                 outputs.write(job, states, progs, "interrupted", step)
-                why = f"{flag.signal} received" if flag.signal else "interrupted"
-                raise Interrupted(f"{why} at step {step}; a checkpoint was written. Resume with: "
-                                  f"svhn-jax train --resume {job.out}")
+                saved = ("a checkpoint was written. Resume with: " + job.resume if job.checkpoints
+                         else "nothing is kept: run it again")
+                raise Interrupted(f"{why or 'interrupted'} at step {step}; {saved}")
 
 
 def _ended_early(job: Job, progs, step: int) -> bool:
@@ -204,10 +209,28 @@ def _finished(job: Job, progs, epoch: int, step: int) -> bool:
 
 def save_checkpoint(job: Job, states, progs) -> None:
     """The newest state and progress, atomically (every process takes part in reading
-    states spread over processes; process 0 writes)."""
+    states spread over processes; process 0 writes). One entry's progress is stored as
+    a run folder always has; a sweep group's K entries as a list."""
+    from .processes import is_main_process
+
     tree = {"state": meshes.to_host(meshes.real(states, job.place))}
-    if job.keeps:
-        checkpoint.save(job.out / "checkpoint.npz", tree, {"progress": progress.to_json(progs[0])})
+    prog = progress.to_json(progs[0]) if len(progs) == 1 else [progress.to_json(p) for p in progs]
+    if is_main_process():
+        checkpoint.save(job.checkpoints / "checkpoint.npz", tree, {"progress": prog})
+
+
+def load_checkpoint(folder: Path, template, k_entries: int):
+    """(states, progs, step) from folder/checkpoint.npz (or the previous one)."""
+    from .processes import is_main_process
+
+    tree, meta = checkpoint.load(folder / "checkpoint.npz", template,
+                                 warn=lambda m: say(m, quiet=not is_main_process()))
+    entries = meta["progress"] if isinstance(meta["progress"], list) else [meta["progress"]]
+    if len(entries) != k_entries:
+        raise SvhnJaxError(f"{folder}/checkpoint.npz holds {len(entries)} entries, this job has "
+                           f"{k_entries}")
+    states = tree["state"]
+    return states, tuple(map(progress.from_json, entries)), int(np.max(np.asarray(states.step)))
 
 
 def _add_segment(job: Job, progs, seg: Segment, count: int, seconds: float):
@@ -304,9 +327,10 @@ def scores(job: Job, states) -> list[tuple[float, float, dict]]:
 
 def _end_epoch(job: Job, states, progs, epoch: int, step: int, grads=None):
     """Score the finished epoch, keep each entry's best, rewrite history.csv, log it."""
-    c = job.c
+    c, scored = job.c, scores(job, states)
+    agree.vote("epoch", ([(loss, acc) for loss, acc, _ in scored],))
     out = []
-    for e, ((loss, acc, extra), members, p) in enumerate(zip(scores(job, states), job.entries, progs)):
+    for e, ((loss, acc, extra), members, p) in enumerate(zip(scored, job.entries, progs)):
         if p.status != "training":
             out.append(p)
             continue

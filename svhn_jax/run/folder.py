@@ -21,7 +21,7 @@ from ..errors import DataError, SvhnJaxError
 # What a run, a sweep or lr-find writes; --overwrite removes these (and nothing else).
 RUN_FILES = ("config.json", "history.csv", "gradchecks.csv", "metrics.json", "checkpoint*.npz",
              "best.npz", "train_fingerprints.npy", "*.png", "results.csv", "results.json",
-             "lr_find.csv", "lr_find.json")
+             "lr_find.csv", "lr_find.json", "sweep.json")
 
 
 def check_run_dir(out: Path, *, overwrite: bool) -> None:
@@ -45,7 +45,8 @@ def ensure_run_dir(out: Path, *, overwrite: bool) -> None:
         for name in RUN_FILES:
             for f in out.glob(name):
                 f.unlink()
-        shutil.rmtree(out / "tb", ignore_errors=True)   # tblog.TB_DIR
+        for name in ("tb", "groups"):   # tblog.TB_DIR; a sweep's groups
+            shutil.rmtree(out / name, ignore_errors=True)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write_test"

@@ -34,7 +34,7 @@ from ..nn import model
 from ..step import mesh as meshes
 from ..step import settings, train
 from ..step.evaluate import make_eval_set
-from . import checkpoint, engine, folder, outputs, parts as run_parts, processes, progress, tblog
+from . import agree, checkpoint, engine, folder, outputs, parts as run_parts, processes, progress, tblog
 from .folder import say
 
 __all__ = ["train_run", "resume_run", "load_best", "Diverged", "Interrupted"]
@@ -51,6 +51,7 @@ def place(c: RunConfig) -> meshes.Placement:
     return meshes.placement(c.ensemble, c.devices, batch=c.batch, stacked=c.ensemble > 1)
 
 
+@agree.lost_peers_reported()
 def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False,
               profile=None, stop_after_steps: int | None = None) -> dict:
     """Train as `c` says into the new run folder `out`; returns the metrics.
@@ -63,14 +64,16 @@ def train_run(c: RunConfig, out, *, overwrite=False, download=False, quiet=False
     if profile and c.ensemble > 1:
         raise SvhnJaxError("--profile traces a single model's steps; drop --profile or --ensemble")
     out, main = Path(out), processes.is_main_process()
-    if main:
-        folder.check_run_dir(out, overwrite=overwrite)
-    where = place(c)
-    parts, n = _load(c, where, download)
-    if main:
-        folder.ensure_run_dir(out, overwrite=overwrite)
+    with agree.together("start"):   # with several processes: one fails, all stop, alike
+        if main:
+            folder.check_run_dir(out, overwrite=overwrite)
+        where = place(c)
+        parts, n = _load(c, where, download)
+        settings.check_batch(c, n)
+        if main:
+            folder.ensure_run_dir(out, overwrite=overwrite)
+    same_everywhere(c, parts, n, _resume_hint(out))
     X_tr = parts["train"][0]
-    settings.check_batch(c, n)
     fps, sum_over = data.image_fingerprints(X_tr), None
     if n != len(X_tr):   # this process holds some of the rows: statistics over all of them
         fps, sum_over = processes.gather_rows(fps, n, where), processes.sum_over_processes
@@ -97,6 +100,7 @@ def _load(c: RunConfig, where: meshes.Placement, download: bool = False) -> tupl
     return run_parts.load_split_rows(c, lambda n: meshes.local_rows(n, where), download=download)
 
 
+@agree.lost_peers_reported()
 def resume_run(out, *, quiet=False, devices: str | None = None,
                stop_after_steps: int | None = None) -> dict:
     """Continue the run in folder `out` from its newest checkpoint, with its own settings
@@ -116,14 +120,31 @@ def resume_run(out, *, quiet=False, devices: str | None = None,
         raise SvhnJaxError(f"{out} stopped before its first checkpoint, so there is nothing to "
                            f"resume; start it again with: svhn-jax train --config "
                            f"{out}/config.json --out {out} --overwrite")
-    where = place(c)
-    parts, n = _load(c, where)
-    if n != derived["n_train"]:
-        raise DataError(f"the data now give {n} training images, the run "
-                        f"was started with {derived['n_train']}: resume with the same data, or "
-                        f"start a new run")
+    with agree.together("resume"):
+        where = place(c)
+        parts, n = _load(c, where)
+        if n != derived["n_train"]:
+            raise DataError(f"the data now give {n} training images, the run "
+                            f"was started with {derived['n_train']}: resume with the same data, or "
+                            f"start a new run")
+    same_everywhere(c, parts, n, _resume_hint(out))
     return _train(c, derived, parts, out, where, resume=True, quiet=quiet, profile=None,
                   stop_after_steps=stop_after_steps)
+
+
+def same_everywhere(c: RunConfig, parts: dict, n: int, hint: str) -> None:
+    """Several processes: the same settings (but where each finds its data) and the
+    same data (its validation images, which every process loads whole); and from now
+    on, a lost process ends the others with `hint` (how to resume)."""
+    facts = {k: v for k, v in config.to_json(c).items() if k not in ("data", "data_dir")}
+    agree.same("settings", {**facts, "training images": n,
+                            "validation images": agree.digest(*parts["val"])})
+    agree.set_hint(hint)
+
+
+def _resume_hint(out: Path) -> str:
+    return (f"The newest checkpoint in {out} is intact; resume with: svhn-jax train --resume "
+            f"{out} (one process will do, or the processes that are left)")
 
 
 def initial_states(configs, cfg: train.StepConfig, in_dim: int, stacked: bool):
@@ -145,10 +166,7 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, where: meshes.Pl
     template = jax.eval_shape(lambda: {"state": initial_states(configs, cfg, in_dim, stacked)})
     quiet = quiet or not main
     if resume:
-        tree, meta = checkpoint.load(out / "checkpoint.npz", template,
-                                     warn=lambda m: say(m, quiet=not main))
-        states, prog = tree["state"], progress.from_json(meta["progress"])
-        step = int(np.max(np.asarray(states.step)))
+        states, (prog,), step = engine.load_checkpoint(out, template, 1)
         say(f"resuming {out} at step {step}", quiet=quiet)
     else:
         states, prog, step = initial_states(configs, cfg, in_dim, stacked), progress.Progress(), 0
@@ -167,7 +185,8 @@ def _train(c: RunConfig, derived: dict, parts: dict, out: Path, where: meshes.Pl
     job = engine.Job(engine.ENSEMBLE if stacked else engine.SINGLE, configs, cfg, where,
                      meshes.place_models(hp, where), X, y, n,
                      meshes.replicate(make_eval_set(*parts["val"]), where), out=out,
-                     derived=derived, tb=tb, quiet=quiet, stop_after_steps=stop_after_steps)
+                     checkpoints=out, resume=f"svhn-jax train --resume {out}", derived=derived,
+                     tb=tb, quiet=quiet, stop_after_steps=stop_after_steps)
     try:
         states, progs, step = engine.run(job, meshes.place_models(states, where), (prog,), step)
         best = {"params": template["state"].params, "bn_state": template["state"].bn_state}

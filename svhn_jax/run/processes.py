@@ -14,6 +14,7 @@ result (state, metrics) is readable in every process.
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 
@@ -22,6 +23,7 @@ import numpy as np
 
 from ..errors import SvhnJaxError
 from ..step import mesh as meshes
+from . import agree
 
 ENV = ("SVHN_JAX_COORDINATOR", "SVHN_JAX_NUM_PROCESSES", "SVHN_JAX_PROCESS_ID")
 
@@ -54,19 +56,36 @@ def process_settings(coordinator=None, num_processes=None, process_id=None, envi
     return str(coordinator), num, pid
 
 
-def initialize(coordinator=None, num_processes=None, process_id=None, *, timeout_s: int = 300) -> bool:
+def initialize(coordinator=None, num_processes=None, process_id=None, *,
+               timeout_s: float = 60) -> bool:
     """jax.distributed.initialize from process_settings; False (nothing done) for
-    a single process. Must run before JAX computes anything. Every process
-    then sees all devices (jax.devices()) and computes on its own; make_mesh
-    ("all") spans them, and process 0 (is_main_process) writes the outputs."""
+    a single process. Must run before JAX computes anything. Every process then
+    sees all devices (jax.devices()) and computes on its own; the mesh spans them,
+    and process 0 (is_main_process) writes the outputs.
+
+    timeout_s bounds every wait on another process: joining (a coordinator that
+    cannot be reached, a process that never starts), each agreement round, and the
+    silence after which a peer counts as lost (timeout_s / 2, see run.agree). JAX's
+    own heartbeat timeout is set well beyond it, so that the run's message comes first.
+    """
     settings = process_settings(coordinator, num_processes, process_id)
     if settings is None:
         return False
+    if not timeout_s > 0:
+        raise SvhnJaxError(f"--process-timeout must be a number of seconds > 0, got {timeout_s}")
     try:
-        jax.distributed.initialize(*settings, initialization_timeout=timeout_s)
-    except RuntimeError as e:
+        jax.distributed.initialize(*settings, initialization_timeout=max(1, int(timeout_s)),
+                                   heartbeat_timeout_seconds=int(2 * timeout_s) + 30,
+                                   shutdown_timeout_seconds=max(1, int(timeout_s)))
+    except Exception as e:   # RuntimeError or JaxRuntimeError, by jax version
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise SvhnJaxError(f"could not join the processes at {settings[0]} as process "
-                           f"{settings[2]} of {settings[1]}: {e}") from None
+                           f"{settings[2]} of {settings[1]} within {timeout_s:g} s ({reason}); "
+                           f"start process 0 first with --coordinator at its address, and give "
+                           f"each process its own --process-id") from None
+    agree.configure(timeout_s)
+    agree.start_watchdog()
+    atexit.register(agree.finish)
     return True
 
 

@@ -98,7 +98,7 @@ class StopFlag:
     def _handle(self, signum, frame):
         if self.set:
             raise KeyboardInterrupt
-        self.set, self.signal = True, signal.Signals(signum).name
+        self.set, self.signal = True, f"{signal.Signals(signum).name} received"
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():

@@ -12,13 +12,15 @@ from ..config import RunConfig
 from ..data import preprocess
 from ..errors import SvhnJaxError
 from ..nn import schedules
-from ..run import engine, folder, launch
+from ..nn import stepcheck
+from ..run import agree, engine, folder, launch, processes
 from ..run import parts as run_parts
 from ..run.progress import Progress
 from ..step import mesh as meshes
 from ..step import settings, train
 
 
+@agree.lost_peers_reported()
 def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98, overwrite=False,
             download=False) -> dict:
     """The learning-rate range test (Smith 2015; fastai's lr_find).
@@ -35,14 +37,19 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     out = Path(out)
     if not (0 < lr_min < lr_max < math.inf) or steps < 10:
         raise SvhnJaxError("lr-find needs 0 < --lr-min < --lr-max and --steps >= 10")
-    folder.check_run_dir(out, overwrite=overwrite)
-    parts = run_parts.load_split(c, download=download)
-    folder.ensure_run_dir(out, overwrite=overwrite)
-    X_tr, y_tr = parts["train"]
-    n = len(y_tr)
-    settings.check_batch(c, n)
+    main = processes.is_main_process()
+    with agree.together("start"):
+        if main:
+            folder.check_run_dir(out, overwrite=overwrite)
+        parts = run_parts.load_split(c, download=download)
+        X_tr, y_tr = parts["train"]
+        n = len(y_tr)
+        settings.check_batch(c, n)
+        place = launch.place(c)
+        if main:
+            folder.ensure_run_dir(out, overwrite=overwrite)
+    launch.same_everywhere(c, parts, n, "lr-find keeps no checkpoint: run it again")
     prep = preprocess.fit(X_tr, mode=c.preprocess, grayscale=c.grayscale)
-    place = launch.place(c)
     X, y = meshes.shard_rows(X_tr.reshape(n, -1), y_tr, place)
     spe = train.steps_per_epoch(n, c.batch)
     cfg = settings.step_config(c, spe, prep)._replace(schedule=schedules.ScheduleSpec(
@@ -67,17 +74,17 @@ def lr_find(c: RunConfig, out, *, lr_min=1e-7, lr_max=10.0, steps=300, beta=0.98
     smooth = np.asarray(smooth)
     i_min = int(np.argmin(smooth))
     suggestion = float(lrs[i_min] / 10)
-    from .. import plots
-    plots.lr_find(lrs[:stop], raw[:stop], out / "lr_find.png", suggestion=suggestion, smoothing=beta)
-    rows = [{"step": i, "lr": float(lrs[i]), "loss": float(raw[i]), "smoothed": float(smooth[i])}
-            for i in range(len(smooth))]
-    folder.write_csv(out / "lr_find.csv", rows)
     result = {"suggested_lr": suggestion, "lr_at_min_loss": float(lrs[i_min]),
               "min_smoothed_loss": float(smooth[i_min]), "steps_read": stop, "optimizer": c.optimizer,
               "devices": place.devices}
     if prog.gradchecks:
-        from ..nn import stepcheck
-        folder.write_csv(out / "gradchecks.csv", list(prog.gradchecks))
         result.update(stepcheck.summary(list(prog.gradchecks)))
-    atomic.write_json(out / "lr_find.json", result)
+    if main:
+        from .. import plots
+        plots.lr_find(lrs[:stop], raw[:stop], out / "lr_find.png", suggestion=suggestion, smoothing=beta)
+        folder.write_csv(out / "lr_find.csv", [{"step": i, "lr": float(lrs[i]), "loss": float(raw[i]),
+                                                "smoothed": float(smooth[i])} for i in range(len(smooth))])
+        if prog.gradchecks:
+            folder.write_csv(out / "gradchecks.csv", list(prog.gradchecks))
+        atomic.write_json(out / "lr_find.json", result)
     return result

@@ -30,7 +30,7 @@ from .. import atomic, config, data
 from ..step import mesh as meshes
 from ..step import settings as stepconfig, train
 from ..step.evaluate import make_eval_set
-from ..run import engine, launch, tblog
+from ..run import agree, engine, launch, processes, tblog
 from ..run import folder as runfolder
 from ..run import parts as rundata
 from ..run.progress import Progress
@@ -142,12 +142,15 @@ def _device_data(parts: dict, c: RunConfig, place, cache: dict):
     return X, y, val, cache[key]
 
 
-def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None) -> list[dict]:
+def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None, *,
+                folder: Path | None = None, resume: str = "") -> list[dict]:
     """Train configurations that differ only in vmapped settings (lr, reg, seed)
     together, as one GROUP job of the engine, spread over the devices (c.devices);
     return one result per configuration (history, best and final validation numbers,
     status). `cache` shares the data on the devices and fitted preprocessing between
-    calls."""
+    calls. With `folder`, the group checkpoints there (at every epoch's end and every
+    --checkpoint-every steps) and starts from a checkpoint it finds there; `resume` is
+    the command that continues it, for the message of a stop request."""
     c0, k = configs[0], len(configs)
     n = len(parts["train"][1])
     stepconfig.check_batch(c0, n)
@@ -155,10 +158,14 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
     X, y, val, prep = _device_data(parts, c0, place, {} if cache is None else cache)
     cfg = stepconfig.step_config(c0, train.steps_per_epoch(n, c0.batch), prep)
     states = launch.initial_states(configs, cfg, preprocess.input_dim(prep), stacked=True)
+    progs, step = (Progress(),) * k, 0
+    if folder is not None and any(folder.glob("checkpoint*.npz")):
+        states, progs, step = engine.load_checkpoint(folder, jax.eval_shape(lambda: {"state": states}), k)
     job = engine.Job(engine.GROUP, tuple(configs), cfg, place,
-                     meshes.spread(stepconfig.hypers(configs), place), X, y, n, val, quiet=True)
+                     meshes.spread(stepconfig.hypers(configs), place), X, y, n, val,
+                     checkpoints=folder, resume=resume, quiet=True)
     t0 = time.perf_counter()
-    _, progs, _ = engine.run(job, meshes.spread(states, place), (Progress(),) * k, 0)
+    _, progs, _ = engine.run(job, meshes.spread(states, place), progs, step)
     group_seconds = time.perf_counter() - t0
     results = []
     for c, p in zip(configs, progs):
@@ -175,6 +182,10 @@ def train_group(configs: list[RunConfig], parts: dict, cache: dict | None = None
     return results
 
 
+PLAN = "sweep.json"   # what a sweep was asked to do: svhn-jax sweep --resume reads it
+
+
+@agree.lost_peers_reported()
 def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_seed=0, final=True,
           final_on="train", overwrite=False, quiet=False, download=False) -> dict:
     """Run a sweep into folder `out`; returns the summary (also in out/results.json)."""
@@ -184,11 +195,69 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
         raise SvhnJaxError(f"cannot sweep {', '.join(unknown)}; sweepable: {', '.join(config.SWEEPABLE)}")
     if final_on not in ("train", "train+val"):
         raise SvhnJaxError(f"--final-on must be train or train+val, got {final_on!r}")
-    points = expand(axes, search=search, trials=trials, seed=search_seed)
+    plan = {"settings": config.to_json(base), "axes": {a: _axis_json(v) for a, v in axes.items()},
+            "search": search, "trials": trials, "search_seed": search_seed, "final": final,
+            "final_on": final_on}
+    expand(axes, search=search, trials=trials, seed=search_seed)   # its errors, before loading
+    main = processes.is_main_process()
+    with agree.together("start"):
+        if main:
+            runfolder.check_run_dir(out, overwrite=overwrite)
+        parts = rundata.load_split(base, download=download)
+        if main:
+            runfolder.ensure_run_dir(out, overwrite=overwrite)
+            atomic.write_json(out / PLAN, plan)
+    launch.same_everywhere(base, parts, len(parts["train"][1]), _hint(out))
+    return _run(plan, out, parts, quiet=quiet, overwrite=overwrite)
+
+
+@agree.lost_peers_reported()
+def resume_sweep(out, *, quiet=False) -> dict:
+    """Continue the sweep in folder `out`: finished groups are read back, an interrupted
+    one continues from its checkpoint, the rest (and the final run) are trained."""
+    out = Path(out)
+    try:
+        plan = json.loads((out / PLAN).read_text())
+    except OSError:
+        raise SvhnJaxError(f"{out} is not a sweep folder (no {PLAN}); pass the --out folder of a "
+                           f"svhn-jax sweep") from None
+    except ValueError as e:
+        raise SvhnJaxError(f"{out / PLAN} is damaged ({e}); start the sweep again") from None
+    done = out / "results.json"
+    if done.exists():
+        runfolder.say(f"{out} already completed; nothing to resume", quiet=quiet)
+        return json.loads(done.read_text())
+    with agree.together("resume"):
+        base = config.from_json(plan["settings"], str(out / PLAN))
+        parts = rundata.load_split(base)
+    launch.same_everywhere(base, parts, len(parts["train"][1]), _hint(out))
+    return _run(plan, out, parts, quiet=quiet, overwrite=False)
+
+
+def _hint(out: Path) -> str:
+    return f"The newest group checkpoint is intact; resume with: svhn-jax sweep --resume {out}"
+
+
+def _axis_json(spec):
+    if isinstance(spec, tuple):   # a range
+        return {"range": list(spec[1:])}
+    return {"values": [list(v) if isinstance(v, tuple) else v for v in spec]}
+
+
+def _axis(name: str, spec: dict):
+    if "range" in spec:
+        return ("range", *spec["range"])
+    return [tuple(v) if config.kind(name) == "tuple" else v for v in spec["values"]]
+
+
+def _run(plan: dict, out: Path, parts: dict, *, quiet: bool, overwrite: bool) -> dict:
+    """Train every group of the plan (reading back those a previous session finished),
+    rank on validation, write the outputs, and retrain the best once for test."""
+    base = config.from_json(plan["settings"], str(out / PLAN))
+    axes = {a: _axis(a, spec) for a, spec in plan["axes"].items()}
+    main = processes.is_main_process()
+    points = expand(axes, search=plan["search"], trials=plan["trials"], seed=plan["search_seed"])
     configs = [config.make(base=base, **p) for p in points]
-    runfolder.check_run_dir(out, overwrite=overwrite)
-    parts = rundata.load_split(base, download=download)
-    runfolder.ensure_run_dir(out, overwrite=overwrite)
     parts.pop("test", None)   # selection sees train and validation only
     overlap = rundata.split_overlaps(parts, data.image_fingerprints(parts["train"][0]))
     if overlap["overlap_train_val"]:
@@ -200,11 +269,21 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
     swept = [a for a in axes if len({_show(getattr(c, a)) for c in configs}) > 1] or list(axes)
     results, t0, cache = [], time.perf_counter(), {}
     for i, group in enumerate(groups.values()):
+        folder = out / "groups" / f"g{i:03d}"
+        if (folder / "results.json").exists():
+            results += [_result_from_json(r) for r in json.loads((folder / "results.json").read_text())]
+            continue
         if not quiet:
             runfolder.say(f"group {i + 1}/{len(groups)}: {len(group)} configuration(s) trained at once "
-                           f"({_label(group[0], [a for a in swept if a not in VMAPPED]) or 'one shape'})",
-                           quiet=False)
-        results += train_group(group, parts, cache)
+                          f"({_label(group[0], [a for a in swept if a not in VMAPPED]) or 'one shape'})",
+                          quiet=False)
+        done = train_group(group, parts, cache, folder=folder, resume=f"svhn-jax sweep --resume {out}")
+        if main:   # its results stand for it now: its checkpoints are no longer needed
+            atomic.write_json(folder / "results.json",
+                              [dict(r, config=config.to_json(r["config"])) for r in done])
+            for f in folder.glob("checkpoint*.npz"):
+                f.unlink()
+        results += done
     seconds = time.perf_counter() - t0
     ok = [r for r in results if r["status"] == "completed"]
     if not ok:
@@ -219,22 +298,40 @@ def sweep(base: RunConfig, axes: dict, out, *, search="grid", trials=10, search_
              "diverged_at_step": r.get("diverged_at_step", ""), "group_size": r["group_size"],
              **(stepcheck.summary(r["gradchecks"]) if base.gradcheck_every else {})}
             for i, r in enumerate(ranked)]
-    summary = {"swept": swept, "search": search, "configurations": len(results), "groups": len(groups),
-               "sweep_seconds": seconds, "vmapped_axes": list(VMAPPED), "results": rows,
+    summary = {"swept": swept, "search": plan["search"], "configurations": len(results),
+               "groups": len(groups), "sweep_seconds": seconds, "vmapped_axes": list(VMAPPED),
+               "results": rows,
                "best": {k: getattr(ranked[0]["config"], k) for k in sorted(set(axes) | set(VMAPPED))},
                "settings": config.to_json(base),
                **overlap}
-    _write_outputs(out, rows, ranked, swept, axes)
-    if base.tensorboard:
-        tblog.log_sweep(out / tblog.TB_DIR, [dict(r, config=config.to_json(r["config"])) for r in ranked])
-    if final:
-        best = ranked[0]["config"].replace(train_on_val=(final_on == "train+val"))
+    if main:
+        _write_outputs(out, rows, ranked, swept, axes)
+        if base.tensorboard:
+            tblog.log_sweep(out / tblog.TB_DIR, [dict(r, config=config.to_json(r["config"])) for r in ranked])
+    if plan["final"]:
+        best = ranked[0]["config"].replace(train_on_val=(plan["final_on"] == "train+val"))
         runfolder.say(f"final: retraining the best configuration ({_label(best, swept)}) on "
-                       f"{final_on} and evaluating once on test", quiet=quiet)
-        summary["final"] = launch.train_run(best, out / "final", overwrite=overwrite, quiet=quiet)
+                      f"{plan['final_on']} and evaluating once on test", quiet=quiet)
+        summary["final"] = _final(best, out / "final", overwrite=overwrite, quiet=quiet)
         summary["final_run"] = str(out / "final")
-    atomic.write_json(out / "results.json", summary)
+    if main:
+        atomic.write_json(out / "results.json", summary)
     return summary
+
+
+def _result_from_json(r: dict) -> dict:
+    """A configuration's result as written by a previous session (strict JSON keeps
+    undefined numbers as null: they are NaN again)."""
+    nan = {k: float("nan") for k in ("final_val_loss", "final_val_acc", "final_train_loss")
+           if r.get(k) is None}
+    return dict(r, **nan, config=config.from_json(r["config"]))
+
+
+def _final(best: RunConfig, run: Path, *, overwrite: bool, quiet: bool) -> dict:
+    """The final run: continued when an earlier session of the sweep began it."""
+    if any(run.glob("checkpoint*.npz")):
+        return launch.resume_run(run, quiet=quiet)
+    return launch.train_run(best, run, overwrite=overwrite or run.exists(), quiet=quiet)
 
 
 def _write_outputs(out: Path, rows, ranked, swept, axes):
