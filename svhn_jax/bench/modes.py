@@ -308,6 +308,7 @@ def make_record(mode, c, n, steps, in_dim, row_bytes, compile_s, times, load, *,
 
 
 def model_spec(c) -> tuple:
+    """The network of RunConfig c (model.make_spec)."""
     from ..nn import model
 
     return model.make_spec(c.hidden, batchnorm=c.batchnorm)

@@ -115,8 +115,9 @@ def roof(hidden: Sequence[int], in_dim: int, peak_size: int, stream_bytes: float
 
 def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs: int = 3,
         n: int = 73257, modes: Sequence[str] | str = MODES, seed: int = 0, *,
-        eager_steps: int = 20, peak_size: int = 2048, gradcheck_every: int = 0, devices: Sequence[int] | str | None = None,
-        progress: Callable[[str], None] | None = None, keep: list | None = None) -> dict:
+        eager_steps: int = 20, peak_size: int = 2048, gradcheck_every: int = 0,
+        devices: Sequence[int] | str | None = None, progress: Callable[[str], None] | None = None,
+        keep: list | None = None) -> dict:
     """Measure every mode for every (hidden, batch); returns the JSON report:
 
     {"peak_gflops", "peak_gflops_start", "peak_gflops_end", "stream_gbs", "stream_bytes",
@@ -273,8 +274,8 @@ def format_report(report: dict) -> str:
     if any(r["extrapolated"] for r in report["results"]):
         lines.append("eager: s/epoch extrapolated from the median of its timed steps.")
     if report["busy_warning"]:
-        lines.append("WARNING: other processes kept the CPU busy during "
-                     + ("the roofline measurement and " if report["roof_busy"] else "")
-                     + "at least one mode (BUSY above); absolute times and ratios may be off. "
-                     "Rerun on a quiet machine.")
+        during = (["the roofline measurement"] if report["roof_busy"] else []) + (
+            ["at least one mode (BUSY above)"] if any(r["busy"] for r in report["results"]) else [])
+        lines.append(f"WARNING: other processes kept the CPU busy during {' and '.join(during) or 'the run'}; "
+                     "absolute times, floors and ratios may be off. Rerun on a quiet machine.")
     return "\n".join(lines)
