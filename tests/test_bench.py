@@ -223,6 +223,37 @@ def test_floors_arithmetic():
     assert modes.spread([1.0, 3.0, 2.0]) == 1.0 and modes.spread([2.0, 2.0]) == 0.0
 
 
+def test_modes_are_timed_interleaved_in_alternating_order():
+    """Every mode is warmed up first; then each round times one epoch of every mode,
+    first to last, then last to first; each mode's done() gets its own epochs' times."""
+    calls = []
+
+    def runner(name):
+        epochs = iter([1.0, 2.0, 3.0])
+        return modes.Runner(warm=lambda: calls.append(("warm", name)) or 0.5,
+                            epoch=lambda: calls.append(("epoch", name)) or next(epochs),
+                            done=lambda times, compile_s, load: (times, compile_s, load["wall_s"] >= 0))
+
+    out = modes.measure({"a": runner("a"), "b": runner("b"), "c": runner("c")}, epochs=3)
+    assert calls == [("warm", "a"), ("warm", "b"), ("warm", "c"),
+                     ("epoch", "a"), ("epoch", "b"), ("epoch", "c"),
+                     ("epoch", "c"), ("epoch", "b"), ("epoch", "a"),
+                     ("epoch", "a"), ("epoch", "b"), ("epoch", "c")]
+    assert out == {m: ([1.0, 2.0, 3.0], 0.5, True) for m in "abc"}
+
+
+def test_loads_of_several_windows_combine_by_wall_time():
+    windows = [{"other_busy_cores": 1.0, "steal_cores": 0.0, "wall_s": 3.0},
+               {"other_busy_cores": 0.0, "steal_cores": 0.4, "wall_s": 1.0}]
+    c = machine.combine_loads(windows)
+    assert (c["other_busy_cores"], c["steal_cores"], c["wall_s"]) == (0.75, 0.1, 4.0)
+    assert c["busy"] is True   # 0.75 cores > BUSY_THRESHOLD_CORES
+    quiet = machine.combine_loads([{"other_busy_cores": 0.1, "steal_cores": 0.0, "wall_s": 2.0}])
+    assert quiet["busy"] is False
+    unknown = machine.combine_loads(windows + [{"other_busy_cores": None, "steal_cores": None, "wall_s": 1.0}])
+    assert unknown["other_busy_cores"] is None and unknown["busy"] is None
+
+
 def test_bandwidth_positive_finite():
     assert _positive(machine.bandwidth_gbs(1e5, repeats=2, moved=1e7))
 

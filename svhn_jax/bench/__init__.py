@@ -34,10 +34,13 @@ The references train the same network with the same learning rate and L2
 (constant schedule) on the float32 features, without shifts: less work per
 step than the training path, so a speed-up over them understates JAX's.
 
-Protocol per mode: a first call (for the jitted modes it includes tracing and
-compilation), a warm-up epoch, then `epochs` timed epochs (wall time, ended by
-`block_until_ready`). The batch order of an epoch is computed before its timer
-starts, in every mode.
+Protocol (`modes.measure`): for each (hidden, batch), every mode first trains
+what is not timed, a first call (for the jitted modes it includes tracing and
+compilation) and a warm-up epoch; then `epochs` rounds time one epoch of every
+mode each (wall time, ended by `block_until_ready`), in alternating order (first
+to last, then last to first), so that a load that comes and goes on a shared
+machine hits every mode alike instead of whichever ran during it. The batch
+order of an epoch is computed before any timer starts, in every mode.
 
     s_per_epoch    median of the timed epochs; spread (slowest - fastest) / median
     compile_s      jitted modes: first call minus a second call of the same work
@@ -85,12 +88,13 @@ still run on the CPU (runs_on).
 
 from . import scaling
 from .machine import measure_load, peak_gflops
-from .modes import JAX_MODES, Data, Measurement, jax_setup, make_data, measure_jax, measure_ref, run_config
+from .modes import (JAX_MODES, Data, Measurement, Runner, jax_runner, jax_setup, make_data, measure,
+                    measure_jax, ref_runner, run_config)
 from .suite import MODES, RATIO_PAIRS, check_args, device_name, format_report, parse_modes, ratios, run
 
-__all__ = ["MODES", "JAX_MODES", "RATIO_PAIRS", "Data", "Measurement", "parse_modes", "check_args",
-           "make_data", "run_config", "jax_setup", "measure_jax", "measure_ref", "ratios", "device_name",
-           "run", "format_report", "measure_load", "peak_gflops", "scaling"]
+__all__ = ["MODES", "JAX_MODES", "RATIO_PAIRS", "Data", "Measurement", "Runner", "parse_modes", "check_args",
+           "make_data", "run_config", "jax_setup", "jax_runner", "ref_runner", "measure", "measure_jax", "ratios",
+           "device_name", "run", "format_report", "measure_load", "peak_gflops", "scaling"]
 
 
 def profile(hidden: int, batch: int, n: int, folder, seed: int = 0):

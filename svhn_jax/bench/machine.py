@@ -6,7 +6,8 @@ memory bandwidth and the CPU load of other processes while a measurement runs.
     bandwidth_gbs(nbytes, repeats) GB/s of a streaming triad with jitted JAX over a
                                    working set of nbytes (the bench's memory roofline).
     load_start() / load_stop(tok)  CPU used by OTHER processes during a measurement,
-    measure_load()                 from /proc/stat; a context manager around the pair.
+    measure_load()                 from /proc/stat; a context manager around the pair;
+    combine_loads(loads)           several windows' loads as one.
 
 Timing belongs to benchmarks, never to pass/fail tests; see GUIDE.md section 5 for
 the pitfalls on 2-core machines (another busy process halves XLA's speed and can
@@ -181,6 +182,20 @@ def load_stop(token: LoadToken, path: str = _PROC_STAT) -> dict:
     result["other_busy_cores"] = other
     result["busy"] = other > BUSY_THRESHOLD_CORES
     result["steal_cores"] = max(0.0, (steal - token.steal) / wall)
+    return result
+
+
+def combine_loads(loads: list[dict]) -> dict:
+    """load_stop results of several windows (a mode's interleaved epochs) as one:
+    other_busy_cores and steal_cores averaged over the windows weighted by their wall
+    seconds, busy judged on that average; None where any window has None."""
+    wall = sum(ld["wall_s"] for ld in loads)
+    result = {"other_busy_cores": None, "cores": _cores(), "wall_s": wall, "busy": None, "steal_cores": None}
+    if not loads or wall <= 0 or any(ld["other_busy_cores"] is None for ld in loads):
+        return result
+    for key in ("other_busy_cores", "steal_cores"):
+        result[key] = sum(ld[key] * ld["wall_s"] for ld in loads) / wall
+    result["busy"] = result["other_busy_cores"] > BUSY_THRESHOLD_CORES
     return result
 
 

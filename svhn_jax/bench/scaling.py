@@ -122,8 +122,11 @@ def _measure_mesh(mode: str, hidden: int, batch: int, place, X, y, fitted: dict,
     orders = modes.epoch_orders(state.key, n, batch, 2 + epochs)
     state, hp, orders = meshes.replicate((state, hp, orders), place)  # before the timers, once
     run_steps = partial(parallel.run_steps, place=place)
+    warm, epoch, final = modes.scan_epochs(state, hp, X, y, orders, cfg, spe, run_steps)
     with machine.measure_load() as load:
-        _, compile_s, times, losses = modes.run_scan(state, hp, X, y, orders, cfg, spe, epochs, run_steps)
+        compile_s = warm()
+        times = [epoch() for _ in range(epochs)]
+    _, losses = final()
     record = modes.make_record(mode, c, n, spe, in_dim, int(X.shape[1]), compile_s, times, load,
                                loss=float(np.mean(np.asarray(losses[-1]), dtype=np.float64)),
                                loss_includes_l2=False, extrapolated=False, runs_on=None, inputs=modes.IMAGES)

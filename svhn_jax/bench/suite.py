@@ -9,7 +9,7 @@ import numpy as np
 
 from ..errors import SvhnJaxError
 from . import checks, machine, roofline, scaling
-from .modes import FEATURES, JAX_MODES, add_floors, make_data, measure_jax, measure_ref
+from .modes import FEATURES, JAX_MODES, add_floors, jax_runner, make_data, measure, ref_runner
 
 MODES = JAX_MODES + ("numpy", "torch_eager")
 
@@ -167,17 +167,18 @@ def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs
     results, skipped = [], []
     for h in hidden:
         for b in batch:
+            runners = {}
             for mode in modes:
                 if mode in JAX_MODES:
-                    m = measure_jax(mode, h, b, F if mode == "scan_features" else X, y, data.fitted,
-                                    epochs=epochs, seed=seed, eager_steps=eager_steps)
+                    runners[mode] = jax_runner(mode, h, b, F if mode == "scan_features" else X, y, data.fitted,
+                                               epochs=epochs, seed=seed, eager_steps=eager_steps)
+                elif (r := ref_runner(mode, h, b, data, seed=seed)) is not None:
+                    runners[mode] = r
                 else:
-                    m = measure_ref(mode, h, b, data, epochs=epochs, seed=seed)
-                if m is None:
                     skipped.append({"mode": mode, "hidden": h, "batch": b,
                                     "reason": "torch is not installed (pip install torch)"})
                     say(f"{mode:14s} H={h} B={b}: skipped (torch is not installed)")
-                    continue
+            for mode, m in measure(runners, epochs).items():
                 results.append(m.record)
                 if keep is not None:
                     keep.append(m)
