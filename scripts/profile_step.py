@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 from collections import Counter
 
@@ -65,13 +66,17 @@ def main(argv=None) -> None:
         by_prim[prims.get(op, "other")] += us / steps
     ops_us = sum(by_prim.values())
     step_us = statistics.median(times["steps"].values()) / steps
+    shapes = dict(re.findall(r"^\s*(?:ROOT )?%?([\w.-]+) = (\w+\[[\d,]*\])", hlo, re.M))
+    products = sorted(((us / steps, op, shapes.get(op, "?")) for op, us in times["ops"].items()
+                       if prims.get(op) == "dot_general"), reverse=True)
     flops = refs.flops_per_epoch(c.batch, in_dim, a.hidden)   # the products of one step
     products_gflops = flops / by_prim["dot_general"] / 1e3
     result = {"trace": str(session), "batch": c.batch, "hidden": a.hidden, "steps": steps,
               "step_us": step_us, "ops_us_per_step": ops_us, "by_primitive_us": dict(by_prim.most_common()),
               "matmul_fraction": by_prim["dot_general"] / ops_us, "peak_gflops": peak,
               "products_gflops": products_gflops, "products_frac_peak": products_gflops / peak,
-              "step_frac_compute_floor": flops / peak / 1e3 / step_us}
+              "step_frac_compute_floor": flops / peak / 1e3 / step_us,
+              "products_us": [{"op": op, "shape": shape, "us": us} for us, op, shape in products]}
     if a.json:
         print(json.dumps(result, indent=2))
         return
@@ -80,6 +85,8 @@ def main(argv=None) -> None:
           f"{steps} steps), {ops_us:.0f} us in XLA ops")
     for prim, us in by_prim.most_common(8):
         print(f"  {prim:14s} {us:7.1f} us  {us / ops_us:6.1%}")
+    print("  the largest products (result shape): " + ", ".join(
+        f"{shape} {us:.0f} us" for us, _, shape in products[:3]))
     print(f"the products: {flops / 1e6:.1f} MFLOP a step at {products_gflops:.0f} GFLOP/s, "
           f"{products_gflops / peak:.0%} of the measured peak ({peak:.0f} GFLOP/s): the step reaches "
           f"{result['step_frac_compute_floor']:.0%} of its compute floor, and could reach "

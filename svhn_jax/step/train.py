@@ -140,11 +140,12 @@ def _shift_images(x, offsets, s: int, i):
         return jax.vmap(crop)(imgs, offsets)
 
     # Speed, not maths: XLA:CPU fuses a gather with the arithmetic around it into one
-    # loop that runs element by element, unvectorised (the normalisation fused into
-    # the shift's gather cost more than both products of a step). A conditional is a
-    # boundary fusion does not cross: the gather moves bytes alone, the normalisation
-    # runs as a vectorised loop of its own. Its predicate is always true; it depends
-    # on the step's index i alone, which vmapped models share, so it stays a branch.
+    # loop that runs element by element, unvectorised (the normalisation fused into the
+    # shift's gather took more than half as long as the step's products). A conditional
+    # is a boundary fusion does not cross: the gather moves bytes alone, the
+    # normalisation runs as a vectorised loop of its own. Its predicate is always true;
+    # it depends on the step's index i alone, which vmapped models share, so it stays a
+    # branch. Other backends fuse a gather well, and would wait on the predicate.
     rows = (jax.lax.cond(i >= 0, gather, lambda: jnp.zeros((b, 32, 96), x.dtype))
             if jax.default_backend() == "cpu" else gather())
     inside = lambda o: (jnp.arange(32) + o[:, None] - s >= 0) & (jnp.arange(32) + o[:, None] - s < 32)
