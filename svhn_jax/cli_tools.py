@@ -177,10 +177,12 @@ def cmd_bench(args) -> int:
 
 def add_bench(sub):
     p = sub.add_parser("bench", help="seconds per epoch: scan vs jitted step vs eager vs NumPy vs PyTorch",
-                       description="Time training epochs of the same MLP (Adam, synthetic SVHN-shaped "
-                                   "data) in each mode, back to back in one process, with the machine's "
-                                   "peak GFLOP/s and the CPU load of other processes. Timings drift "
-                                   "between runs: compare the ratios.")
+                       description="Time training epochs of the mission's MLP (synthetic SVHN-shaped "
+                                   "images, normalised and shifted in the step as svhn-jax train does) "
+                                   "in each mode, back to back in one process, against the floors the "
+                                   "machine's measured matmul peak and memory bandwidth set, with the CPU "
+                                   "load of other processes. Timings drift between runs: compare the "
+                                   "ratios.")
     p.add_argument("--hidden", type=int_list, default=(128,), help="hidden sizes to try, e.g. 128 or 128,512")
     p.add_argument("--batch", type=int_list, default=(64, 512), help="batch sizes to try (default 64,512)")
     p.add_argument("--epochs", type=int, default=3, help="timed epochs per mode, after a warm-up (median)")
@@ -210,5 +212,5 @@ def add_bench(sub):
     p.set_defaults(func=cmd_bench)
 
 
-MODES_FOR_HELP = ("scan_manual", "scan_autodiff", "jit_manual", "jit_autodiff", "eager", "numpy",
-                  "torch_eager")  # = bench.MODES; building the parser imports nothing heavy
+MODES_FOR_HELP = ("scan_manual", "scan_autodiff", "scan_features", "jit_manual", "jit_autodiff", "eager",
+                  "numpy", "torch_eager")  # = bench.MODES; building the parser imports nothing heavy

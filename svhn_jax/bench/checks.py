@@ -1,15 +1,15 @@
 """`svhn-jax bench --gradcheck-every N`: what the per-step gradient check costs.
 
 The mission's network and training settings (`svhn-jax train --preset
-mission`): Dense(1024 -> H) - ReLU - Dense(10) on grayscale 32x32 inputs,
-hand-written gradients, Adam lr 3e-3 on a cosine schedule, L2 3e-3, batch B,
-random shifts of 2 pixels. The inputs are the bench's synthetic images turned
-to luminance and standardised per image (the preset's preprocessing).
+mission`, `modes.run_config`): Dense(1024 -> H) - ReLU - Dense(10) on the
+bench's uint8 images, turned to luminance and standardised per image inside
+the step, hand-written gradients, Adam lr 3e-3 on a cosine schedule, L2 3e-3,
+batch B, random shifts of 2 pixels.
 
 The same epochs (same initial state, same batch order) are compiled twice,
-without checks and with `check_every` = N (`train.StepConfig`), and timed
-alternately, plain then checked, epoch after epoch, after one warm-up epoch
-each (compilation excluded): a load that comes and goes hits both alike.
+without checks and with `gradcheck_every` = N, and timed alternately, plain
+then checked, epoch after epoch, after one warm-up epoch each (compilation
+excluded): a load that comes and goes hits both alike.
 ratio = median checked epoch / median plain epoch.
 """
 
@@ -18,46 +18,30 @@ from __future__ import annotations
 import statistics
 import time
 
-import numpy as np
-
 from . import machine
-from .modes import make_data
-
-MISSION = {"lr": 3e-3, "reg": 3e-3, "shift": 2}
+from .modes import jax_setup, run_config
 
 
-def grayscale(X: np.ndarray) -> np.ndarray:
-    """(n, 3072) RGB rows -> (n, 1024) float32 luminance, standardised per image."""
-    g = X.reshape(len(X), 32 * 32, 3) @ np.asarray([0.299, 0.587, 0.114], np.float32)
-    g -= g.mean(axis=1, keepdims=True)
-    g /= g.std(axis=1, keepdims=True) + np.float32(1e-6)
-    return g.astype(np.float32)
-
-
-def measure(hidden: int, batch: int, n: int, every: int, *, epochs: int = 3, seed: int = 0) -> dict:
+def measure(hidden: int, batch: int, data, X, y, every: int, *, epochs: int = 3, seed: int = 0) -> dict:
     """Seconds per epoch of the mission's training with and without a gradient
-    check every `every` steps, measured alternately; returns the record
+    check every `every` steps, measured alternately, on X, y (the device arrays of
+    data.images and data.labels, a modes.Data); returns the record
 
     {"hidden", "batch", "n", "every", "checks_per_epoch", "s_per_epoch_plain",
      "s_per_epoch_checked", "ratio", "epoch_s_plain", "epoch_s_checked",
      "other_busy_cores", "busy"}
     """
     import jax
-    import jax.numpy as jnp
 
+    from ..data import preprocess
     from ..step import train
-    from ..nn import model, schedules
 
-    X8, y8 = make_data(n, seed)
-    X, y = jax.device_put(grayscale(X8)), jax.device_put(y8)
+    n = len(data.labels)
     spe = train.steps_per_epoch(n, batch)
-    plain = train.check_config(train.StepConfig(
-        model.make_spec((hidden,)), "adam",
-        schedules.ScheduleSpec("cosine", total_steps=max(2, (epochs + 1) * spe)),
-        batch, "manual", MISSION["shift"], (32, 32, 1)))
-    cfgs = (plain, plain._replace(check_every=every))
-    hp = train.Hyper(jnp.float32(MISSION["lr"]), jnp.float32(MISSION["reg"]))
-    states = [train.init_state(seed, cfg, X.shape[1], hp) for cfg in cfgs]
+    c = run_config(hidden, batch, seed=seed, epochs=epochs + 1)
+    (plain, hp), (checked, _) = (jax_setup(c.replace(gradcheck_every=k), n, data.fitted) for k in (0, every))
+    cfgs = (plain, checked)
+    states = [train.init_state(seed, cfg, preprocess.input_dim(data.fitted), hp) for cfg in cfgs]
     orders = [jax.block_until_ready(train.epoch_order(states[0].key, e, n, batch)) for e in range(epochs + 1)]
     times = ([], [])
 

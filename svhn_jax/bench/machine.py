@@ -1,10 +1,13 @@
-"""The machine around a measurement: its peak float32 matrix-multiply rate and
-the CPU load of other processes while a measurement runs.
+"""The machine around a measurement: its peak float32 matrix-multiply rate, its
+memory bandwidth and the CPU load of other processes while a measurement runs.
 
     peak_gflops(n, repeats)        float32 matmul GFLOP/s with jitted JAX (the peak
                                    the bench reports); numpy_peak_gflops likewise.
+    bandwidth_gbs(nbytes, repeats) GB/s of a streaming triad with jitted JAX over a
+                                   working set of nbytes (the bench's memory roofline).
     load_start() / load_stop(tok)  CPU used by OTHER processes during a measurement,
-    measure_load()                 from /proc/stat; a context manager around the pair.
+    measure_load()                 from /proc/stat; a context manager around the pair;
+    combine_loads(loads)           several windows' loads as one.
 
 Timing belongs to benchmarks, never to pass/fail tests; see GUIDE.md section 5 for
 the pitfalls on 2-core machines (another busy process halves XLA's speed and can
@@ -70,6 +73,29 @@ def numpy_peak_gflops(n: int = 2048, repeats: int = 5, dtype=np.float32) -> floa
     out = np.empty((n, n), dtype)
     seconds = _best_seconds(lambda: np.matmul(a, b, out=out), repeats)
     return 2.0 * n**3 / seconds / 1e9
+
+
+def bandwidth_gbs(nbytes: float, repeats: int = 5, moved: float = 256e6) -> float:
+    """Measured memory bandwidth, GB/s, of jitted JAX over a working set of `nbytes`.
+
+    The STREAM triad a <- b + 0.5 a on two float32 arrays of nbytes / 2 each,
+    repeated k times inside one compiled `lax.fori_loop` (k chosen so a call
+    moves about `moved` bytes: a call's dispatch then costs nothing measurable).
+    Each repetition reads a and b and writes a: 1.5 * nbytes. The best of
+    `repeats` timed calls after one warm-up call, each ended by
+    `block_until_ready`. The working set decides which memory answers: a few MB
+    stay in the caches, hundreds of MB stream from DRAM; so the bench measures it
+    at the size of the bytes it compares it with.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    n = max(1024, int(nbytes) // 8)
+    k = max(2, math.ceil(moved / (12 * n)))
+    triad = jax.jit(lambda a, b: jax.lax.fori_loop(0, k, lambda i, a: b + np.float32(0.5) * a, a))
+    a, b = jnp.ones(n, jnp.float32), jnp.full(n, 0.25, jnp.float32)
+    seconds = _best_seconds(lambda: triad(a, b).block_until_ready(), repeats)
+    return 12.0 * n * k / seconds / 1e9
 
 
 # --------------------------------------------------------------------------- load
@@ -156,6 +182,20 @@ def load_stop(token: LoadToken, path: str = _PROC_STAT) -> dict:
     result["other_busy_cores"] = other
     result["busy"] = other > BUSY_THRESHOLD_CORES
     result["steal_cores"] = max(0.0, (steal - token.steal) / wall)
+    return result
+
+
+def combine_loads(loads: list[dict]) -> dict:
+    """load_stop results of several windows (a mode's interleaved epochs) as one:
+    other_busy_cores and steal_cores averaged over the windows weighted by their wall
+    seconds, busy judged on that average; None where any window has None."""
+    wall = sum(ld["wall_s"] for ld in loads)
+    result = {"other_busy_cores": None, "cores": _cores(), "wall_s": wall, "busy": None, "steal_cores": None}
+    if not loads or wall <= 0 or any(ld["other_busy_cores"] is None for ld in loads):
+        return result
+    for key in ("other_busy_cores", "steal_cores"):
+        result[key] = sum(ld[key] * ld["wall_s"] for ld in loads) / wall
+    result["busy"] = result["other_busy_cores"] > BUSY_THRESHOLD_CORES
     return result
 
 

@@ -6,10 +6,10 @@ devices for each requested D: the same compiled epoch scan as `svhn-jax train
 --devices D`, the global batch B split along the mesh axis `data` (B / D rows
 per device), the training set stored split by rows. The plain single-device
 `train.run_steps` (no mesh) runs first, as the reference of what the mesh
-itself costs on one device. The data are the bench's float32 features
-(`modes.make_data`, scaled to [-1, 1], prep=None), not the uint8 images with
-per-batch preprocessing that `svhn-jax train` keeps on the device: the same
-inputs as the other bench modes, so their times compare.
+itself costs on one device. The data are the bench's uint8 images, normalised
+and shifted per batch inside the step, with the mission's settings
+(`modes.run_config`), as `svhn-jax train` runs them and the bench's scan modes
+time them.
 
 Protocol as for the scan modes (package docstring): epoch 0 (with compilation),
 a warm-up epoch, then `epochs` timed epochs; s_per_epoch is their median. Each
@@ -107,22 +107,29 @@ def cpu_note(backend: str, counts: Sequence[int]) -> str | None:
 # ------------------------------------------------------------------------ run
 
 
-def _measure_mesh(mode: str, hidden: int, batch: int, place, X, y, n: int, *, epochs: int, seed: int):
+def _measure_mesh(mode: str, hidden: int, batch: int, place, X, y, fitted: dict, n: int, *, epochs: int,
+                  seed: int):
     """One scan mode on the mesh, X and y from mesh.shard_rows -> (record, step losses)."""
+    from ..data import preprocess
     from ..step import mesh as meshes
     from ..step import parallel, train
 
-    cfg, hp = modes.jax_setup(hidden, batch, "autodiff" if mode.endswith("autodiff") else "manual", seed)
+    c = modes.run_config(hidden, batch, "autodiff" if mode.endswith("autodiff") else "manual", seed, 2 + epochs)
+    cfg, hp = modes.jax_setup(c, n, fitted)
     spe = train.steps_per_epoch(n, batch)
-    state = train.init_state(seed, cfg, int(X.shape[1]), hp)
+    in_dim = preprocess.input_dim(fitted)
+    state = train.init_state(seed, cfg, in_dim, hp)
     orders = modes.epoch_orders(state.key, n, batch, 2 + epochs)
     state, hp, orders = meshes.replicate((state, hp, orders), place)  # before the timers, once
     run_steps = partial(parallel.run_steps, place=place)
+    warm, epoch, final = modes.scan_epochs(state, hp, X, y, orders, cfg, spe, run_steps)
     with machine.measure_load() as load:
-        _, compile_s, times, losses = modes.run_scan(state, hp, X, y, orders, cfg, spe, epochs, run_steps)
-    record = modes.make_record(mode, hidden, batch, n, spe * batch, compile_s, times, load,
+        compile_s = warm()
+        times = [epoch() for _ in range(epochs)]
+    _, losses = final()
+    record = modes.make_record(mode, c, n, spe, in_dim, int(X.shape[1]), compile_s, times, load,
                                loss=float(np.mean(np.asarray(losses[-1]), dtype=np.float64)),
-                               loss_includes_l2=False, extrapolated=False, runs_on=None)
+                               loss_includes_l2=False, extrapolated=False, runs_on=None, inputs=modes.IMAGES)
     return record, np.concatenate([np.asarray(v, np.float32) for v in losses])
 
 
@@ -135,11 +142,11 @@ def _fields(record: dict, devices: int, mesh: bool) -> dict:
             "samples_per_s_per_device": record["samples_per_s"] / devices}
 
 
-def measure(hidden: Sequence[int], batch: Sequence[int], counts: Sequence[int], X_host, y_host, X, y, *,
+def measure(hidden: Sequence[int], batch: Sequence[int], counts: Sequence[int], data, X, y, *,
             epochs: int = 3, seed: int = 0, progress: Callable[[str], None] | None = None) -> dict:
     """Every scan mode for every (hidden, batch), without a mesh and on a mesh of
-    each of `counts` devices (1 among them). X_host, y_host: the host data; X, y
-    the same on the default device (for the no-mesh reference). Returns
+    each of `counts` devices (1 among them). data: the bench's modes.Data (host);
+    X, y its images and labels on the default device (for the no-mesh reference). Returns
 
     {"devices": counts, "modes", "records": [record, ...], "max_loss_diff", "note"}
 
@@ -151,20 +158,21 @@ def measure(hidden: Sequence[int], batch: Sequence[int], counts: Sequence[int], 
     from ..step import mesh as meshes
 
     say = progress or (lambda msg: None)
-    n = len(y_host)
+    n = len(data.labels)
     measured, losses = {}, {}
     for d in (None,) + tuple(counts):  # one copy of the sharded set at a time
         if d is not None:
             place = meshes.data_placement(d)
-            Xs, ys = meshes.shard_rows(X_host, y_host, place)
+            Xs, ys = meshes.shard_rows(data.images, data.labels, place)
         for h in hidden:
             for b in batch:
                 for mode in SCAN_MODES:
                     if d is None:
-                        m = modes.measure_jax(mode, h, b, X, y, epochs=epochs, seed=seed)
+                        m = modes.measure_jax(mode, h, b, X, y, data.fitted, epochs=epochs, seed=seed)
                         record, steps = _fields(m.record, 1, False), m.step_losses
                     else:
-                        record, steps = _measure_mesh(mode, h, b, place, Xs, ys, n, epochs=epochs, seed=seed)
+                        record, steps = _measure_mesh(mode, h, b, place, Xs, ys, data.fitted, n, epochs=epochs,
+                                                      seed=seed)
                         record = _fields(record, d, True)
                     measured[h, b, mode, d], losses[h, b, mode, d] = record, steps
                     say(f"{mode:14s} H={h} B={b} devices={d or 'no mesh'}: "

@@ -8,14 +8,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..errors import SvhnJaxError
-from . import checks, machine, scaling
-from .modes import JAX_MODES, measure_jax, measure_ref, make_data
+from . import checks, machine, roofline, scaling
+from .modes import FEATURES, JAX_MODES, add_floors, jax_runner, make_data, measure, ref_runner
 
 MODES = JAX_MODES + ("numpy", "torch_eager")
 
 #: Speed-ups reported for each (hidden, batch): t(b) / t(a), so > 1 means `a` is faster.
 RATIO_PAIRS = (
     ("scan_manual", "scan_autodiff"),
+    ("scan_manual", "scan_features"),
     ("jit_manual", "jit_autodiff"),
     ("scan_manual", "jit_manual"),
     ("scan_autodiff", "jit_autodiff"),
@@ -95,16 +96,39 @@ def device_name() -> str:
     return getattr(d, "device_kind", None) or d.platform
 
 
+def roof(hidden: Sequence[int], in_dim: int, peak_size: int, stream_bytes: float) -> dict:
+    """The machine's roofline, measured now: matmul peak, streaming bandwidth over
+    `stream_bytes` (the data set's size), and the bandwidth at the size of each hidden
+    size's state bytes (roofline module), with the load of other processes meanwhile."""
+    from .modes import model_spec, run_config
+
+    with machine.measure_load() as load:
+        peak = machine.peak_gflops(peak_size)
+        stream = machine.bandwidth_gbs(stream_bytes)
+        state = {}
+        for h in hidden:
+            c = run_config(h, 1)
+            size = roofline.state_bytes(roofline.param_count(model_spec(c), in_dim), c.optimizer)
+            state[h] = (size, machine.bandwidth_gbs(size))
+    return {"peak_gflops": peak, "stream_gbs": stream, "state": state, "busy": bool(load.get("busy"))}
+
+
 def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs: int = 3,
         n: int = 73257, modes: Sequence[str] | str = MODES, seed: int = 0, *,
         eager_steps: int = 20, peak_size: int = 2048, gradcheck_every: int = 0,
-        devices: Sequence[int] | str | None = None,
-        progress: Callable[[str], None] | None = None, keep: list | None = None) -> dict:
+        devices: Sequence[int] | str | None = None, progress: Callable[[str], None] | None = None,
+        keep: list | None = None) -> dict:
     """Measure every mode for every (hidden, batch); returns the JSON report:
 
-    {"peak_gflops", "peak_gflops_start", "peak_gflops_end", "peak_busy", "device",
-     "backend", "results": [record, ...], "skipped": [...], "ratios": {...},
-     "gradcheck": [record, ...], "scaling": {...} or null, "busy_warning"}
+    {"peak_gflops", "peak_gflops_start", "peak_gflops_end", "stream_gbs", "stream_bytes",
+     "state_gbs": [{"hidden", "bytes", "gbs"}, ...], "roof_busy", "device", "backend",
+     "results": [record, ...], "skipped": [...], "ratios": {...}, "gradcheck": [record, ...],
+     "scaling": {...} or null, "busy_warning"}
+
+    The roofline (peak, bandwidths) is measured before and after the modes; the
+    larger of each pair is used for the floors. The streaming bandwidth is measured
+    over a working set of the data set's size (n * 3072 bytes), from which the
+    batches are gathered.
 
     gradcheck_every > 0 also times the mission's training with a gradient check
     every that many steps against the same training without (`checks.measure`,
@@ -131,56 +155,63 @@ def run(hidden: Sequence[int] = (128,), batch: Sequence[int] = (64, 512), epochs
 
     counts = None if devices is None else scaling.resolve(devices, batch)
 
-    with machine.measure_load() as peak_load:
-        peak_start = machine.peak_gflops(peak_size)
-    say(f"peak {peak_start:.1f} GFLOP/s ({jax.default_backend()})")
-    X_host, y_host = make_data(n, seed)
-    X, y = jax.device_put(X_host), jax.device_put(y_host)
-    jax.block_until_ready((X, y))
+    data = make_data(n, seed)
+    in_dim, stream_bytes = data.features.shape[1], data.images.nbytes
+    start = roof(hidden, in_dim, peak_size, stream_bytes)
+    say(f"peak {start['peak_gflops']:.1f} GFLOP/s, streaming {start['stream_gbs']:.1f} GB/s "
+        f"({jax.default_backend()})")
+    X, y = jax.device_put(data.images), jax.device_put(data.labels)
+    F = jax.device_put(data.features) if "scan_features" in modes else None
+    jax.block_until_ready((X, y, F))
 
     results, skipped = [], []
     for h in hidden:
         for b in batch:
+            runners = {}
             for mode in modes:
                 if mode in JAX_MODES:
-                    m = measure_jax(mode, h, b, X, y, epochs=epochs, seed=seed, eager_steps=eager_steps)
+                    runners[mode] = jax_runner(mode, h, b, F if mode == "scan_features" else X, y, data.fitted,
+                                               epochs=epochs, seed=seed, eager_steps=eager_steps)
+                elif (r := ref_runner(mode, h, b, data, seed=seed)) is not None:
+                    runners[mode] = r
                 else:
-                    m = measure_ref(mode, h, b, X_host, y_host, epochs=epochs, seed=seed)
-                if m is None:
                     skipped.append({"mode": mode, "hidden": h, "batch": b,
                                     "reason": "torch is not installed (pip install -e \".[bench]\")"})
                     say(f"{mode:14s} H={h} B={b}: skipped (torch is not installed)")
-                    continue
+            for mode, m in measure(runners, epochs).items():
                 results.append(m.record)
                 if keep is not None:
                     keep.append(m)
                 say(f"{mode:14s} H={h} B={b}: {m.record['s_per_epoch']:.3f} s/epoch"
                     + (" (extrapolated)" if m.record["extrapolated"] else "")
                     + (" BUSY" if m.record["busy"] else ""))
+    del F
 
     gradcheck = []
     for h in hidden:
         for b in batch:
             if gradcheck_every:
-                gradcheck.append(checks.measure(h, b, n, gradcheck_every, epochs=epochs, seed=seed))
+                gradcheck.append(checks.measure(h, b, data, X, y, gradcheck_every, epochs=epochs, seed=seed))
                 say(f"gradcheck every {gradcheck_every} H={h} B={b}: {gradcheck[-1]['ratio']:.2f}x plain training")
 
     section = None
     if counts is not None:
-        section = scaling.measure(hidden, batch, counts, X_host, y_host, X, y, epochs=epochs, seed=seed,
+        section = scaling.measure(hidden, batch, counts, data, X, y, epochs=epochs, seed=seed,
                                   progress=progress)
 
-    with machine.measure_load() as end_load:
-        peak_end = machine.peak_gflops(peak_size)
-    peak = max(peak_start, peak_end)
+    end = roof(hidden, in_dim, peak_size, stream_bytes)
+    peak, stream = (max(start[k], end[k]) for k in ("peak_gflops", "stream_gbs"))
+    state = {h: (start["state"][h][0], max(start["state"][h][1], end["state"][h][1])) for h in hidden}
     for r in results:
-        r["frac_peak"] = r["flops_per_epoch"] / r["s_per_epoch"] / (peak * 1e9)
-    peak_busy = bool(peak_load.get("busy") or end_load.get("busy"))
-    return {"peak_gflops": peak, "peak_gflops_start": peak_start, "peak_gflops_end": peak_end,
-            "peak_busy": peak_busy, "device": device_name(), "backend": jax.default_backend(),
+        add_floors(r, peak, state[r["hidden"]][1], stream)
+    roof_busy = start["busy"] or end["busy"]
+    return {"peak_gflops": peak, "peak_gflops_start": start["peak_gflops"],
+            "peak_gflops_end": end["peak_gflops"], "stream_gbs": stream, "stream_bytes": float(stream_bytes),
+            "state_gbs": [{"hidden": h, "bytes": size, "gbs": gbs} for h, (size, gbs) in state.items()],
+            "roof_busy": roof_busy, "device": device_name(), "backend": jax.default_backend(),
             "results": results, "skipped": skipped, "ratios": ratios(results), "gradcheck": gradcheck,
             "scaling": section,
-            "busy_warning": peak_busy or any(bool(r["busy"]) for r in
+            "busy_warning": roof_busy or any(bool(r["busy"]) for r in
                                              results + gradcheck + (section["records"] if section else []))}
 
 
@@ -193,10 +224,15 @@ def _fmt(v, spec, none="-"):
 
 def format_report(report: dict) -> str:
     """The human-readable table, the ratios and any warnings."""
-    lines = [f"device {report['device']} ({report['backend']}); peak {report['peak_gflops']:.1f} GFLOP/s "
-             f"(start {report['peak_gflops_start']:.1f}, end {report['peak_gflops_end']:.1f})", ""]
-    head = (f"{'mode':14s} {'H':>5s} {'batch':>5s} {'compile s':>9s} {'s/epoch':>8s} "
-            f"{'samples/s':>10s} {'% peak':>6s} {'other cores':>11s} {'loss':>8s}  note")
+    state = ", ".join(f"{s['gbs']:.1f} GB/s at H={s['hidden']}'s {s['bytes'] / 1e6:.1f} MB state"
+                      for s in report["state_gbs"])
+    lines = [f"device {report['device']} ({report['backend']}); matmul peak {report['peak_gflops']:.1f} "
+             f"GFLOP/s (start {report['peak_gflops_start']:.1f}, end {report['peak_gflops_end']:.1f}); "
+             f"memory {report['stream_gbs']:.1f} GB/s streaming {report['stream_bytes'] / 1e6:.0f} MB, "
+             f"{state}", ""]
+    head = (f"{'mode':14s} {'H':>5s} {'batch':>5s} {'in':>3s} {'compile s':>9s} {'s/epoch':>8s} {'spread':>6s} "
+            f"{'samples/s':>10s} {'compute fl':>10s} {'memory fl':>9s} {'% floor':>7s} "
+            f"{'other cores':>11s} {'loss':>8s}  note")
     if report["results"] or report["skipped"]:
         lines += [head, "-" * len(head)]
     for r in report["results"]:
@@ -207,12 +243,21 @@ def format_report(report: dict) -> str:
             note.append(f"on {r['runs_on']}")
         if r["busy"]:
             note.append("BUSY")
-        lines.append(f"{r['mode']:14s} {r['hidden']:5d} {r['batch']:5d} {r['compile_s']:9.2f} "
-                     f"{r['s_per_epoch']:8.3f} {r['samples_per_s']:10.0f} "
-                     f"{_fmt(r['frac_peak'] and 100 * r['frac_peak'], '6.1f'):>6s} "
+        inputs = "f32" if r["inputs"] == FEATURES else "u8"
+        lines.append(f"{r['mode']:14s} {r['hidden']:5d} {r['batch']:5d} {inputs:>3s} {r['compile_s']:9.2f} "
+                     f"{r['s_per_epoch']:8.3f} {100 * r['spread']:5.0f}% {r['samples_per_s']:10.0f} "
+                     f"{r['compute_floor_s']:10.3f} {r['memory_floor_s']:9.3f} "
+                     f"{100 * r['frac_floor']:6.1f}{r['bound'][0]} "
                      f"{_fmt(r['other_busy_cores'], '11.2f'):>11s} {r['loss']:8.3g}  {', '.join(note)}")
     for s in report["skipped"]:
         lines.append(f"{s['mode']:14s} {s['hidden']:5d} {s['batch']:5d}  skipped: {s['reason']}")
+    if report["results"]:
+        lines += ["", "s/epoch: median of the timed epochs; spread: (slowest - fastest) / median. in: u8 = "
+                      "uint8 images normalised and shifted in the step (what svhn-jax train runs), f32 = "
+                      "float32 features prepared beforehand (numpy and torch_eager: no shifts). compute fl, "
+                      "memory fl: the epoch's floors in seconds (matmul FLOPs at the peak; bytes of "
+                      "parameters, gradients, Adam slots and batch at the measured bandwidths); % floor: "
+                      "the larger floor / s/epoch, c or m saying which floor it is."]
     keys = [k for k, rs in report["ratios"].items() if rs]
     if keys:
         lines += ["", "speed-ups t(B) / t(A) (> 1: A is faster)"]
@@ -230,8 +275,8 @@ def format_report(report: dict) -> str:
     if any(r["extrapolated"] for r in report["results"]):
         lines.append("eager: s/epoch extrapolated from the median of its timed steps.")
     if report["busy_warning"]:
-        lines.append("WARNING: other processes kept the CPU busy during "
-                     + ("the peak measurement and " if report["peak_busy"] else "")
-                     + "at least one mode (BUSY above); absolute times and ratios may be off. "
-                     "Rerun on a quiet machine.")
+        during = (["the roofline measurement"] if report["roof_busy"] else []) + (
+            ["at least one mode (BUSY above)"] if any(r["busy"] for r in report["results"]) else [])
+        lines.append(f"WARNING: other processes kept the CPU busy during {' and '.join(during) or 'the run'}; "
+                     "absolute times, floors and ratios may be off. Rerun on a quiet machine.")
     return "\n".join(lines)

@@ -222,13 +222,19 @@ def device_prep(config: dict) -> DevicePrep:
     return DevicePrep(mode, gray)
 
 
-def apply_device(x, prep):
+def apply_device(x, prep, shifted=None):
     """`apply` in jax.numpy, for uint8 batches inside `jit`.
 
     Args:
       x: uint8 (B, 32, 32, 3) or (B, 3072) (the same rows flattened).
       prep: a `DevicePrep`, or a config dict from `fit` (then converted here;
         pass a `DevicePrep` to keep it a static, hashable argument).
+      shifted: None, or (xs, valid): xs uint8 (B, 3072), the images of x
+        translated, and valid bool (B, 1024), True where a pixel of xs lies
+        inside its image (the others are filled in). The result is then that of
+        x translated the same way with zeros filled in, bit for bit: each pixel
+        of xs is normalised with its image's statistics, which the image mode
+        takes from x, and a filled-in pixel is 0.
 
     Returns:
       float32 (B, D), D = input_dim: equal to `apply` up to float32 rounding,
@@ -249,19 +255,32 @@ def apply_device(x, prep):
             f"apply_device expects uint8 images (B, 32, 32, 3) or (B, 3072), got "
             f"{x.dtype} {x.shape}. Fix: keep the images as svhn_jax.data.load returns "
             f"them, X.reshape(N, -1) at most.")
-    px = jnp.asarray(x).reshape(x.shape[0], 32 * 32, 3).astype(jnp.float32)
-    if prep.grayscale:
-        r, g, b = (np.float32(v) for v in LUMA)
-        px = (px[..., 0] * r + px[..., 1] * g + px[..., 2] * b)[..., None]
+    n = x.shape[0]
+
+    def pixels(u):   # (B, 1024, C) float32
+        px = jnp.asarray(u).reshape(n, 32 * 32, 3).astype(jnp.float32)
+        if prep.grayscale:
+            r, g, b = (np.float32(v) for v in LUMA)
+            px = (px[..., 0] * r + px[..., 1] * g + px[..., 2] * b)[..., None]
+        return px
+
+    px = pixels(x)
     if prep.mode == "scale":
-        z = px / np.float32(127.5) - np.float32(1.0)
+        normalise = lambda p: p / np.float32(127.5) - np.float32(1.0)
     elif prep.mode == "channel":
-        z = (px - np.asarray(prep.mean, np.float32)) * np.asarray(prep.inv_std, np.float32)
+        normalise = lambda p: (p - np.asarray(prep.mean, np.float32)) * np.asarray(prep.inv_std, np.float32)
     else:
-        flat = px.reshape(px.shape[0], -1)
+        flat = px.reshape(n, -1)
         d = np.float32(flat.shape[1])
         first = flat[:, :1]
-        centred = flat - (first + jnp.sum(flat - first, axis=1, keepdims=True) / d)
+        mean = first + jnp.sum(flat - first, axis=1, keepdims=True) / d
+        centred = flat - mean
         sd = jnp.sqrt(jnp.sum(centred * centred, axis=1, keepdims=True) / d)
-        z = centred * (np.float32(1.0) / (sd + np.float32(255.0 * prep.eps)))
-    return z.reshape(x.shape[0], -1)
+        scale = np.float32(1.0) / (sd + np.float32(255.0 * prep.eps))
+        normalise = lambda p: (p.reshape(n, -1) - mean) * scale
+    if shifted is None:
+        return normalise(px).reshape(n, -1)
+    xs, valid = shifted
+    if px.shape[2] > 1:   # one flag per feature; kept two-dimensional, which XLA:CPU vectorises
+        valid = jnp.repeat(valid, px.shape[2], axis=1)
+    return jnp.where(valid, normalise(pixels(xs)).reshape(n, -1), np.float32(0.0))

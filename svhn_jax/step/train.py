@@ -122,14 +122,45 @@ def epoch_order(key, epoch, n: int, batch: int):
     return jnp.concatenate([perm, perm[:pad]]).astype(jnp.int32)
 
 
-def _shift(xb, key, cfg: StepConfig):
-    """Translate each image by a random offset in [-shift, shift]^2, zero-filled."""
+def _offsets(key, step, n: int, cfg: StepConfig):
+    """The random shifts of global `step`'s n images: (n, 2) int32 in [0, 2 shift]
+    (rows, columns), an image moving by offset - shift."""
+    return jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, 2), step), (n, 2), 0,
+                              2 * cfg.shift + 1)
+
+
+def _shift(xb, offsets, cfg: StepConfig):
+    """Translate each feature image by its offset - shift, zero-filled."""
     h, w, c = cfg.image_shape
     s = cfg.shift
     imgs = jnp.pad(xb.reshape(-1, h, w, c), ((0, 0), (s, s), (s, s), (0, 0)))
-    offsets = jax.random.randint(key, (xb.shape[0], 2), 0, 2 * s + 1)
     crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], o[1], 0), (h, w, c))
     return jax.vmap(crop)(imgs, offsets).reshape(xb.shape)
+
+
+def _shift_images(x, offsets, s: int, i):
+    """uint8 image rows x (B, 3072) translated as _shift translates features ->
+    (the translated rows (B, 3072), valid (B, 1024): True where a pixel came from
+    inside its image), for preprocess.apply_device(..., shifted=)."""
+    b = x.shape[0]
+
+    def gather():   # rows of 96 bytes: the gather's inner loop runs along a row
+        imgs = jnp.pad(x.reshape(b, 32, 96), ((0, 0), (s, s), (3 * s, 3 * s)))
+        crop = lambda img, o: jax.lax.dynamic_slice(img, (o[0], 3 * o[1]), (32, 96))
+        return jax.vmap(crop)(imgs, offsets)
+
+    # Speed, not maths: XLA:CPU fuses a gather with the arithmetic around it into one
+    # loop that runs element by element, unvectorised (the normalisation fused into the
+    # shift's gather took more than half as long as the step's products). A conditional
+    # is a boundary fusion does not cross: the gather moves bytes alone, the
+    # normalisation runs as a vectorised loop of its own. Its predicate is always true;
+    # it depends on the step's index i alone, which vmapped models share, so it stays a
+    # branch. Other backends fuse a gather well, and would wait on the predicate.
+    rows = (jax.lax.cond(i >= 0, gather, lambda: jnp.zeros((b, 32, 96), x.dtype))
+            if jax.default_backend() == "cpu" else gather())
+    inside = lambda o: (jnp.arange(32) + o[:, None] - s >= 0) & (jnp.arange(32) + o[:, None] - s < 32)
+    valid = inside(offsets[:, 0])[:, :, None] & inside(offsets[:, 1])[:, None, :]
+    return rows.reshape(b, -1), valid.reshape(b, 1024)
 
 
 def features(x, prep):
@@ -153,12 +184,19 @@ def put_images(X):
 
 
 def get_batch(X, y, order, i, key, step, cfg: StepConfig):
-    """Batch i of an epoch (augmented with the key of global `step`): xb (B, D), yb (B,)."""
+    """Batch i of an epoch (augmented with the key of global `step`): xb (B, D), yb (B,).
+
+    uint8 images are shifted before they are normalised, with the statistics of
+    the unshifted images (preprocess.apply_device(shifted=)): the same numbers as
+    normalising, then shifting, and the gather moves a quarter of the bytes."""
     idx = jax.lax.dynamic_slice_in_dim(order, i * cfg.batch, cfg.batch)
-    xb, yb = features(X[idx], cfg.prep), y[idx]
-    if cfg.shift:
-        xb = _shift(xb, jax.random.fold_in(jax.random.fold_in(key, 2), step), cfg)
-    return xb, yb
+    x, yb = X[idx], y[idx]
+    if not cfg.shift:
+        return features(x, cfg.prep), yb
+    offsets = _offsets(key, step, cfg.batch, cfg)
+    if cfg.prep is None:
+        return _shift(features(x, None), offsets, cfg), yb
+    return preprocess.apply_device(x, cfg.prep, shifted=_shift_images(x, offsets, cfg.shift, i)), yb
 
 
 def gradients(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig, loss_and_grads=None):
