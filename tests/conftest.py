@@ -3,11 +3,14 @@
 The real SVHN slice lives outside the repository, in ../shared/data relative
 to the project root; it is read-only there and never copied into the repo. A
 user's clone has no ../shared: every test that needs the slice gets it through
-the fixtures below, which skip when it is missing (tests/test_fresh_clone.py
+the fixtures below, which skip when it is missing (tests/test_layout.py
 checks that no test names its path any other way).
 """
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 # GPUs multiply float32 matrices with reduced precision by default (TF32: a 10-bit
@@ -17,12 +20,29 @@ from pathlib import Path
 # a no-op on a CPU. (Set here, before JAX is imported, so JAX reads it at start.)
 os.environ["JAX_DEFAULT_MATMUL_PRECISION"] = "highest"
 
+# The suite and the subprocesses it starts compile many identical programs (the same
+# tiny network trained in a new process, or through a new closure): compiled once, they
+# are read back from a disk cache for this session (keyed by the program and the
+# backend, so a changed program never hits an old entry). Compiling is most of the
+# suite's time on a CPU.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _CACHE = tempfile.mkdtemp(prefix="svhn_jax_tests_jit_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+    atexit.register(shutil.rmtree, _CACHE, True)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
+
 import socket  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 _SVHN_8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "svhn_test_8k.npz"
+
+# The fake SVHN files and their tfds preparation, shared by the data test files
+# (test_data_*.py, test_download.py, test_split.py): a plugin, so that its session
+# fixtures are built once per session, not once per file.
+pytest_plugins = ["fake_svhn"]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from svhn_jax import config
-from svhn_jax.run import parts
+from svhn_jax.run import launch, parts
 from svhn_jax.tune import sweep
 
 import compose_cases as cases
@@ -33,9 +33,10 @@ def _rel(a, b) -> float:
 def test_a_run_on_4_devices_composes_and_equals_one_device(tmp_path, ensemble):
     m = cases.flow(tmp_path / "four", devices="4", ensemble=ensemble)
     assert m["mesh"] == ({"models": 1, "data": 4} if ensemble == 1 else {"models": 2, "data": 2})
-    one = cases.flow(tmp_path / "one", devices="1", ensemble=ensemble)
-    assert one["mesh"] == {"models": 1, "data": 1}
-    a, b = cases.state(tmp_path / "four" / "whole"), cases.state(tmp_path / "one" / "whole")
+    # the one-device flow itself is tests/test_compose.py's: here its uninterrupted run
+    c = config.make(**{**cases.SETTINGS, "devices": "1", "ensemble": ensemble})
+    assert launch.train_run(c, tmp_path / "one", quiet=True)["mesh"] == {"models": 1, "data": 1}
+    a, b = cases.state(tmp_path / "four" / "whole"), cases.state(tmp_path / "one")
     assert _rel((a.params, a.bn_state), (b.params, b.bn_state)) <= TOL
 
 

@@ -270,10 +270,14 @@ def lost_peers_reported():
         raise
 
 
-def _silent_peer(wait_s: float = 3 * HEARTBEAT_S) -> int | str:
-    """The peer whose heartbeat does not advance over the next few beats (the one a
-    failed collective lost), or "another process" when that cannot be told."""
-    before = {pid: seen[0] for pid, seen in _seen.items()}
-    time.sleep(wait_s)
-    silent = [pid for pid, value in before.items() if _seen[pid][0] == value]
-    return silent[0] if len(silent) == 1 else "another process"
+def _silent_peer() -> int | str:
+    """The one peer whose heartbeat has stopped advancing (the one a failed collective
+    lost), waited for until the watchdog would end this process anyway; "another
+    process" when that cannot be told. A heartbeat the peer posted just before it died
+    may be read late (on a busy machine), so silence is measured, not a snapshot."""
+    deadline = time.monotonic() + _state["timeout_s"] / 2 + 2 * HEARTBEAT_S
+    while True:
+        silent = [pid for pid in _seen if _silent_for(pid) >= 3 * HEARTBEAT_S]
+        if len(silent) == 1 or time.monotonic() > deadline:
+            return silent[0] if len(silent) == 1 else "another process"
+        time.sleep(HEARTBEAT_S / 2)
