@@ -42,13 +42,6 @@ def _last_bias_off_by_one_percent(backward):
     return broken
 
 
-def _last_weight_doubled(backward):
-    def broken(params, cache, dy):
-        g, dx = backward(params, cache, dy)
-        return (dict(g, W=2.0 * g["W"]) if g["W"].shape[1] == 10 else g), dx
-    return broken
-
-
 def _one_first_layer_entry_zeroed(backward):
     def broken(params, cache, dy):
         g, dx = backward(params, cache, dy)
@@ -56,8 +49,9 @@ def _one_first_layer_entry_zeroed(backward):
     return broken
 
 
+# the smallest errors: a gross one (a leaf scaled 2x) fails wherever these do, and
+# each costs a compilation of the checked epoch
 BUGS = {"none (correct code)": None, "1% error in the last bias": _last_bias_off_by_one_percent,
-        "last weight leaf scaled 2x": _last_weight_doubled,
         "one zeroed first-layer entry": _one_first_layer_entry_zeroed}
 
 
