@@ -82,6 +82,9 @@ class RunConfig:
                             "layers: 128,512x256)", sweep="group", metavar="SIZES")
     batchnorm: str = setting("none", "BatchNorm: none, before the ReLU, or after it (the seed "
                              "notebook's placement)", choices=BATCHNORM, sweep="group")
+    activation: str | None = setting(None, "activation of every hidden layer: an activation of the "
+                                     "layer registry, as svhn-jax gradcheck lists them (default: its "
+                                     "first, ReLU)", sweep="group", metavar="NAME")
     # optimisation
     optimizer: str = setting("adam", "optimizer", choices=OPTIMIZERS, sweep="group")
     lr: float = setting(1e-3, "(peak) learning rate", above=0.0, high=1e6, sweep="vmap",

@@ -1,4 +1,5 @@
-"""Layers as pure functions, each with a backward pass derived by hand.
+"""Layers as pure functions, each with a backward pass derived by hand, and the
+registry `LAYERS`: one `Layer` record per layer, the one place a layer is named.
 
 Every layer has the same three functions:
 
@@ -195,21 +196,77 @@ def batchnorm_backward(params, cache, dy):
 
 # ------------------------------------------------------------------ registry
 
+# What a layer does in a network: model.make_spec places layers by role.
+LINEAR, NORM, ACTIVATION, INPUT_NOISE, HIDDEN_NOISE = (
+    "linear", "normalisation", "activation", "input noise", "hidden noise")
+
 
 class Layer(NamedTuple):
-    """A layer's three functions. Every forward takes `train` and `axis_name`
-    (only BatchNorm uses them), so the model calls each layer the same way."""
+    """One layer: its three functions, called the same way for every layer, and what
+    the model and the checks need to know about it.
+
+    init(key, in_dim, width, dtype, bias) -> params, state, out_dim
+    forward(params, state, x, *, train, key, rate, axis_name) -> y, new_state, cache
+        train: training or evaluation mode; key: a PRNG key for a layer with
+        randomness (None otherwise); rate: the value of the hyperparameter named
+        after the layer, for a layer with `rate` (None: not in the program);
+        axis_name: the mesh axis the batch is split along (None on one device).
+    backward(params, cache, dy) -> dparams, dx
+
+    role: one of the roles above. kinks: None for a layer smooth in its input;
+    else a function of its input x (N, D) whose value is the same at two inputs
+    only if the layer is smooth on the segment between them (ReLU: x > 0), for
+    the per-step check's finite difference. rate: the forward reads a rate and
+    a key (dropout): the model passes the hyperparameter of the layer's own
+    name. variants: the checks' (label, options) of gradcheck.check_layer that
+    take different paths through the code (options: bias, train).
+    """
 
     init: Callable
-    forward: Callable    # (params, state, x, train, axis_name=None) -> y, new_state, cache
-    backward: Callable   # (params, cache, dy) -> dparams, dx
+    forward: Callable
+    backward: Callable
+    role: str
+    kinks: Callable | None = None
+    rate: bool = False
+    variants: tuple = (("", {}),)
 
+
+def _plain(forward):
+    """forward(params, state, x) as a registry forward (no mode, key, rate or axis)."""
+    return lambda p, s, x, *, train, key=None, rate=None, axis_name=None: forward(p, s, x)
+
+
+def _width_kept(init):
+    """init(key, in_dim, dtype) as a registry init: a layer that keeps the width."""
+    return lambda key, in_dim, width, dtype, bias: init(key, in_dim, dtype)
+
+
+TRAIN_AND_EVAL = (("train mode", {"train": True}), ("eval mode", {"train": False}))
 
 LAYERS = {
-    "dense": Layer(dense_init, lambda p, s, x, train, axis_name=None: dense_forward(p, s, x),
-                   dense_backward),
-    "relu": Layer(relu_init, lambda p, s, x, train, axis_name=None: relu_forward(p, s, x),
-                  relu_backward),
-    "batchnorm": Layer(batchnorm_init, lambda p, s, x, train, axis_name=None: batchnorm_forward(
-        p, s, x, train=train, axis_name=axis_name), batchnorm_backward),
+    "dense": Layer(lambda key, in_dim, width, dtype, bias: dense_init(key, in_dim, width, dtype, bias=bias),
+                   _plain(dense_forward), dense_backward, LINEAR,
+                   variants=(("with bias", {"bias": True}), ("no bias", {"bias": False}))),
+    "relu": Layer(_width_kept(relu_init), _plain(relu_forward), relu_backward, ACTIVATION,
+                  kinks=lambda x: x > 0),
+    "batchnorm": Layer(_width_kept(batchnorm_init),
+                       lambda p, s, x, *, train, key=None, rate=None, axis_name=None: batchnorm_forward(
+                           p, s, x, train=train, axis_name=axis_name),
+                       batchnorm_backward, NORM, variants=TRAIN_AND_EVAL),
 }
+
+
+def of_role(role: str) -> tuple:
+    """The names of the layers of a role, in registry order."""
+    return tuple(name for name, layer in LAYERS.items() if layer.role == role)
+
+
+def single(role: str) -> str:
+    """The name of the one layer of a role (LINEAR, NORM)."""
+    (name,) = of_role(role)
+    return name
+
+
+def activations() -> tuple:
+    """The activations, the default (ReLU) first."""
+    return of_role(ACTIVATION)
