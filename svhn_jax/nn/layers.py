@@ -89,6 +89,24 @@ def relu_backward(params, cache, dy):
     return {}, jnp.where(cache, dy, 0)
 
 
+# ---------------------------------------------------------------- LeakyReLU
+
+LEAKY_SLOPE = 0.01
+
+
+def leaky_relu_forward(params, state, x):
+    """y = x where x > 0, else LEAKY_SLOPE * x, elementwise; cache = the mask x > 0 (N, D)."""
+    del params
+    mask = x > 0
+    return jnp.where(mask, x, LEAKY_SLOPE * x), state, mask
+
+
+def leaky_relu_backward(params, cache, dy):
+    """dx = dy where x > 0, else LEAKY_SLOPE * dy (the slope at exactly 0 taken as LEAKY_SLOPE)."""
+    del params
+    return {}, jnp.where(cache, dy, LEAKY_SLOPE * dy)
+
+
 # ----------------------------------------------------------------- BatchNorm
 
 BN_EPS = 1e-5
@@ -249,6 +267,8 @@ LAYERS = {
                    variants=(("with bias", {"bias": True}), ("no bias", {"bias": False}))),
     "relu": Layer(_width_kept(relu_init), _plain(relu_forward), relu_backward, ACTIVATION,
                   kinks=lambda x: x > 0),
+    "leaky_relu": Layer(_width_kept(relu_init), _plain(leaky_relu_forward), leaky_relu_backward, ACTIVATION,
+                        kinks=lambda x: x > 0),
     "batchnorm": Layer(_width_kept(batchnorm_init),
                        lambda p, s, x, *, train, key=None, rate=None, axis_name=None: batchnorm_forward(
                            p, s, x, train=train, axis_name=axis_name),
