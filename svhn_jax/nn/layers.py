@@ -107,6 +107,22 @@ def leaky_relu_backward(params, cache, dy):
     return {}, jnp.where(cache, dy, LEAKY_SLOPE * dy)
 
 
+# ---------------------------------------------------------------------- tanh
+
+
+def tanh_forward(params, state, x):
+    """y = tanh(x), elementwise; cache = y (N, D)."""
+    del params
+    y = jnp.tanh(x)
+    return y, state, y
+
+
+def tanh_backward(params, cache, dy):
+    """dx = dy * (1 - y^2): tanh' = 1 - tanh^2, from the forward's output."""
+    del params
+    return {}, dy * (1 - cache * cache)
+
+
 # ----------------------------------------------------------------- BatchNorm
 
 BN_EPS = 1e-5
@@ -269,6 +285,7 @@ LAYERS = {
                   kinks=lambda x: x > 0),
     "leaky_relu": Layer(_width_kept(relu_init), _plain(leaky_relu_forward), leaky_relu_backward, ACTIVATION,
                         kinks=lambda x: x > 0),
+    "tanh": Layer(_width_kept(relu_init), _plain(tanh_forward), tanh_backward, ACTIVATION),
     "batchnorm": Layer(_width_kept(batchnorm_init),
                        lambda p, s, x, *, train, key=None, rate=None, axis_name=None: batchnorm_forward(
                            p, s, x, train=train, axis_name=axis_name),
