@@ -104,6 +104,10 @@ class RunConfig:
                          sweep="vmap")
     smoothing: float = setting(0.0, "label smoothing: the cross-entropy's targets are (1 - s) "
                                "one-hot + s / 10", low=0.0, below=1.0, sweep="vmap")
+    dropout: float = setting(0.0, "dropout rate of every hidden layer's output: inverted dropout, "
+                             "none in evaluation (0: no dropout layer)", low=0.0, below=1.0, sweep="vmap")
+    input_dropout: float = setting(0.0, "dropout rate of the input features (0: none)", low=0.0,
+                                   below=1.0, sweep="vmap")
     batch: int = setting(64, "batch size", low=1, high=INT_MAX, sweep="group")
     epochs: int = setting(10, "epochs", low=1, high=100_000, sweep="group", commands=(TRAIN, SWEEP))
     shift: int = setting(0, "random-shift augmentation in pixels (0: off)", low=0, high=31,

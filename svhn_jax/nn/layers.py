@@ -228,6 +228,48 @@ def batchnorm_backward(params, cache, dy):
     return grads, dx
 
 
+# ------------------------------------------------------------------- Dropout
+
+
+def dropout_keep(key, rate, shape, axis_name=None):
+    """Which entries of x (N, D) inverted dropout keeps: (N, D) bool.
+
+    Row r of the global batch keeps entry j where u_rj >= rate, u_rj uniform on
+    [0, 1) in steps of 2^-24 from the 32 random bits of fold_in(key, r) (the
+    top 24 of them, exact in float32). A row's mask depends on its global index
+    r alone: with axis_name (inside shard_map, each of P devices holding N rows)
+    device d's rows are d N .. d N + N - 1, so 1 or P devices drop the same
+    entries. Compared in float32 whatever the dtype, so a float64 check of a
+    float32 run sees the run's mask.
+    """
+    n, d = shape
+    first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+    bits = jax.vmap(lambda r: jax.random.bits(jax.random.fold_in(key, r), (d,), jnp.uint32))(
+        first + jnp.arange(n))
+    u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24)
+    return u >= jnp.asarray(rate, jnp.float32)
+
+
+def dropout_forward(params, state, x, *, train: bool, key, rate, axis_name=None):
+    """Inverted dropout: y = x * m / (1 - rate), m = dropout_keep(key, rate, ...),
+    so that E[y] = x; cache = the multiplier m / (1 - rate) (N, D). In eval mode
+    (train=False), or without a rate (None: not in the program), y = x and the
+    cache is None. rate is traced: a sweep trains several rates at once."""
+    del params
+    if not train or rate is None:
+        return x, state, None
+    keep = dropout_keep(key, rate, x.shape, axis_name)
+    scale = jnp.where(keep, 1 / (1 - jnp.asarray(rate, x.dtype)), 0).astype(x.dtype)
+    return x * scale, state, scale
+
+
+def dropout_backward(params, cache, dy):
+    """y = x * s elementwise with s fixed by the key: dx = dy * s (dy where the
+    forward was the identity)."""
+    del params
+    return {}, dy if cache is None else dy * cache
+
+
 # ------------------------------------------------------------------ registry
 
 # What a layer does in a network: model.make_spec places layers by role.
@@ -275,6 +317,11 @@ def _width_kept(init):
     return lambda key, in_dim, width, dtype, bias: init(key, in_dim, dtype)
 
 
+def _no_params(key, in_dim, width, dtype, bias):
+    """The init of a layer without parameters or state that keeps the width."""
+    return {}, {}, in_dim
+
+
 TRAIN_AND_EVAL = (("train mode", {"train": True}), ("eval mode", {"train": False}))
 
 LAYERS = {
@@ -283,13 +330,17 @@ LAYERS = {
                    variants=(("with bias", {"bias": True}), ("no bias", {"bias": False}))),
     "relu": Layer(_width_kept(relu_init), _plain(relu_forward), relu_backward, ACTIVATION,
                   kinks=lambda x: x > 0),
-    "leaky_relu": Layer(_width_kept(relu_init), _plain(leaky_relu_forward), leaky_relu_backward, ACTIVATION,
+    "leaky_relu": Layer(_no_params, _plain(leaky_relu_forward), leaky_relu_backward, ACTIVATION,
                         kinks=lambda x: x > 0),
-    "tanh": Layer(_width_kept(relu_init), _plain(tanh_forward), tanh_backward, ACTIVATION),
+    "tanh": Layer(_no_params, _plain(tanh_forward), tanh_backward, ACTIVATION),
     "batchnorm": Layer(_width_kept(batchnorm_init),
                        lambda p, s, x, *, train, key=None, rate=None, axis_name=None: batchnorm_forward(
                            p, s, x, train=train, axis_name=axis_name),
                        batchnorm_backward, NORM, variants=TRAIN_AND_EVAL),
+    "input_dropout": Layer(_no_params, dropout_forward, dropout_backward, INPUT_NOISE, rate=True,
+                           variants=TRAIN_AND_EVAL),
+    "dropout": Layer(_no_params, dropout_forward, dropout_backward, HIDDEN_NOISE, rate=True,
+                     variants=TRAIN_AND_EVAL),
 }
 
 
@@ -302,6 +353,12 @@ def single(role: str) -> str:
     """The name of the one layer of a role (LINEAR, NORM)."""
     (name,) = of_role(role)
     return name
+
+
+def with_rate() -> tuple:
+    """The layers that read a rate (and a key): the hyperparameter of each is named
+    after the layer (RunConfig and train.Hyper fields: --dropout, --input-dropout)."""
+    return tuple(name for name, layer in LAYERS.items() if layer.rate)
 
 
 def activations() -> tuple:

@@ -63,7 +63,7 @@ def make_spec(hidden: Sequence[int] = (128,), num_classes: int = 10,
     if activation not in layers.activations():
         raise SvhnJaxError(f"unknown activation {activation!r}; choose one of "
                            f"{', '.join(layers.activations())}")
-    with_rate = tuple(n for n, layer in layers.LAYERS.items() if layer.rate)
+    with_rate = layers.with_rate()
     if set(rates) - set(with_rate):
         raise SvhnJaxError(f"no layer with a rate named {sorted(set(rates) - set(with_rate))}; the "
                            f"layers with one: {', '.join(with_rate)}")

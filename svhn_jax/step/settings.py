@@ -20,7 +20,7 @@ from . import train
 from ..config import RunConfig
 from ..data import preprocess
 from ..errors import SvhnJaxError
-from ..nn import model, schedules
+from ..nn import layers, model, schedules
 
 
 def schedule(c: RunConfig, steps_per_epoch: int) -> schedules.ScheduleSpec:
@@ -37,8 +37,10 @@ def schedule(c: RunConfig, steps_per_epoch: int) -> schedules.ScheduleSpec:
 
 
 def spec(c: RunConfig) -> tuple:
-    """The network of c: its hidden sizes, BatchNorm placement and activation."""
-    return model.make_spec(c.hidden, batchnorm=c.batchnorm, activation=c.activation)
+    """The network of c: its hidden sizes, BatchNorm placement, activation, and the
+    layers with a rate (dropout) whose RunConfig field of the same name is not 0."""
+    return model.make_spec(c.hidden, batchnorm=c.batchnorm, activation=c.activation,
+                           rates=tuple(n for n in layers.with_rate() if getattr(c, n)))
 
 
 def step_config(c: RunConfig, steps_per_epoch: int, prep: dict | None = None, *,
