@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 
 from . import errors
@@ -96,6 +97,14 @@ def _names(*allowed: str):
     return parse
 
 
+def _layer_names(value: str) -> tuple:
+    """An argparse type: a comma-separated list of names (the registry judges them later)."""
+    names = tuple(v.strip() for v in value.split(","))
+    if not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected names like relu,tanh")
+    return names
+
+
 def add_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="hand VJPs vs jax.grad vs finite differences (float64)",
                        description="Check, in float64, every layer variant of the models (Dense with "
@@ -114,13 +123,12 @@ def add_gradcheck(sub):
                    help="only the models with BatchNorm: --placement before,after")
     p.add_argument("--mode", type=_names("train", "eval"), default=("train", "eval"), metavar="train,eval",
                    help="only these modes (default train,eval)")
-    p.add_argument("--activation", type=lambda v: tuple(a.strip() for a in v.split(",") if a.strip()),
-                   metavar="A,B", help="only the models with these activations (default: every activation "
+    p.add_argument("--activation", type=_layer_names, metavar="A,B", help="only the models with these activations (default: every activation "
                                        "of the layer registry)")
     p.add_argument("--dropout", type=float, default=0.0, metavar="P",
-                   help="models with dropout at rate P after every hidden block (default 0: none)")
+                   help="models with dropout at rate P after every hidden block (default %(default)s: none)")
     p.add_argument("--input-dropout", type=float, default=0.0, metavar="P",
-                   help="models with dropout at rate P on the input (default 0: none)")
+                   help="models with dropout at rate P on the input (default %(default)s: none)")
     p.add_argument("--batch", type=int, default=8, help="batch size (>= 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parameters, inputs and directions")
     p.add_argument("--reg", type=float, default=0.1, help="L2 strength in the model check")

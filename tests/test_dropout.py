@@ -133,9 +133,12 @@ def test_dropout_off_puts_nothing_in_the_program():
     d = c.replace(dropout=0.5)
     assert [n for n, _ in settings.spec(d)] == ["dense", "relu", "dropout", "dense"]
     assert float(settings.hyper(d).dropout) == 0.5 and settings.hyper(d).input_dropout is None
+    plain, dropped = model.make_spec((4,)), model.make_spec((4,), rates=("dropout",))
+    batch = (jnp.ones((2, 3)), jnp.zeros(2, jnp.int32))
     with pytest.raises(Exception, match="a rate for dropout, which this network does not have"):
-        model.loss(*model.init(jax.random.key(0), model.make_spec((4,)), 3), jnp.ones((2, 3)),
-                   jnp.zeros(2, jnp.int32), model.make_spec((4,)), key=jax.random.key(0), dropout=0.5)
+        model.loss(*model.init(jax.random.key(0), plain, 3), *batch, plain, key=jax.random.key(0), dropout=0.5)
+    with pytest.raises(Exception, match="train with a rate each and a PRNG key: pass key= and dropout="):
+        model.loss(*model.init(jax.random.key(0), dropped, 3), *batch, dropped, key=jax.random.key(0))
 
 
 def test_sweeps_vmap_rates_and_split_groups_by_network(tmp_path):

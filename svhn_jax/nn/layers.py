@@ -312,11 +312,6 @@ def _plain(forward):
     return lambda p, s, x, *, train, key=None, rate=None, axis_name=None: forward(p, s, x)
 
 
-def _width_kept(init):
-    """init(key, in_dim, dtype) as a registry init: a layer that keeps the width."""
-    return lambda key, in_dim, width, dtype, bias: init(key, in_dim, dtype)
-
-
 def _no_params(key, in_dim, width, dtype, bias):
     """The init of a layer without parameters or state that keeps the width."""
     return {}, {}, in_dim
@@ -328,12 +323,12 @@ LAYERS = {
     "dense": Layer(lambda key, in_dim, width, dtype, bias: dense_init(key, in_dim, width, dtype, bias=bias),
                    _plain(dense_forward), dense_backward, LINEAR,
                    variants=(("with bias", {"bias": True}), ("no bias", {"bias": False}))),
-    "relu": Layer(_width_kept(relu_init), _plain(relu_forward), relu_backward, ACTIVATION,
+    "relu": Layer(_no_params, _plain(relu_forward), relu_backward, ACTIVATION,
                   kinks=lambda x: x > 0),
     "leaky_relu": Layer(_no_params, _plain(leaky_relu_forward), leaky_relu_backward, ACTIVATION,
                         kinks=lambda x: x > 0),
     "tanh": Layer(_no_params, _plain(tanh_forward), tanh_backward, ACTIVATION),
-    "batchnorm": Layer(_width_kept(batchnorm_init),
+    "batchnorm": Layer(lambda key, in_dim, width, dtype, bias: batchnorm_init(key, in_dim, dtype),
                        lambda p, s, x, *, train, key=None, rate=None, axis_name=None: batchnorm_forward(
                            p, s, x, train=train, axis_name=axis_name),
                        batchnorm_backward, NORM, variants=TRAIN_AND_EVAL),

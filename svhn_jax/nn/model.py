@@ -134,8 +134,8 @@ def forward(params, state, x, spec, *, train: bool, axis_name=None, key=None, ra
 
     key: the PRNG key of the step's randomness (dropout), None for a network
     without it; layer i draws from fold_in(key, i). rates: {layer name: rate}
-    for the layers with a rate (dropout); a rate of None (or a layer absent from
-    `rates`) leaves it out of the program, as in eval mode."""
+    for the layers with a rate (dropout), each needed in train mode; in eval
+    mode such a layer is the identity."""
     _check_batch(params, spec, x)
     rates = _check_rates(spec, rates or {}, key, train)
     caches, new_state = [], []
@@ -156,14 +156,17 @@ def apply_layer(i: int, name: str, p, s, x, *, train: bool, key=None, rates=None
 
 def _check_rates(spec, rates: dict, key, train: bool) -> dict:
     """rates, after clear errors for a rate no layer of the spec reads (a setting that
-    cannot take effect) and for a layer that draws from no key."""
+    cannot take effect) and, in train mode, for a layer with a rate but none given
+    or no key to draw from."""
     names = {name for name, _ in spec}
     unused = sorted(k for k, v in rates.items() if v is not None and k not in names)
     if unused:
         raise SvhnJaxError(f"a rate for {', '.join(unused)}, which this network does not have "
                            f"(its layers: {', '.join(sorted(names))})")
-    if train and key is None and any(layers.LAYERS[n].rate and rates.get(n) is not None for n in names):
-        raise SvhnJaxError("a network with dropout trains with a PRNG key: pass key=")
+    drawn = sorted(n for n in names if layers.LAYERS[n].rate)
+    if train and drawn and (key is None or any(rates.get(n) is None for n in drawn)):
+        raise SvhnJaxError(f"the network's {', '.join(drawn)} train with a rate each and a PRNG key: "
+                           f"pass key= and {', '.join(f'{n}=' for n in drawn)}")
     return rates
 
 
