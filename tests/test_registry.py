@@ -89,8 +89,10 @@ def test_a_model_without_relu_is_checked_and_named(softsign):
     assert [n for n, _ in spec] == ["dense", "softsign", "batchnorm", "dense"]
     r = gradcheck.check_model(spec, in_dim=5, batch=6)
     assert r["ok"] and r["check"] == "model 5-6-10 dense-softsign-batchnorm (train), L2=0.1"
-    assert [s for s, _ in coverage.specs((6,), ("none",), ("train",))] == [
-        model.make_spec((6,), activation=a) for a in layers.activations()]
+    # every activation in a model; the first with every placement, the others with the first
+    assert [s for s, _ in coverage.specs((6,), ("none", "after"), ("train",))] == [
+        model.make_spec((6,), activation=a, batchnorm=bn) for a in layers.activations()
+        for bn in (("none", "after") if a == "relu" else ("none",))]
 
 
 def test_an_unknown_activation_is_a_clear_error():

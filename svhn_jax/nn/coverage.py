@@ -9,7 +9,8 @@ gains a layer or a placement brings its variants along: the models are the
 networks `model.make_spec` builds with the given hidden sizes, for each
 BatchNorm placement and each mode; every layer variant they contain is then
 checked alone too, and the loss terms. Narrowing the placements, the modes or
-the activations narrows both. Each layer's variants are its registry record's
+the activations narrows both; a model with each activation, but only the first
+activation with every placement. Each layer's variants are its registry record's
 (layers.Layer.variants), so a new layer brings its own.
 """
 
@@ -24,16 +25,20 @@ MODES = ("train", "eval")
 
 def model_variants(placements=model.BATCHNORM_PLACEMENTS, modes=MODES, activations=None,
                    rates=None) -> list[tuple[dict, bool]]:
-    """(model.make_spec keywords, train) of every model checked: activations
-    outermost (default: every activation of the registry), then placements, then
-    modes. rates: the names of the layers with a rate the models have."""
+    """(model.make_spec keywords, train) of every model checked: the first of
+    `activations` (default: every activation of the registry, ReLU first) with
+    every placement, each other one with the first placement only (BatchNorm's
+    code does not depend on the activation next to it), each in every mode.
+    rates: the names of the layers with a rate the models have."""
     activations = layers.activations() if activations is None else tuple(activations)
-    for name in tuple(placements) + tuple(modes) + activations:
+    placements, modes = tuple(placements), tuple(modes)
+    for name in placements + modes + activations:
         if name not in model.BATCHNORM_PLACEMENTS + MODES + layers.activations():
             raise gradcheck.GradCheckError(f"unknown placement, mode or activation {name!r}; choose from "
                                            f"{', '.join(model.BATCHNORM_PLACEMENTS + MODES + layers.activations())}")
     return [(dict(batchnorm=bn, activation=a, rates=tuple(rates or ())), mode == "train")
-            for a in activations for bn in placements for mode in modes]
+            for i, a in enumerate(activations) for bn in (placements if i == 0 else placements[:1])
+            for mode in modes]
 
 
 def layer_variant(name: str, params: dict, train: bool) -> dict:
