@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import sys
 
 from . import errors
@@ -16,7 +17,7 @@ from .flags import int_list
 
 
 def cmd_gradcheck(args) -> int:
-    from .nn import coverage, gradcheck
+    from .nn import coverage, gradcheck, layers
 
     if args.batch < 2:
         raise errors.SvhnJaxError("--batch must be at least 2 (BatchNorm needs two rows for a variance)")
@@ -27,6 +28,15 @@ def cmd_gradcheck(args) -> int:
     if args.batchnorm and args.placement:
         raise errors.SvhnJaxError("--batchnorm means --placement before,after: give one of them")
     placements = ("before", "after") if args.batchnorm else args.placement or ("none", "before", "after")
+    activations = args.activation or layers.activations()
+    unknown = [a for a in activations if a not in layers.activations()]
+    if unknown:
+        raise errors.SvhnJaxError(f"unknown activation {', '.join(unknown)}; choose from "
+                                  f"{','.join(layers.activations())}")
+    # a rate flag is named after its layer (--dropout, --input-dropout)
+    rates = {n: getattr(args, n) for n, layer in layers.LAYERS.items() if layer.rate and getattr(args, n, 0)}
+    if any(not 0 <= r < 1 for r in rates.values()):
+        raise errors.SvhnJaxError("a dropout rate must be at least 0 and below 1, e.g. --dropout 0.3")
     if args.devices is not None:  # settle the mesh before the slow checks
         from .nn import distcheck
         from .step import mesh as meshes
@@ -37,8 +47,9 @@ def cmd_gradcheck(args) -> int:
 
     # The model check uses the real input width; finite differences sample
     # entries of the big first layer instead of perturbing all 393k of them.
-    settings = dict(placements=placements, modes=args.mode, batch=args.batch, in_dim=args.in_dim,
-                    reg=args.reg, seed=args.seed, fd_samples=args.fd_samples)
+    settings = dict(placements=placements, modes=args.mode, activations=activations, rates=rates,
+                    batch=args.batch, in_dim=args.in_dim, reg=args.reg, seed=args.seed,
+                    fd_samples=args.fd_samples)
     tolerances = {"manual_vs_autodiff": gradcheck.TOL_AUTODIFF,
                   "manual_vs_finite_diff": gradcheck.TOL_FINITE_DIFF}
     try:
@@ -86,14 +97,25 @@ def _names(*allowed: str):
     return parse
 
 
+def _layer_names(value: str) -> tuple:
+    """An argparse type: a comma-separated list of names (the registry judges them later)."""
+    names = tuple(v.strip() for v in value.split(","))
+    if not all(re.fullmatch(r"[a-z][a-z0-9_]*", n) for n in names):
+        raise argparse.ArgumentTypeError(f"{value!r}: expected names like relu,tanh")
+    return names
+
+
 def add_gradcheck(sub):
     p = sub.add_parser("gradcheck", help="hand VJPs vs jax.grad vs finite differences (float64)",
-                       description="Check, in float64, every layer variant (Dense with and without "
-                                   "bias, ReLU, BatchNorm in train and eval mode), the loss, and the "
-                                   "whole model with BatchNorm nowhere, before and after the ReLU, in "
-                                   "train and eval mode: hand-written backward vs jax.grad vs central "
-                                   "finite differences. --placement (or --batchnorm) and --mode narrow "
-                                   "the models (and the layer variants they contain). Exits 1 when a "
+                       description="Check, in float64, every layer variant of the models (Dense with "
+                                   "and without bias, each activation, BatchNorm in train and eval mode, "
+                                   "dropout with --dropout or --input-dropout), the loss, and the whole "
+                                   "model with BatchNorm nowhere, before and after the activation (the "
+                                   "first activation; each other activation of the layer registry "
+                                   "without BatchNorm), in train and eval mode: "
+                                   "hand-written backward vs jax.grad vs central finite differences. "
+                                   "--activation, --placement (or --batchnorm) and --mode narrow the "
+                                   "models (and the layer variants they contain). Exits 1 when a "
                                    "tolerance is exceeded.")
     p.add_argument("--hidden", type=int_list, default=(128,), help="hidden sizes, e.g. 128 or 512,256")
     p.add_argument("--placement", type=_names("none", "before", "after"), metavar="none,before,after",
@@ -102,6 +124,12 @@ def add_gradcheck(sub):
                    help="only the models with BatchNorm: --placement before,after")
     p.add_argument("--mode", type=_names("train", "eval"), default=("train", "eval"), metavar="train,eval",
                    help="only these modes (default train,eval)")
+    p.add_argument("--activation", type=_layer_names, metavar="A,B", help="only the models with these activations (default: every activation "
+                                       "of the layer registry)")
+    p.add_argument("--dropout", type=float, default=0.0, metavar="P",
+                   help="models with dropout at rate P after every hidden block (default %(default)s: none)")
+    p.add_argument("--input-dropout", type=float, default=0.0, metavar="P",
+                   help="models with dropout at rate P on the input (default %(default)s: none)")
     p.add_argument("--batch", type=int, default=8, help="batch size (>= 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random parameters, inputs and directions")
     p.add_argument("--reg", type=float, default=0.1, help="L2 strength in the model check")

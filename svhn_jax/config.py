@@ -82,6 +82,9 @@ class RunConfig:
                             "layers: 128,512x256)", sweep="group", metavar="SIZES")
     batchnorm: str = setting("none", "BatchNorm: none, before the ReLU, or after it (the seed "
                              "notebook's placement)", choices=BATCHNORM, sweep="group")
+    activation: str | None = setting(None, "activation of every hidden layer: an activation of the "
+                                     "layer registry, as svhn-jax gradcheck lists them (default: its "
+                                     "first, ReLU)", sweep="group", metavar="NAME")
     # optimisation
     optimizer: str = setting("adam", "optimizer", choices=OPTIMIZERS, sweep="group")
     lr: float = setting(1e-3, "(peak) learning rate", above=0.0, high=1e6, sweep="vmap",
@@ -101,6 +104,10 @@ class RunConfig:
                          sweep="vmap")
     smoothing: float = setting(0.0, "label smoothing: the cross-entropy's targets are (1 - s) "
                                "one-hot + s / 10", low=0.0, below=1.0, sweep="vmap")
+    dropout: float = setting(0.0, "dropout rate of every hidden layer's output: inverted dropout, "
+                             "none in evaluation (0: no dropout layer)", low=0.0, below=1.0, sweep="vmap")
+    input_dropout: float = setting(0.0, "dropout rate of the input features (0: none)", low=0.0,
+                                   below=1.0, sweep="vmap")
     batch: int = setting(64, "batch size", low=1, high=INT_MAX, sweep="group")
     epochs: int = setting(10, "epochs", low=1, high=100_000, sweep="group", commands=(TRAIN, SWEEP))
     shift: int = setting(0, "random-shift augmentation in pixels (0: off)", low=0, high=31,

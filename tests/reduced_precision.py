@@ -58,7 +58,7 @@ def matmul(a, b):
     return _rounded_matmul(bits)(a, b)
 
 
-def dense_forward(params, state, x, train=True, axis_name=None):
+def dense_forward(params, state, x, *, train=True, axis_name=None, key=None, rate=None):
     y = matmul(x, params["W"])
     return (y + params["b"] if "b" in params else y), state, x
 
@@ -73,4 +73,4 @@ def use(monkeypatch, backward=None):
     """Patch the double in as layers.LAYERS['dense'] (with `backward` wrapped
     around its backward, to inject a bug)."""
     bwd = dense_backward if backward is None else backward(dense_backward)
-    monkeypatch.setitem(layers.LAYERS, "dense", layers.Layer(layers.dense_init, dense_forward, bwd))
+    monkeypatch.setitem(layers.LAYERS, "dense", layers.LAYERS["dense"]._replace(forward=dense_forward, backward=bwd))

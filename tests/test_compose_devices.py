@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from svhn_jax import config
+from svhn_jax.nn import distcheck, layers, model
 from svhn_jax.run import launch, parts
+from svhn_jax.step import mesh as meshes
 from svhn_jax.tune import sweep
 
 import compose_cases as cases
@@ -58,3 +60,33 @@ def test_a_sweep_group_on_4_devices_equals_one_device():
 def test_a_sweep_on_4_devices_stops_inside_a_group_and_resumes(tmp_path, monkeypatch):
     resumed, whole = cases.stopped_sweep(tmp_path, monkeypatch)
     assert resumed == whole
+
+
+def test_dropout_on_4_devices_drops_what_one_device_drops(monkeypatch):
+    """Dropout's mask follows each row's global index, so the batch split over 4 devices
+    drops what one device drops: 6 checked steps of the sharded hand backward end where
+    one device ends (every check passing), and the sharded hand backward equals
+    jax.grad of the global loss; a mask drawn from each device's local row index fails
+    that check."""
+    import parallel_cases as pc
+    from svhn_jax.nn import stepcheck
+    from svhn_jax.step import parallel, train
+
+    cfg = pc.cfg("manual")._replace(spec=model.make_spec((16,), batchnorm="before", rates=("input_dropout", "dropout")),
+                                    check_every=1)
+    hp = pc.HP._replace(dropout=np.float32(0.3), input_dropout=np.float32(0.1))
+    X, y = pc.data()[:2]
+    fresh = lambda: train.init_state(0, cfg, 48, hp)   # each run donates its state
+    order = train.epoch_order(fresh().key, 0, pc.N_TRAIN, pc.BATCH)
+    one, _ = train.run_steps(fresh(), hp, X, y, order, 0, cfg._replace(check_every=0), pc.SEGMENT)
+    place = meshes.data_placement(4)
+    four, out = parallel.run_steps(fresh(), hp, *meshes.shard_rows(X, y, place), order, 0, cfg, pc.SEGMENT, place)
+    rows = stepcheck.records(out[2], 1)
+    assert len(rows) == pc.SEGMENT and all(r["passed"] for r in rows)
+    assert _rel((four.params, four.bn_state), (one.params, one.bn_state)) <= TOL
+    spec = model.make_spec((6,), batchnorm="before", rates=("input_dropout", "dropout"))
+    check = lambda: distcheck.check_sharded_model(spec, meshes.data_placement(4).mesh, in_dim=5, batch=8)
+    assert check()["ok"]
+    keep = layers.dropout_keep
+    monkeypatch.setattr(layers, "dropout_keep", lambda key, rate, shape, axis_name=None: keep(key, rate, shape))
+    assert not check()["ok"]

@@ -138,7 +138,7 @@ def test_traced_hyperparameters_come_from_the_vmapped_fields():
     from svhn_jax.step import train
 
     assert set(train.Hyper._fields) <= set(config.VMAPPED)
-    c = config.make(lr=2e-3, reg=5e-4, smoothing=0.1)
-    assert [float(v) for v in stepconfig.hyper(c)] == pytest.approx([2e-3, 5e-4, 0.1])
+    c = config.make(lr=2e-3, reg=5e-4, smoothing=0.1, dropout=0.2, input_dropout=0.05)
+    assert [float(v) for v in stepconfig.hyper(c)] == pytest.approx([2e-3, 5e-4, 0.1, 0.2, 0.05])
     stacked = stepconfig.hypers([c, c.replace(lr=1e-2)])
     assert stacked.lr.shape == (2,) and float(stacked.lr[1]) == pytest.approx(1e-2)

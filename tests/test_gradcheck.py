@@ -94,8 +94,7 @@ def test_sign_flip_is_caught():
 
 
 def _patch(monkeypatch, name, backward):
-    init, fwd, _ = layers.LAYERS[name]
-    monkeypatch.setitem(layers.LAYERS, name, layers.Layer(init, fwd, backward))
+    monkeypatch.setitem(layers.LAYERS, name, layers.LAYERS[name]._replace(backward=backward))
 
 
 def test_missing_batchnorm_term_is_caught_per_layer_and_in_the_model(monkeypatch):

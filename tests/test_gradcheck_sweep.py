@@ -85,15 +85,15 @@ def test_batchnorm_layer_at_batch_2_never_fails():
 
 def test_the_command_that_failed_correct_code_passes(capsys):
     assert cli.main(["gradcheck", "--batchnorm", "--batch", "2", "--seed", "1", "--hidden", "16",
-                     "--in-dim", "12", "--fd-samples", "0", "--json"]) == 0
+                     "--in-dim", "12", "--fd-samples", "0", "--activation", "relu", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["ok"] is True and out["failures"] == []
     # the command runs exactly check_all: same checks, same numbers
-    assert out["checks"] == coverage.check_all((16,), placements=("before", "after"), batch=2, in_dim=12,
-                                               reg=0.1, seed=1)
+    assert out["checks"] == coverage.check_all((16,), placements=("before", "after"), activations=("relu",),
+                                               batch=2, in_dim=12, reg=0.1, seed=1)
     assert [c["check"] for c in out["checks"]][-4:] == [
-        "model 12-16-10 +BN before ReLU (train), L2=0.1", "model 12-16-10 +BN before ReLU (eval), L2=0.1",
-        "model 12-16-10 +BN after ReLU (train), L2=0.1", "model 12-16-10 +BN after ReLU (eval), L2=0.1"]
+        "model 12-16-10 dense-batchnorm-relu (train), L2=0.1", "model 12-16-10 dense-batchnorm-relu (eval), L2=0.1",
+        "model 12-16-10 dense-relu-batchnorm (train), L2=0.1", "model 12-16-10 dense-relu-batchnorm (eval), L2=0.1"]
 
 
 # ---------------------------------------------- every bug still fails, at batch 2

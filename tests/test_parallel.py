@@ -74,7 +74,8 @@ def test_on_1_2_4_and_8_devices():
 
 def test_cli_gradcheck_on_4_devices_proves_the_sharded_backward():
     r = subprocess.run([sys.executable, "-m", "svhn_jax.cli", "gradcheck", "--devices", "4", "--batchnorm",
-                        "--json", "--hidden", "6", "--in-dim", "5", "--batch", "8", "--fd-samples", "0"],
+                        "--json", "--hidden", "6", "--in-dim", "5", "--batch", "8", "--fd-samples", "0",
+                        "--activation", "relu"],
                        cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -83,8 +84,8 @@ def test_cli_gradcheck_on_4_devices_proves_the_sharded_backward():
     sharded = [c for c in out["checks"] if c["check"].startswith("sharded model")]
     titles = [c["check"] for c in sharded]   # --batchnorm: both placements, each in both modes
     assert [c["devices"] for c in sharded] == [4, 4, 4, 4], titles
-    for placement, title in zip(("before ReLU (train)", "before ReLU (eval)", "after ReLU (train)",
-                                 "after ReLU (eval)"), titles):
+    for placement, title in zip(("dense-batchnorm-relu (train)", "dense-batchnorm-relu (eval)",
+                                 "dense-relu-batchnorm (train)", "dense-relu-batchnorm (eval)"), titles):
         assert placement in title and "4 devices x 2 rows" in title
 
 

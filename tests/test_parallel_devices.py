@@ -158,9 +158,9 @@ def test_a_gradient_averaged_instead_of_summed_is_caught(monkeypatch):
 
 
 def test_a_missing_psum_in_batchnorm_backward_is_caught(monkeypatch):
-    init, fwd, bwd = layers.LAYERS["batchnorm"]
+    bwd = layers.LAYERS["batchnorm"].backward
     local_backward = lambda p, cache, dy: bwd(p, dict(cache, axis_name=None), dy)
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, local_backward))
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.LAYERS["batchnorm"]._replace(backward=local_backward))
     r = _check_bn(meshes.data_placement(4).mesh)
     assert not r["ok"]
     # dx of BatchNorm is wrong, so only the layer below it is; its own gamma/beta are right
@@ -169,9 +169,9 @@ def test_a_missing_psum_in_batchnorm_backward_is_caught(monkeypatch):
 
 
 def test_local_batchnorm_statistics_are_refused_by_jax_and_caught_by_the_check(monkeypatch):
-    init, fwd, bwd = layers.LAYERS["batchnorm"]
-    local_forward = lambda p, s, x, train, axis_name=None: fwd(p, s, x, train)
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, local_forward, bwd))
+    fwd = layers.LAYERS["batchnorm"].forward
+    local_forward = lambda p, s, x, *, train, axis_name=None, **kw: fwd(p, s, x, train=train, **kw)
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.LAYERS["batchnorm"]._replace(forward=local_forward))
     mesh = meshes.data_placement(4).mesh
     # each device's running statistics differ: they cannot be returned as replicated
     with pytest.raises(ValueError, match=r"out_specs\[2\] is P\(\)"):

@@ -169,8 +169,7 @@ def _broken_bn_backward(params, cache, dy):
 def test_per_step_check_warns_or_stops_on_a_wrong_backward(tmp_path, monkeypatch, capsys, run_config):
     from svhn_jax.nn import layers
 
-    init, fwd, _ = layers.LAYERS["batchnorm"]
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, _broken_bn_backward))
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.LAYERS["batchnorm"]._replace(backward=_broken_bn_backward))
     jax.clear_caches()
     cfg = run_config(epochs=1, batchnorm="before", gradcheck_every=10)
     m = runs.train_run(cfg, tmp_path / "warn", quiet=True)
@@ -198,8 +197,8 @@ def test_the_eval_mode_check_at_each_epochs_end_catches_an_eval_only_bug(tmp_pat
     before the epoch is evaluated: a bug there alone fails every eval-mode check."""
     from svhn_jax.nn import layers
 
-    init, fwd, _ = layers.LAYERS["batchnorm"]
-    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.Layer(init, fwd, _bn_eval_backward_without_inv_std))
+    monkeypatch.setitem(layers.LAYERS, "batchnorm", layers.LAYERS["batchnorm"]._replace(
+        backward=_bn_eval_backward_without_inv_std))
     jax.clear_caches()
     cfg = config.make(data="synthetic", synthetic_n=500, hidden=[8], batchnorm="before", epochs=2, batch=50,
                       gradcheck_every=3, tensorboard=False)

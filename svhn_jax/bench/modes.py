@@ -323,10 +323,10 @@ def make_record(mode, c, n, steps, in_dim, row_bytes, compile_s, times, load, *,
 
 
 def model_spec(c) -> tuple:
-    """The network of RunConfig c (model.make_spec)."""
-    from ..nn import model
+    """The network of RunConfig c (step.settings.spec)."""
+    from ..step import settings
 
-    return model.make_spec(c.hidden, batchnorm=c.batchnorm)
+    return settings.spec(c)
 
 
 def add_floors(record: dict, peak_gflops: float, state_gbs: float, stream_gbs: float) -> dict:

@@ -3,7 +3,8 @@
 Pure functions over pytrees, nothing else: no files, no network, no printing. This
 package imports nothing from the rest of svhn_jax except the error types.
 
-    layers      Dense, ReLU, BatchNorm: init / forward / hand-derived backward
+    layers      the registry LAYERS: Dense, activations, BatchNorm, dropout, each
+                init / forward / hand-derived backward and what the checks need
     losses      softmax cross-entropy and the L2 penalty with hand-derived gradients
     model       an MLP from those layers: forward, hand backward, autodiff twin
     optim       SGD, Momentum/Nesterov, RMSprop, Adam as (init, update) pairs

@@ -35,25 +35,26 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from . import coverage, model
-from .gradcheck import (FD_STEP, FiniteDiff, _compare, _random_params, _report, rounding_amplification,
-                        float64, path_namer, rel_error)
+from .gradcheck import (FD_STEP, FiniteDiff, _compare, _random_params, _report, float64, model_rates,
+                        model_title, path_namer, rel_error, rounding_amplification)
 
 TOL_AUTODIFF = 1e-12  # sharded hand VJP vs jax.grad of the global loss, float64
 AXIS = "data"
 
 
-def _both(flat, state, x, y, *, unravel, spec, reg, train, mesh, manual, check_vma):
+def _both(flat, state, x, y, key, rates, *, unravel, spec, reg, train, mesh, manual, check_vma):
     """The sharded hand path and the single-device reference at one parameter
-    vector: ((loss, grads, new state) by hand, the same by jax.grad)."""
+    vector: ((loss, grads, new state) by hand, the same by jax.grad). Dropout's
+    masks follow each row's global index, so both paths drop the same entries."""
     params = unravel(flat)
     per_device = partial(manual, spec=spec, reg=reg, train=train, axis_name=AXIS)
-    hand = jax.shard_map(lambda p, s, x, y: per_device(p, s, x, y)[:3], mesh=mesh,
-                         in_specs=(P(), P(), P(AXIS), P(AXIS)), out_specs=(P(), P(), P()),
+    hand = jax.shard_map(lambda p, s, x, y, k, r: per_device(p, s, x, y, key=k, **r)[:3], mesh=mesh,
+                         in_specs=(P(), P(), P(AXIS), P(AXIS), P(), P()), out_specs=(P(), P(), P()),
                          check_vma=check_vma)
-    reference = jax.value_and_grad(lambda p: model.loss(p, state, x, y, spec, reg, train=train),
-                                   has_aux=True)
+    reference = jax.value_and_grad(lambda p: model.loss(p, state, x, y, spec, reg, train=train, key=key,
+                                                        **rates), has_aux=True)
     (loss_ref, (state_ref, _)), g_auto = reference(params)
-    return hand(params, state, x, y), (loss_ref, g_auto, state_ref)
+    return hand(params, state, x, y, key, rates), (loss_ref, g_auto, state_ref)
 
 
 def _finite_diff(loss, flat, sizes, h, samples, rng) -> FiniteDiff:
@@ -87,7 +88,7 @@ def _finite_diff(loss, flat, sizes, h, samples, rng) -> FiniteDiff:
 
 
 def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True, seed=0,
-                        fd_samples=None, manual=None, check_vma=True, h=FD_STEP):
+                        fd_samples=None, manual=None, check_vma=True, h=FD_STEP, rates=None):
     """One model on one mesh; a report in gradcheck's format plus the loss and
     BatchNorm running statistics compared with the single-device forward.
 
@@ -97,6 +98,7 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
     off shard_map's static replication check, to see what the numbers say.
     Finite differences are taken of the hand path's own loss (its sharded
     forward, psums included), at `fd_samples` entries per leaf (None: all).
+    rates: {layer name: rate} of the layers with one (gradcheck.model_rates).
     """
     n_dev = mesh.shape[AXIS]
     with float64():
@@ -104,15 +106,16 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
         params, state = _random_params(rng, spec, in_dim)
         x = jnp.asarray(rng.normal(size=(batch, in_dim)))
         y = jnp.asarray(rng.integers(0, spec[-1][1], batch))
-        amp = float(rounding_amplification(spec, params, state, x, train))
+        rates, key = model_rates(spec, rates), jax.random.key(seed)
+        amp = float(rounding_amplification(spec, params, state, x, train, key, rates))
         state = jax.device_put(state, NamedSharding(mesh, P()))
         x, y = jax.device_put((x, y), NamedSharding(mesh, P(AXIS)))
         flat, unravel = ravel_pytree(params)
         # One program for both paths: each compilation costs more than the check.
         both = jax.jit(partial(_both, unravel=unravel, spec=spec, reg=reg, train=train, mesh=mesh,
                                manual=manual or model.loss_and_grads_manual, check_vma=check_vma))
-        (loss_m, g_manual, state_m), (loss_ref, g_auto, state_ref) = both(flat, state, x, y)
-        fd = _finite_diff(lambda v: both(v, state, x, y)[0][0], flat,
+        (loss_m, g_manual, state_m), (loss_ref, g_auto, state_ref) = both(flat, state, x, y, key, rates)
+        fd = _finite_diff(lambda v: both(v, state, x, y, key, rates)[0][0], flat,
                           [leaf.size for leaf in jax.tree.leaves(params)], h, fd_samples, rng)
         namer = path_namer(tuple(f"{i}.{layer}" for i, (layer, _) in enumerate(spec)))
         rows, failures = _compare(namer, g_manual, g_auto, fd, amp)
@@ -127,18 +130,16 @@ def check_sharded_model(spec, mesh, *, in_dim=12, batch=16, reg=0.1, train=True,
                      f"{e:.2e} > {TOL_AUTODIFF:.0e})" for k, e in forward.items()
                      if not e <= TOL_AUTODIFF]
 
-    names = [n for n, _ in spec]
-    bn = "" if "batchnorm" not in names else \
-        " +BN before ReLU" if names.index("batchnorm") < names.index("relu") else " +BN after ReLU"
-    widths = "-".join(str(w) for n, w in spec if n == "dense")
-    title = (f"sharded model {in_dim}-{widths}{bn} ({'train' if train else 'eval'}), "
+    shown = "".join(f" {n}={float(r):g}" for n, r in rates.items())
+    title = (f"sharded model {model_title(spec, in_dim)}{shown} ({'train' if train else 'eval'}), "
              f"{n_dev} devices x {batch // n_dev} rows, L2={reg}")
     return dict(_report(title, rows, failures), devices=n_dev, forward_rel_error=forward)
 
 
 def check_sharded_all(mesh, hidden=(16,), *, placements=model.BATCHNORM_PLACEMENTS, modes=coverage.MODES,
-                      batch=16, in_dim=12, reg=0.1, seed=0, fd_samples=None):
-    """check_sharded_model for each BatchNorm placement and mode (coverage.model_variants)."""
-    return [check_sharded_model(model.make_spec(hidden, batchnorm=bn), mesh, in_dim=in_dim,
-                                batch=batch, reg=reg, train=train, seed=seed, fd_samples=fd_samples)
-            for bn, train in coverage.model_variants(placements, modes)]
+                      activations=None, rates=None, batch=16, in_dim=12, reg=0.1, seed=0, fd_samples=None):
+    """check_sharded_model for each model of coverage.specs (activation, BatchNorm
+    placement, mode; rates: {layer name: rate} of the layers with one)."""
+    return [check_sharded_model(spec, mesh, in_dim=in_dim, batch=batch, reg=reg, train=train, seed=seed,
+                                fd_samples=fd_samples, rates=rates)
+            for spec, train in coverage.specs(hidden, placements, modes, activations, rates)]

@@ -177,11 +177,11 @@ def _away_from_zero(rng, shape, low=0.1):
     return rng.choice([-1.0, 1.0], shape) * (low + rng.random(shape))
 
 
-def _random_params(rng, spec, in_dim):
-    """float64 parameters shaped as model.init makes them: He-scaled weights,
-    BatchNorm gamma/beta far from 1/0, nonzero biases, and running statistics
-    that are not the initial 0/1."""
-    params, state = jax.eval_shape(lambda: model.init(jax.random.key(0), spec, in_dim, jnp.float64))
+def _random_params(rng, spec, in_dim, shapes=None):
+    """float64 parameters shaped as model.init makes them (or as the (params,
+    state) tree `shapes`): He-scaled weights, BatchNorm gamma/beta far from 1/0,
+    nonzero biases, and running statistics that are not the initial 0/1."""
+    params, state = shapes or jax.eval_shape(lambda: model.init(jax.random.key(0), spec, in_dim, jnp.float64))
     draw = {"W": lambda s: rng.normal(size=s) * np.sqrt(2 / s[0]),
             "b": lambda s: 0.5 * rng.normal(size=s), "beta": lambda s: 0.5 * rng.normal(size=s),
             "gamma": lambda s: 1.5 + 0.5 * rng.normal(size=s),
@@ -190,17 +190,26 @@ def _random_params(rng, spec, in_dim):
     return fill(params), fill(state)
 
 
-def rounding_amplification(spec, params, state, x, train):
+def rounding_amplification(spec, params, state, x, train, key=None, rates=None):
     """The factor by which BatchNorm in train mode can amplify rounding: the product
     over its layers of max(1, max_j max_n |x_nj| / sqrt(var_j + eps)), for x the
-    layer's input (module docstring). 1 without BatchNorm or in eval mode."""
+    layer's input (module docstring). 1 without BatchNorm or in eval mode.
+    key, rates: those of model.forward, for a network with dropout."""
     amp = jnp.ones((), x.dtype)
-    for (name, _), p, s in zip(spec, params, state, strict=True):
-        if name == "batchnorm" and train:
+    for i, ((name, _), p, s) in enumerate(zip(spec, params, state, strict=True)):
+        if layers.LAYERS[name].role == layers.NORM and train:
             kappa = jnp.max(jnp.abs(x), axis=0) * jax.lax.rsqrt(jnp.var(x, axis=0) + layers.BN_EPS)
             amp = amp * jnp.maximum(1.0, jnp.max(kappa))
-        x = layers.LAYERS[name].forward(p, s, x, train)[0]
+        x = model.apply_layer(i, name, p, s, x, train=train, key=key, rates=rates)[0]
     return amp
+
+
+def model_title(spec, in_dim) -> str:
+    """'in-widths block', the block being the layer names up to the second linear
+    layer: '3072-128-10 dense-relu', '12-16-10 input_dropout-dense-batchnorm-relu-dropout'."""
+    linear = [i for i, (n, _) in enumerate(spec) if layers.LAYERS[n].role == layers.LINEAR]
+    widths = "-".join(str(spec[i][1]) for i in linear)
+    return f"{in_dim}-{widths} " + "-".join(n for n, _ in spec[:linear[1] if len(linear) > 1 else None])
 
 
 # Each check below builds its loss and its gradients once per layout and keeps
@@ -223,8 +232,8 @@ def _backward_fns(spec):
 
 @functools.lru_cache(maxsize=64)
 def _layer_loss(forward, train: bool):
-    def loss(p_and_x, state, dy):
-        return jnp.vdot(forward(p_and_x[0], state, p_and_x[1], train)[0], dy)
+    def loss(p_and_x, state, dy, key, rate):
+        return jnp.vdot(forward(p_and_x[0], state, p_and_x[1], train=train, key=key, rate=rate)[0], dy)
     return loss
 
 
@@ -233,38 +242,52 @@ def _layer_grads(name: str, forward, backward, train: bool):
     loss = _layer_loss(forward, train)
 
     @jax.jit
-    def grads(p, state, x, dy):
-        _, _, cache = forward(p, state, x, train)
-        return (backward(p, cache, dy), jax.grad(loss)((p, x), state, dy),
+    def grads(p, state, x, dy, key, rate):
+        _, _, cache = forward(p, state, x, train=train, key=key, rate=rate)
+        return (backward(p, cache, dy), jax.grad(loss)((p, x), state, dy, key, rate),
                 rounding_amplification(((name, None),), (p,), (state,), x, train))
     return grads
 
 
+DEFAULT_RATE = 0.3   # a layer's rate where check_layer is given none
+
+
+def layer_title(layer: str, options: dict) -> str:
+    """'dense (no bias)', 'batchnorm (eval mode)', 'relu': the layer and the label of
+    its variant with these options (layers.Layer.variants)."""
+    label = next(label for label, opts in layers.LAYERS[layer].variants
+                 if all(options.get(k, v) == v for k, v in opts.items()))
+    return f"{layer} ({label})" if label else layer
+
+
 def check_layer(layer: str, *, batch=8, in_dim=6, out_dim=5, train=True, bias=True, seed=0,
-                backward=None, fd_samples=None):
+                backward=None, fd_samples=None, rate=None):
     """Check one layer's backward (or the `backward` given) on L = <y, dy>.
 
-    Random float64 input x (kept away from 0 for ReLU), random parameters
-    (gamma/beta far from 1/0), random upstream gradient dy. The input x is
-    checked as a leaf of its own, named 'x'. train: BatchNorm's mode; bias:
-    whether a Dense layer has one (a Dense before BatchNorm has none).
+    Random float64 input x (kept away from 0: no ReLU kink within a step),
+    random parameters (gamma/beta far from 1/0), random upstream gradient dy.
+    The input x is checked as a leaf of its own, named 'x'. train: the mode;
+    bias: whether a linear layer has one (a Dense before BatchNorm has none);
+    rate: a layer with a rate (dropout) uses it (default DEFAULT_RATE) with a
+    key drawn from the seed, the same for the hand VJP, jax.grad and the
+    finite differences.
     """
     with float64():
         fns = layers.LAYERS[layer]
         loss = _layer_loss(fns.forward, train)
         grads = _layer_grads(layer, fns.forward, backward or fns.backward, train)
         rng = np.random.default_rng(seed)
-        width = out_dim if layer == "dense" else in_dim
-        params, state = _random_params(rng, ((layer, width),), in_dim)
+        width = out_dim if fns.role == layers.LINEAR else in_dim
+        shapes = jax.eval_shape(lambda: fns.init(jax.random.key(0), in_dim, width, jnp.float64, bias))[:2]
+        params, state = _random_params(rng, None, in_dim, ((shapes[0],), (shapes[1],)))
         p, s = params[0], state[0]
-        if layer == "dense" and not bias:
-            p = {"W": p["W"]}
+        key, rate = ((jax.random.key(seed), jnp.float64(DEFAULT_RATE if rate is None else rate))
+                     if fns.rate else (None, None))
         x = jnp.asarray(_away_from_zero(rng, (batch, in_dim)))
         dy = jnp.asarray(rng.normal(size=(batch, width)))
-        manual, autodiff, amp = grads(p, s, x, dy)
-        fd = finite_diff(loss, (p, x), s, dy, samples=fd_samples, rng=rng)
-        title = {"batchnorm": f"batchnorm ({'train' if train else 'eval'} mode)",
-                 "dense": f"dense ({'with' if bias else 'no'} bias)"}.get(layer, layer)
+        manual, autodiff, amp = grads(p, s, x, dy, key, rate)
+        fd = finite_diff(loss, (p, x), s, dy, key, rate, samples=fd_samples, rng=rng)
+        title = layer_title(layer, {"train": train, "bias": bias})
         return _report(title, *_compare(path_namer((layer, "x")), manual, autodiff, fd, float(amp)))
 
 
@@ -305,8 +328,8 @@ def check_loss(*, batch=8, num_classes=10, seed=0, scale=1.0, smoothing=0.2):
 def _model_loss(spec, train: bool, forward_fns: tuple):
     del forward_fns  # cache key only
 
-    def loss(params, state, x, y, reg):
-        return model.loss(params, state, x, y, spec, reg, train=train)[0]
+    def loss(params, state, x, y, reg, key, rates):
+        return model.loss(params, state, x, y, spec, reg, train=train, key=key, **rates)[0]
     return loss
 
 
@@ -316,19 +339,27 @@ def _model_grads(spec, train: bool, manual, forward_fns: tuple, backward_fns: tu
     del backward_fns  # cache key only
 
     @jax.jit
-    def grads(params, state, x, y, reg):
-        return (manual(params, state, x, y, spec, reg, train=train)[1],
-                jax.grad(loss)(params, state, x, y, reg),
-                rounding_amplification(spec, params, state, x, train))
+    def grads(params, state, x, y, reg, key, rates):
+        return (manual(params, state, x, y, spec, reg, train=train, key=key, **rates)[1],
+                jax.grad(loss)(params, state, x, y, reg, key, rates),
+                rounding_amplification(spec, params, state, x, train, key, rates))
     return grads
 
 
+def model_rates(spec, rates=None) -> dict:
+    """{name: float64 rate} for the layers of spec with a rate: rates[name], or
+    DEFAULT_RATE where rates has none."""
+    return {n: jnp.float64((rates or {}).get(n, DEFAULT_RATE)) for n, _ in spec if layers.LAYERS[n].rate}
+
+
 def check_model(spec, *, in_dim=12, batch=8, reg=0.1, train=True, seed=0, fd_samples=None,
-                manual=None):
+                manual=None, rates=None):
     """Whole network + loss + L2: hand (or `manual`) vs jax.grad vs finite differences.
 
     manual: a function with the signature of model.loss_and_grads_manual, to
     check a replacement (the tests pass deliberately broken ones).
+    rates: {layer name: rate} of the layers with one (`model_rates`); their
+    masks come from a key drawn from the seed, the same for all three.
     """
     with float64():
         loss = _model_loss(spec, train, _forward_fns(spec))
@@ -338,14 +369,12 @@ def check_model(spec, *, in_dim=12, batch=8, reg=0.1, train=True, seed=0, fd_sam
         params, state = _random_params(rng, spec, in_dim)
         x = jnp.asarray(rng.normal(size=(batch, in_dim)))
         y = jnp.asarray(rng.integers(0, spec[-1][1], batch))
-        args = (state, x, y, jnp.float64(reg))
+        rates = model_rates(spec, rates)
+        args = (state, x, y, jnp.float64(reg), jax.random.key(seed), rates)
         g_manual, g_auto, amp = grads(params, *args)
         fd = finite_diff(loss, params, *args, samples=fd_samples, rng=rng)
-        widths = "-".join(str(w) for n, w in spec if n == "dense")
-        names = [n for n, _ in spec]
-        bn = "" if "batchnorm" not in names else \
-            " +BN before ReLU" if names.index("batchnorm") < names.index("relu") else " +BN after ReLU"
-        title = f"model {in_dim}-{widths}{bn} ({'train' if train else 'eval'}), L2={reg}"
+        shown = "".join(f" {n}={float(r):g}" for n, r in rates.items())
+        title = f"model {model_title(spec, in_dim)}{shown} ({'train' if train else 'eval'}), L2={reg}"
         namer = path_namer(tuple(f"{i}.{layer}" for i, (layer, _) in enumerate(spec)))
         return _report(title, *_compare(namer, g_manual, g_auto, fd, float(amp)))
 

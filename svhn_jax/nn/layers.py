@@ -1,4 +1,5 @@
-"""Layers as pure functions, each with a backward pass derived by hand.
+"""Layers as pure functions, each with a backward pass derived by hand, and the
+registry `LAYERS`: one `Layer` record per layer, the one place a layer is named.
 
 Every layer has the same three functions:
 
@@ -86,6 +87,40 @@ def relu_backward(params, cache, dy):
     """dx = dy * 1[x > 0]. The derivative at exactly 0 is taken as 0."""
     del params
     return {}, jnp.where(cache, dy, 0)
+
+
+# ---------------------------------------------------------------- LeakyReLU
+
+LEAKY_SLOPE = 0.01
+
+
+def leaky_relu_forward(params, state, x):
+    """y = x where x > 0, else LEAKY_SLOPE * x, elementwise; cache = the mask x > 0 (N, D)."""
+    del params
+    mask = x > 0
+    return jnp.where(mask, x, LEAKY_SLOPE * x), state, mask
+
+
+def leaky_relu_backward(params, cache, dy):
+    """dx = dy where x > 0, else LEAKY_SLOPE * dy (the slope at exactly 0 taken as LEAKY_SLOPE)."""
+    del params
+    return {}, jnp.where(cache, dy, LEAKY_SLOPE * dy)
+
+
+# ---------------------------------------------------------------------- tanh
+
+
+def tanh_forward(params, state, x):
+    """y = tanh(x), elementwise; cache = y (N, D)."""
+    del params
+    y = jnp.tanh(x)
+    return y, state, y
+
+
+def tanh_backward(params, cache, dy):
+    """dx = dy * (1 - y^2): tanh' = 1 - tanh^2, from the forward's output."""
+    del params
+    return {}, dy * (1 - cache * cache)
 
 
 # ----------------------------------------------------------------- BatchNorm
@@ -193,23 +228,134 @@ def batchnorm_backward(params, cache, dy):
     return grads, dx
 
 
+# ------------------------------------------------------------------- Dropout
+
+
+def dropout_keep(key, rate, shape, axis_name=None):
+    """Which entries of x (N, D) inverted dropout keeps: (N, D) bool.
+
+    Row r of the global batch keeps entry j where u_rj >= rate, u_rj uniform on
+    [0, 1) in steps of 2^-24 from the 32 random bits of fold_in(key, r) (the
+    top 24 of them, exact in float32). A row's mask depends on its global index
+    r alone: with axis_name (inside shard_map, each of P devices holding N rows)
+    device d's rows are d N .. d N + N - 1, so 1 or P devices drop the same
+    entries. Compared in float32 whatever the dtype, so a float64 check of a
+    float32 run sees the run's mask.
+    """
+    n, d = shape
+    first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * n
+    bits = jax.vmap(lambda r: jax.random.bits(jax.random.fold_in(key, r), (d,), jnp.uint32))(
+        first + jnp.arange(n))
+    u = (bits >> 8).astype(jnp.float32) * jnp.float32(2.0 ** -24)
+    return u >= jnp.asarray(rate, jnp.float32)
+
+
+def dropout_forward(params, state, x, *, train: bool, key, rate, axis_name=None):
+    """Inverted dropout: y = x * m / (1 - rate), m = dropout_keep(key, rate, ...),
+    so that E[y] = x; cache = the multiplier m / (1 - rate) (N, D). In eval mode
+    (train=False), or without a rate (None: not in the program), y = x and the
+    cache is None. rate is traced: a sweep trains several rates at once."""
+    del params
+    if not train or rate is None:
+        return x, state, None
+    keep = dropout_keep(key, rate, x.shape, axis_name)
+    scale = jnp.where(keep, 1 / (1 - jnp.asarray(rate, x.dtype)), 0).astype(x.dtype)
+    return x * scale, state, scale
+
+
+def dropout_backward(params, cache, dy):
+    """y = x * s elementwise with s fixed by the key: dx = dy * s (dy where the
+    forward was the identity)."""
+    del params
+    return {}, dy if cache is None else dy * cache
+
+
 # ------------------------------------------------------------------ registry
+
+# What a layer does in a network: model.make_spec places layers by role.
+LINEAR, NORM, ACTIVATION, INPUT_NOISE, HIDDEN_NOISE = (
+    "linear", "normalisation", "activation", "input noise", "hidden noise")
 
 
 class Layer(NamedTuple):
-    """A layer's three functions. Every forward takes `train` and `axis_name`
-    (only BatchNorm uses them), so the model calls each layer the same way."""
+    """One layer: its three functions, called the same way for every layer, and what
+    the model and the checks need to know about it.
+
+    init(key, in_dim, width, dtype, bias) -> params, state, out_dim
+    forward(params, state, x, *, train, key, rate, axis_name) -> y, new_state, cache
+        train: training or evaluation mode; key: a PRNG key for a layer with
+        randomness (None otherwise); rate: the value of the hyperparameter named
+        after the layer, for a layer with `rate` (None: not in the program);
+        axis_name: the mesh axis the batch is split along (None on one device).
+    backward(params, cache, dy) -> dparams, dx
+
+    role: one of the roles above. kinks: None for a layer smooth in its input;
+    else a function of its input x (N, D) whose value is the same at two inputs
+    only if the layer is smooth on the segment between them (ReLU: x > 0), for
+    the per-step check's finite difference. rate: the forward reads a rate and
+    a key (dropout): the model passes the hyperparameter of the layer's own
+    name. variants: the checks' (label, options) of gradcheck.check_layer that
+    take different paths through the code (options: bias, train).
+    """
 
     init: Callable
-    forward: Callable    # (params, state, x, train, axis_name=None) -> y, new_state, cache
-    backward: Callable   # (params, cache, dy) -> dparams, dx
+    forward: Callable
+    backward: Callable
+    role: str
+    kinks: Callable | None = None
+    rate: bool = False
+    variants: tuple = (("", {}),)
 
+
+def _plain(forward):
+    """forward(params, state, x) as a registry forward (no mode, key, rate or axis)."""
+    return lambda p, s, x, *, train, key=None, rate=None, axis_name=None: forward(p, s, x)
+
+
+def _no_params(key, in_dim, width, dtype, bias):
+    """The init of a layer without parameters or state that keeps the width."""
+    return {}, {}, in_dim
+
+
+TRAIN_AND_EVAL = (("train mode", {"train": True}), ("eval mode", {"train": False}))
 
 LAYERS = {
-    "dense": Layer(dense_init, lambda p, s, x, train, axis_name=None: dense_forward(p, s, x),
-                   dense_backward),
-    "relu": Layer(relu_init, lambda p, s, x, train, axis_name=None: relu_forward(p, s, x),
-                  relu_backward),
-    "batchnorm": Layer(batchnorm_init, lambda p, s, x, train, axis_name=None: batchnorm_forward(
-        p, s, x, train=train, axis_name=axis_name), batchnorm_backward),
+    "dense": Layer(lambda key, in_dim, width, dtype, bias: dense_init(key, in_dim, width, dtype, bias=bias),
+                   _plain(dense_forward), dense_backward, LINEAR,
+                   variants=(("with bias", {"bias": True}), ("no bias", {"bias": False}))),
+    "relu": Layer(_no_params, _plain(relu_forward), relu_backward, ACTIVATION,
+                  kinks=lambda x: x > 0),
+    "leaky_relu": Layer(_no_params, _plain(leaky_relu_forward), leaky_relu_backward, ACTIVATION,
+                        kinks=lambda x: x > 0),
+    "tanh": Layer(_no_params, _plain(tanh_forward), tanh_backward, ACTIVATION),
+    "batchnorm": Layer(lambda key, in_dim, width, dtype, bias: batchnorm_init(key, in_dim, dtype),
+                       lambda p, s, x, *, train, key=None, rate=None, axis_name=None: batchnorm_forward(
+                           p, s, x, train=train, axis_name=axis_name),
+                       batchnorm_backward, NORM, variants=TRAIN_AND_EVAL),
+    "input_dropout": Layer(_no_params, dropout_forward, dropout_backward, INPUT_NOISE, rate=True,
+                           variants=TRAIN_AND_EVAL),
+    "dropout": Layer(_no_params, dropout_forward, dropout_backward, HIDDEN_NOISE, rate=True,
+                     variants=TRAIN_AND_EVAL),
 }
+
+
+def of_role(role: str) -> tuple:
+    """The names of the layers of a role, in registry order."""
+    return tuple(name for name, layer in LAYERS.items() if layer.role == role)
+
+
+def single(role: str) -> str:
+    """The name of the one layer of a role (LINEAR, NORM)."""
+    (name,) = of_role(role)
+    return name
+
+
+def with_rate() -> tuple:
+    """The layers that read a rate (and a key): the hyperparameter of each is named
+    after the layer (RunConfig and train.Hyper fields: --dropout, --input-dropout)."""
+    return tuple(name for name, layer in LAYERS.items() if layer.rate)
+
+
+def activations() -> tuple:
+    """The activations, the default (ReLU) first."""
+    return of_role(ACTIVATION)

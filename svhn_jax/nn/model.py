@@ -1,7 +1,7 @@
 """An MLP built from `layers`, with a hand-chained backward and an autodiff twin.
 
-A model is described by a *spec*: a tuple of (layer name, width) pairs, e.g.
-the mission's default 3072 -> 128 -> 10
+A model is described by a *spec*: a tuple of (layer name, width) pairs, the
+names those of the registry layers.LAYERS, e.g. the mission's 3072 -> 128 -> 10
 
     (("dense", 128), ("relu", 128), ("dense", 10))
 
@@ -39,11 +39,15 @@ BATCHNORM_PLACEMENTS = ("none", "before", "after")
 
 
 def make_spec(hidden: Sequence[int] = (128,), num_classes: int = 10,
-              batchnorm: str = "none") -> tuple:
-    """Spec of Dense-[BatchNorm]-ReLU blocks followed by Dense(num_classes).
+              batchnorm: str = "none", activation: str | None = None, rates: Sequence[str] = ()) -> tuple:
+    """Spec of Dense-[BatchNorm]-activation-[noise] blocks followed by Dense(num_classes),
+    every layer named by its role in the registry (layers.LAYERS).
 
-    batchnorm: "none"; "before" the ReLU (Dense-BN-ReLU, the usual choice);
+    batchnorm: "none"; "before" the activation (Dense-BN-ReLU, the usual choice);
     or "after" it (Dense-ReLU-BN, the seed notebook's placement).
+    activation: a layer of role ACTIVATION (None: the registry's first, ReLU).
+    rates: the layers with a rate (dropout) that the network has: an INPUT_NOISE
+    layer comes first, a HIDDEN_NOISE layer ends every hidden block.
     hidden may be empty (a softmax-regression model) or of any depth.
     """
     hidden = tuple(hidden)
@@ -55,15 +59,25 @@ def make_spec(hidden: Sequence[int] = (128,), num_classes: int = 10,
         raise SvhnJaxError(f"batchnorm must be one of {BATCHNORM_PLACEMENTS}, got {batchnorm!r}")
     if num_classes < 2:
         raise SvhnJaxError(f"num_classes must be at least 2, got {num_classes}")
-    spec = []
+    activation = layers.activations()[0] if activation is None else activation
+    if activation not in layers.activations():
+        raise SvhnJaxError(f"unknown activation {activation!r}; choose one of "
+                           f"{', '.join(layers.activations())}")
+    with_rate = layers.with_rate()
+    if set(rates) - set(with_rate):
+        raise SvhnJaxError(f"no layer with a rate named {sorted(set(rates) - set(with_rate))}; the "
+                           f"layers with one: {', '.join(with_rate)}")
+    noise = lambda role: [n for n in layers.of_role(role) if n in rates]
+    linear, norm = layers.single(layers.LINEAR), layers.single(layers.NORM)
+    spec = [(n, None) for n in noise(layers.INPUT_NOISE)]
     for h in hidden:
-        block = [("dense", h), ("relu", h)]
+        block = [(linear, h), (activation, h)]
         if batchnorm == "before":
-            block.insert(1, ("batchnorm", h))
+            block.insert(1, (norm, h))
         elif batchnorm == "after":
-            block.append(("batchnorm", h))
-        spec += block
-    spec.append(("dense", num_classes))
+            block.append((norm, h))
+        spec += block + [(n, h) for n in noise(layers.HIDDEN_NOISE)]
+    spec.append((linear, num_classes))
     return tuple(spec)
 
 
@@ -74,16 +88,18 @@ def init(key, spec, in_dim: int, dtype=jnp.float32):
     """
     params, state, dim = [], [], in_dim
     for i, (k, (name, width)) in enumerate(zip(jax.random.split(key, len(spec)), spec)):
-        init_fn = layers.LAYERS[name].init
-        if name == "dense":
-            # A bias right before BatchNorm is cancelled by its mean subtraction.
-            bias = i + 1 == len(spec) or spec[i + 1][0] != "batchnorm"
-            p, s, dim = init_fn(k, dim, width, dtype, bias=bias)
-        else:
-            p, s, dim = init_fn(k, dim, dtype)
+        # A bias right before BatchNorm is cancelled by its mean subtraction.
+        bias = i + 1 == len(spec) or layers.LAYERS[spec[i + 1][0]].role != layers.NORM
+        p, s, dim = layers.LAYERS[name].init(k, dim, width, dtype, bias)
         params.append(p)
         state.append(s)
     return tuple(params), tuple(state)
+
+
+def first_linear(spec) -> int | None:
+    """The index of the first linear layer of a spec (None: it has none)."""
+    roles = [layers.LAYERS[name].role for name, _ in spec]
+    return roles.index(layers.LINEAR) if layers.LINEAR in roles else None
 
 
 def _check_batch(params, spec, x, y=None):
@@ -92,7 +108,7 @@ def _check_batch(params, spec, x, y=None):
     Shape and dtype checks work on tracers too, so they cost nothing under
     jit; the label range is checked only on concrete arrays.
     """
-    in_dim, num_classes = params[0]["W"].shape[0], spec[-1][1]
+    in_dim, num_classes = params[first_linear(spec)]["W"].shape[0], spec[-1][1]
     if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
         raise SvhnJaxError(f"x must be a floating-point array, got dtype {jnp.result_type(x)}; "
                          f"convert images with svhn_jax.preprocess first")
@@ -113,15 +129,45 @@ def _check_batch(params, spec, x, y=None):
                              f"{y_np.min()} to {y_np.max()}")
 
 
-def forward(params, state, x, spec, *, train: bool, axis_name=None):
-    """x (N, D) -> logits (N, K), new state, caches (one per layer)."""
+def forward(params, state, x, spec, *, train: bool, axis_name=None, key=None, rates=None):
+    """x (N, D) -> logits (N, K), new state, caches (one per layer).
+
+    key: the PRNG key of the step's randomness (dropout), None for a network
+    without it; layer i draws from fold_in(key, i). rates: {layer name: rate}
+    for the layers with a rate (dropout), each needed in train mode; in eval
+    mode such a layer is the identity."""
     _check_batch(params, spec, x)
+    rates = _check_rates(spec, rates or {}, key, train)
     caches, new_state = [], []
-    for (name, _), p, s in zip(spec, params, state):
-        x, s, cache = layers.LAYERS[name].forward(p, s, x, train, axis_name=axis_name)
+    for i, ((name, _), p, s) in enumerate(zip(spec, params, state)):
+        x, s, cache = apply_layer(i, name, p, s, x, train=train, key=key, rates=rates, axis_name=axis_name)
         caches.append(cache)
         new_state.append(s)
     return x, tuple(new_state), caches
+
+
+def apply_layer(i: int, name: str, p, s, x, *, train: bool, key=None, rates=None, axis_name=None):
+    """Layer i of a spec, named `name`, on x: its forward's (y, new state, cache),
+    with the key fold_in(key, i) and its rate where it has one."""
+    layer, rate = layers.LAYERS[name], (rates or {}).get(name)
+    layer_key = jax.random.fold_in(key, i) if layer.rate and rate is not None and key is not None else None
+    return layer.forward(p, s, x, train=train, key=layer_key, rate=rate, axis_name=axis_name)
+
+
+def _check_rates(spec, rates: dict, key, train: bool) -> dict:
+    """rates, after clear errors for a rate no layer of the spec reads (a setting that
+    cannot take effect) and, in train mode, for a layer with a rate but none given
+    or no key to draw from."""
+    names = {name for name, _ in spec}
+    unused = sorted(k for k, v in rates.items() if v is not None and k not in names)
+    if unused:
+        raise SvhnJaxError(f"a rate for {', '.join(unused)}, which this network does not have "
+                           f"(its layers: {', '.join(sorted(names))})")
+    drawn = sorted(n for n in names if layers.LAYERS[n].rate)
+    if train and drawn and (key is None or any(rates.get(n) is None for n in drawn)):
+        raise SvhnJaxError(f"the network's {', '.join(drawn)} train with a rate each and a PRNG key: "
+                           f"pass key= and {', '.join(f'{n}=' for n in drawn)}")
+    return rates
 
 
 def backward(params, caches, dlogits, spec):
@@ -148,22 +194,26 @@ def allreduce_grads(grads, axis_name):
     return grads if axis_name is None else jax.lax.psum(grads, axis_name)
 
 
-def loss(params, state, x, y, spec, reg=0.0, *, smoothing=None, train: bool = True, axis_name=None):
+def loss(params, state, x, y, spec, reg=0.0, *, smoothing=None, train: bool = True, axis_name=None,
+         key=None, **rates):
     """Mean softmax cross-entropy (label smoothing `smoothing`, see
     losses.softmax_cross_entropy) + 0.5 * reg * sum ||W||^2 -> (loss, (new_state, logits)).
 
     Written with plain jnp operations so that jax.grad differentiates it: this
     is the autodiff reference for the hand-written backward. With axis_name
     (inside shard_map) it is the mean over the global batch; logits are local.
+    key, rates: the randomness of the layers that have it (`forward`); rates are
+    keywords named after their layers (dropout=, input_dropout=).
     """
     _check_batch(params, spec, x, y)
-    logits, new_state, _ = forward(params, state, x, spec, train=train, axis_name=axis_name)
+    logits, new_state, _ = forward(params, state, x, spec, train=train, axis_name=axis_name, key=key,
+                                   rates=rates)
     data_loss, _ = losses.softmax_cross_entropy(logits, y, smoothing)
     return _global_mean(data_loss, axis_name) + losses.l2_penalty(params, reg), (new_state, logits)
 
 
 def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, smoothing=None, train: bool = True,
-                          axis_name=None):
+                          axis_name=None, key=None, **rates):
     """(loss, grads, new_state, logits) with grads from the hand-written VJPs.
 
     With axis_name, the global loss is (1/P) sum_devices (local mean), so a
@@ -173,7 +223,8 @@ def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, smoothing=None,
     term is added after the sum: its gradient is the same on every device.
     """
     _check_batch(params, spec, x, y)
-    logits, new_state, caches = forward(params, state, x, spec, train=train, axis_name=axis_name)
+    logits, new_state, caches = forward(params, state, x, spec, train=train, axis_name=axis_name, key=key,
+                                        rates=rates)
     data_loss, loss_cache = losses.softmax_cross_entropy(logits, y, smoothing)
     dlogits = losses.softmax_cross_entropy_backward(loss_cache)
     if axis_name is not None:
@@ -185,13 +236,14 @@ def loss_and_grads_manual(params, state, x, y, spec, reg=0.0, *, smoothing=None,
 
 
 def loss_and_grads_autodiff(params, state, x, y, spec, reg=0.0, *, smoothing=None, train: bool = True,
-                            axis_name=None):
+                            axis_name=None, key=None, **rates):
     """(loss, grads, new_state, logits) with grads from jax.grad of `loss`.
 
     Inside shard_map (axis_name given) jax.grad itself inserts the psum of the
     replicated parameters' gradients."""
     (value, (new_state, logits)), grads = jax.value_and_grad(loss, has_aux=True)(
-        params, state, x, y, spec, reg, smoothing=smoothing, train=train, axis_name=axis_name)
+        params, state, x, y, spec, reg, smoothing=smoothing, train=train, axis_name=axis_name, key=key,
+        **rates)
     return value, grads, new_state, logits
 
 

@@ -17,6 +17,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from . import layers
+
 F32_ROUNDOFF = 2.0 ** -24     # unit roundoff of float32
 TF32_ROUNDOFF = 2.0 ** -11    # TensorFloat-32: float32 matrix products on recent GPUs, by default
 BF16_ROUNDOFF = 2.0 ** -8     # bfloat16 passes: float32 matrix products on TPUs, by default
@@ -69,5 +71,5 @@ def training_precision_bound(spec, batch: int, roundoff: float) -> float:
     verdict). 0 when training multiplies at the check's precision."""
     if roundoff <= F32_ROUNDOFF:
         return 0.0
-    products = 2 * sum(name == "dense" for name, _ in spec)
+    products = 2 * sum(layers.LAYERS[name].role == layers.LINEAR for name, _ in spec)
     return 2 * roundoff * products * math.sqrt(batch)

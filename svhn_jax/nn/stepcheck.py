@@ -19,7 +19,8 @@ update applies recomputed at the check's own precision, with three references:
       at all: it also sees a derivative wrong for the function as computed (a
       custom rule, a misplaced stop_gradient). It means something only where
       the loss is smooth along v between the two ends: `smooth` is false when
-      a ReLU input changes sign in between (a kink) or the difference's
+      the input of a layer with kinks changes pattern in between (a ReLU input
+      changes sign: layers.Layer.kinks) or the difference's
       rounding could reach a tenth of the tolerance (`difference_counts`).
       Such checks are recorded and set aside, neither passes nor failures.
 
@@ -185,37 +186,44 @@ def direction(key, params):
 # -------------------------------------------------------------- the check
 
 
-def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True, smoothing=None):
-    """(L(p + eps v), L(p - eps v)) (2,) float64, and whether every ReLU input kept
-    its sign between the two ends (a kink inside the step breaks the difference).
+def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True, smoothing=None, key=None, rates=None):
+    """(L(p + eps v), L(p - eps v)) (2,) float64, and whether the input of every
+    layer with kinks (layers.Layer.kinks: ReLU) kept its pattern between the two
+    ends (a kink inside the step breaks the difference).
 
-    The first layer is linear in its weights: its output at p +- eps v is
-    x W + b +- eps (x V + v_b). The products x W and x V, the costliest of the
-    network, are taken in the inputs' precision (the training step's forward
-    and the jvp compute the very same ones, and XLA computes them once);
-    everything after them is float64. Their rounding moves the point and the
-    direction by float32 rounding, which changes the difference quotient by as
-    much, relatively; it is not amplified by 1 / 2 eps, because the two ends
-    share x W exactly and differ by eps x V.
+    The first linear layer is linear in its weights: its output at p +- eps v is
+    x W + b +- eps (x V + v_b), x the output of the parameter-free layers before
+    it (input dropout). The products x W and x V, the costliest of the network,
+    are taken in the inputs' precision (the training step's forward and the jvp
+    compute the very same ones, and XLA computes them once); everything after
+    them is float64. Their rounding moves the point and the direction by float32
+    rounding, which changes the difference quotient by as much, relatively; it
+    is not amplified by 1 / 2 eps: the two ends share x W and differ by eps x V.
     """
-    first = params[0]
-    xw, xv = x @ first["W"], x @ v[0]["W"]
+    first = model.first_linear(spec)
+    for i in range(first):
+        x = model.apply_layer(i, spec[i][0], params[i], bn_state[i], x, train=train, key=key, rates=rates)[0]
+    w = params[first]
+    xw, xv = x @ w["W"], x @ v[first]["W"]
     with jax.enable_x64(True):
         f64 = lambda t: jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), t)
         p64, v64, state64 = f64(params), f64(v), f64(bn_state)
+        rates64 = f64(rates) if rates else rates
         xw, xv = f64(xw), f64(xv)
-        if "b" in first:
-            xw, xv = xw + p64[0]["b"], xv + v64[0]["b"]
+        if "b" in w:
+            xw, xv = xw + p64[first]["b"], xv + v64[first]["b"]
 
         def end(sign):
             p = jax.tree.map(lambda a, d: a + sign * eps * d, p64, v64)
-            h, masks = xw + sign * eps * xv, []
-            for (name, _), q, s in zip(spec[1:], p[1:], state64[1:]):
-                h, _, cache = layers.LAYERS[name].forward(q, s, h, train)
-                if name == "relu":
-                    masks.append(cache)
+            h, patterns = xw + sign * eps * xv, []
+            for i in range(first + 1, len(spec)):
+                kinks = layers.LAYERS[spec[i][0]].kinks
+                if kinks is not None:
+                    patterns.append(kinks(h))
+                h = model.apply_layer(i, spec[i][0], p[i], state64[i], h, train=train, key=key,
+                                      rates=rates64)[0]
             ce, _ = losses.softmax_cross_entropy(h, y, None if smoothing is None else f64(smoothing))
-            return ce + losses.l2_penalty(p, jnp.asarray(reg, jnp.float64)), masks
+            return ce + losses.l2_penalty(p, jnp.asarray(reg, jnp.float64)), patterns
 
         (up, masks_up), (down, masks_down) = end(1.0), end(-1.0)
         same = [jnp.all(a == b) for a, b in zip(masks_up, masks_down)]
@@ -223,12 +231,11 @@ def _ends(params, bn_state, x, y, v, spec, reg, eps, train=True, smoothing=None)
 
 
 def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, smoothing=None, grads=None,
-          train: bool = True,
-          loss_and_grads=None, eps: float = FD_STEP, tol: float | None = None) -> StepCheck:
+          train: bool = True, noise_key=None,
+          loss_and_grads=None, eps: float = FD_STEP, tol: float | None = None, **rates) -> StepCheck:
     """The check of the gradient that training computes in `grad_mode` on
     (x (B, D), y (B,)) at `params`, with `bn_state`, L2 strength `reg` and label
-    smoothing `smoothing`, in
-    train mode or (train=False) the eval mode of `train.evaluate`; v is
+    smoothing `smoothing`, in train mode or (train=False) the eval mode of `train.evaluate`; v is
     `direction(key, params)`. Traceable (jit, scan, vmap). Returns a StepCheck
     with step 0 (the caller knows the step).
 
@@ -240,13 +247,17 @@ def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, smoothing=N
     over a mesh), so that g is computed as training computes it.
     tol: the directional tolerance that the difference's rounding must stay
     well below for it to count (`difference_counts`); default `tolerance()`.
+    noise_key, rates: the step's key and the rates of its layers with randomness
+    (model.forward): every gradient, the jvp and both ends see the update's masks.
     """
-    if spec[0][0] != "dense":
-        raise GradCheckError(f"the per-step check needs a Dense first layer, got {spec[0][0]!r}")
+    first = model.first_linear(spec)
+    if first is None or jax.tree.leaves(params[:first]):   # _ends perturbs the first layer by hand
+        raise GradCheckError(f"the per-step check needs a linear layer, after none with parameters: "
+                             f"got {[n for n, _ in spec]}")
     tol = tolerance() if tol is None else tol
     modes = dict(model.GRAD_MODES, **({grad_mode: loss_and_grads} if loss_and_grads else {}))
     gradient = lambda mode: modes[mode](params, bn_state, x, y, spec, reg=reg, smoothing=smoothing,
-                                        train=train)[1]
+                                        train=train, key=noise_key, **rates)[1]
     u_train = matmul_roundoff()
     reduced = u_train > F32_ROUNDOFF
     applied = gradient(grad_mode) if grads is None and reduced else grads
@@ -257,9 +268,10 @@ def check(params, bn_state, x, y, reg, key, spec, grad_mode: str, *, smoothing=N
         hand, auto = (g, g_other) if grad_mode == "manual" else (g_other, g)
         per_entry = worst_leaf_error(hand, auto, spec)
         v = direction(key, params)
-        loss = lambda p: model.loss(p, bn_state, x, y, spec, reg, smoothing=smoothing, train=train)[0]
+        loss = lambda p: model.loss(p, bn_state, x, y, spec, reg, smoothing=smoothing, train=train,
+                                    key=noise_key, **rates)[0]
         _, d_jvp = jax.jvp(loss, (params,), (v,))
-        ends, no_kink = _ends(params, bn_state, x, y, v, spec, reg, eps, train, smoothing)
+        ends, no_kink = _ends(params, bn_state, x, y, v, spec, reg, eps, train, smoothing, noise_key, rates)
     # where nothing was recomputed, g is the applied gradient itself
     off = tree_rel_error(applied, g, spec) if reduced and applied is not None else jnp.zeros((), per_entry.dtype)
     bound = training_precision_bound(spec, x.shape[0], u_train)

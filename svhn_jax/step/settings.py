@@ -2,6 +2,7 @@
 static `train.StepConfig` (with its schedule record) and the traced `train.Hyper`:
 every caller (runs, ensembles, sweeps, the range test, the bench) goes through here.
 
+    spec          the network of a configuration (nn.model.make_spec)
     step_config   the static settings of a configuration, for a data set of given size
     schedule      its learning-rate schedule as a record (nn.schedules.ScheduleSpec)
     hyper         the traced hyperparameters, read by field name from the RunConfig
@@ -19,7 +20,7 @@ from . import train
 from ..config import RunConfig
 from ..data import preprocess
 from ..errors import SvhnJaxError
-from ..nn import model, schedules
+from ..nn import layers, model, schedules
 
 
 def schedule(c: RunConfig, steps_per_epoch: int) -> schedules.ScheduleSpec:
@@ -35,6 +36,13 @@ def schedule(c: RunConfig, steps_per_epoch: int) -> schedules.ScheduleSpec:
                                   decay_factor=c.decay_factor, decay_every=every)
 
 
+def spec(c: RunConfig) -> tuple:
+    """The network of c: its hidden sizes, BatchNorm placement, activation, and the
+    layers with a rate (dropout) whose RunConfig field of the same name is not 0."""
+    return model.make_spec(c.hidden, batchnorm=c.batchnorm, activation=c.activation,
+                           rates=tuple(n for n in layers.with_rate() if getattr(c, n)))
+
+
 def step_config(c: RunConfig, steps_per_epoch: int, prep: dict | None = None, *,
                 keep_grads: bool = False) -> train.StepConfig:
     """The static part of a configuration; the schedule's length depends on the data size.
@@ -42,7 +50,7 @@ def step_config(c: RunConfig, steps_per_epoch: int, prep: dict | None = None, *,
     to uint8 images on the device; None for float32 features prepared beforehand.
     keep_grads: also return each segment's last gradient (TensorBoard histograms)."""
     return train.check_config(train.StepConfig(
-        spec=model.make_spec(c.hidden, batchnorm=c.batchnorm),
+        spec=spec(c),
         optimizer=c.optimizer, schedule=schedule(c, steps_per_epoch),
         batch=c.batch, grad_mode=c.grad, shift=c.shift,
         image_shape=(32, 32, 1 if c.grayscale else 3), check_every=c.gradcheck_every,

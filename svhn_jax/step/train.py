@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from ..data import preprocess
-from ..nn import losses, model, optim, schedules, stepcheck
+from ..nn import layers, losses, model, optim, schedules, stepcheck
 from ..errors import SvhnJaxError
 
 
@@ -50,20 +50,32 @@ class StepConfig(NamedTuple):
 
 class Hyper(NamedTuple):
     """Hyperparameters that enter the program as values, so one compilation serves
-    every learning rate, L2 strength and label smoothing (and jax.vmap trains many
-    at once). step.settings.hyper fills each field from the RunConfig field of the
-    same name; every field but lr is a keyword of the model's loss (nn.model.loss).
-    A field whose default is None is a term of the loss that is left out of the
-    program (None) where every model has it 0."""
+    every learning rate, L2 strength, label smoothing and dropout rate (and jax.vmap
+    trains many at once). step.settings.hyper fills each field from the RunConfig
+    field of the same name; every field but lr is a keyword of the model's loss
+    (nn.model.loss; a dropout rate is named after its layer). A field whose default
+    is None is a term of the loss that is left out of the program (None) where every
+    model has it 0."""
 
     lr: Any
     reg: Any
     smoothing: Any = None
+    dropout: Any = None
+    input_dropout: Any = None
 
 
 def loss_settings(hp: Hyper) -> dict:
     """The hyperparameters of the loss: every field of hp but the learning rate."""
     return {k: v for k, v in hp._asdict().items() if k != "lr"}
+
+
+def noise_key(state: "TrainState", cfg: StepConfig):
+    """The key of the step's dropout masks, fold_in(fold_in(key, 6), step) (layer i
+    of the network then folds in i); None for a network without randomness, which
+    then has nothing of it in its program."""
+    if not any(layers.LAYERS[name].rate for name, _ in cfg.spec):
+        return None
+    return jax.random.fold_in(jax.random.fold_in(state.key, 6), state.step)
 
 
 class TrainState(NamedTuple):
@@ -205,8 +217,8 @@ def gradients(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig, loss_and_gr
     loss_and_grads replaces model.GRAD_MODES[cfg.grad_mode] (same signature):
     `parallel` passes the hand backward sharded over a mesh."""
     loss_and_grads = loss_and_grads or model.GRAD_MODES[cfg.grad_mode]
-    _, grads, bn_state, logits = loss_and_grads(state.params, state.bn_state, xb, yb, cfg.spec,
-                                                train=True, **loss_settings(hp))
+    _, grads, bn_state, logits = loss_and_grads(state.params, state.bn_state, xb, yb, cfg.spec, train=True,
+                                                key=noise_key(state, cfg), **loss_settings(hp))
     return grads, bn_state, logits
 
 
@@ -251,7 +263,7 @@ def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig, loss_
 
     def run():
         c = stepcheck.check(state.params, state.bn_state, xb, yb, key=check_key(state.key, state.step),
-                            spec=cfg.spec, grad_mode=cfg.grad_mode, grads=grads,
+                            spec=cfg.spec, grad_mode=cfg.grad_mode, grads=grads, noise_key=noise_key(state, cfg),
                             loss_and_grads=loss_and_grads, **loss_settings(hp))
         return c._replace(step=state.step)
 

@@ -113,7 +113,10 @@ def expand(axes: dict, *, search: str = "grid", trials: int = 10, seed: int = 0)
 
 
 def _group_key(c: RunConfig) -> str:
-    return json.dumps({k: v for k, v in config.to_json(c).items() if k not in VMAPPED}, sort_keys=True)
+    """Configurations share a compiled group when they differ in vmapped settings only
+    and have the same network (a dropout rate of 0 leaves its layer out)."""
+    return json.dumps({k: v for k, v in config.to_json(c).items() if k not in VMAPPED}
+                      | {"network": stepconfig.spec(c)}, sort_keys=True)
 
 
 def _show(v) -> str:
