@@ -1,0 +1,91 @@
+"""Random affine distortions and shifted test-time copies of feature images, in
+jax.numpy, for use inside a compiled step.
+
+    matrices(u, rotate, scale, shear)   (B, 2, 2) sampling matrices from uniforms u (B, 3)
+    warp(x, A, t, image_shape)          x (B, D) resampled bilinearly, zero-filled
+    translate(x, dy, dx, image_shape)   x (B, D) moved by whole pixels, zero-filled
+    TTA_OFFSETS                         the copies test-time averaging scores
+
+The images are rows of normalised features (B, D), D = H * W * C in (row, column,
+channel) order, as data.preprocess.apply_device returns them: a pixel outside the
+image is filled with 0, the value that normalised shifts fill in.
+
+Geometry of `warp`. With centre c = ((H - 1) / 2, (W - 1) / 2), output pixel
+p = (row, column) takes the input's value at
+
+    q = A (p - c) + c + t
+
+interpolated bilinearly: with q = q0 + f, q0 = floor(q), f in [0, 1)^2, the
+value is sum over the 4 neighbours q0 + (i, j), i, j in {0, 1}, of
+(i ? f_r : 1 - f_r) (j ? f_c : 1 - f_c) x[q0 + (i, j)], a neighbour outside the
+image counting as 0. With A = I and t whole pixels, q = p + t exactly and the
+weights are exactly 1 and 0: the zero-filled translation by t (train._shift with
+offsets t + shift) bit for bit.
+
+`matrices` draws A = R(theta) Sh(s) / z, one per image, from u uniform in
+[-1, 1]: theta = rotate * u0 degrees, z = 1 + scale * u1 (z > 1 magnifies),
+s = shear * u2, with (in (row, column) coordinates)
+
+    R(theta) = [[cos, -sin], [sin, cos]],   Sh(s) = [[1, s], [0, 1]]
+
+so a column moves by s pixels per row from the centre.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+# (rows, columns) of each copy that test-time averaging scores: the image, then its
+# whole-pixel shifts by one pixel, the four sides before the four corners.
+TTA_OFFSETS = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+
+
+def matrices(u, rotate: float, scale: float, shear: float):
+    """(B, 2, 2) float32 sampling matrices A = R(theta) Sh(s) / z from u (B, 3) in
+    [-1, 1] (see the module's docstring); rotate in degrees."""
+    theta = np.float32(np.deg2rad(rotate)) * u[:, 0]
+    z = np.float32(1.0) + np.float32(scale) * u[:, 1]
+    s = np.float32(shear) * u[:, 2]
+    cos, sin = jnp.cos(theta) / z, jnp.sin(theta) / z
+    # R @ [[1, s], [0, 1]] = [[cos, cos s - sin], [sin, sin s + cos]]
+    return jnp.stack([jnp.stack([cos, cos * s - sin], -1), jnp.stack([sin, sin * s + cos], -1)], -2)
+
+
+def warp(x, A, t, image_shape):
+    """x (B, D) float32 feature images resampled at q = A (p - c) + c + t: A (B, 2, 2),
+    t (B, 2) (rows, columns) -> (B, D). Bilinear, zero outside the image.
+
+    Four gathers of whole pixels (C channels each) from the flattened images; the
+    coordinates are plain multiply-adds, not a matrix product, which GPUs would
+    compute at reduced precision by default."""
+    h, w, c = image_shape
+    b = x.shape[0]
+    imgs = x.reshape(b, h * w, c)
+    rows, cols = np.meshgrid(np.arange(h, dtype=np.float32) - np.float32((h - 1) / 2),
+                             np.arange(w, dtype=np.float32) - np.float32((w - 1) / 2), indexing="ij")
+    pr, pc = rows.reshape(1, -1), cols.reshape(1, -1)        # p - c, (1, H W)
+    qr = A[:, 0, 0:1] * pr + A[:, 0, 1:2] * pc + (np.float32((h - 1) / 2) + t[:, 0:1])
+    qc = A[:, 1, 0:1] * pr + A[:, 1, 1:2] * pc + (np.float32((w - 1) / 2) + t[:, 1:2])
+    r0, c0 = jnp.floor(qr), jnp.floor(qc)
+    fr, fc = qr - r0, qc - c0
+    r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
+    out = jnp.zeros_like(imgs)
+    for i, wr in ((0, 1 - fr), (1, fr)):
+        for j, wc in ((0, 1 - fc), (1, fc)):
+            r, col = r0 + i, c0 + j
+            inside = (r >= 0) & (r < h) & (col >= 0) & (col < w)
+            idx = jnp.clip(r, 0, h - 1) * w + jnp.clip(col, 0, w - 1)      # (B, H W)
+            weight = jnp.where(inside, wr * wc, np.float32(0.0))
+            out = out + weight[..., None] * jnp.take_along_axis(imgs, idx[..., None], axis=1)
+    return out.reshape(x.shape)
+
+
+def translate(x, dy: int, dx: int, image_shape):
+    """x (B, D) feature images moved by whole pixels, dy rows down and dx columns
+    right (negative: up, left), zero-filled -> (B, D)."""
+    h, w, _ = image_shape
+    imgs = x.reshape(x.shape[0], h, w, -1)
+    imgs = jnp.pad(imgs, ((0, 0), (max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)), (0, 0)))
+    r, c = max(-dy, 0), max(-dx, 0)
+    return imgs[:, r:r + h, c:c + w].reshape(x.shape)
