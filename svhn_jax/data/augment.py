@@ -56,11 +56,13 @@ def warp(x, A, t, image_shape):
     """x (B, D) float32 feature images resampled at q = A (p - c) + c + t: A (B, 2, 2),
     t (B, 2) (rows, columns) -> (B, D). Bilinear, zero outside the image.
 
-    The coordinates are plain multiply-adds, not a matrix product, which GPUs would
-    compute at reduced precision by default. Speed, not maths: the 4 neighbours are
-    one gather, fenced off by optimization barriers; XLA:CPU otherwise fuses the
-    gather with the arithmetic around it into one unvectorised loop (see
-    step.train._shift_images), which took twice as long."""
+    The images are padded with zeros (1 pixel before, 2 after) and q clamped to
+    [-1, H] x [-1, W]: a clamped coordinate has all its weight on a zero of the
+    padding, so the 4 neighbours are always inside the padded image and need no
+    masks. The coordinates are plain multiply-adds, not a matrix product, which GPUs
+    would compute at reduced precision by default. Speed, not maths: the gather is
+    fenced off by optimization barriers, so that XLA:CPU does not fuse it with the
+    arithmetic around it into one unvectorised loop (see step.train._shift_images)."""
     import jax
 
     h, w, c = image_shape
@@ -70,19 +72,20 @@ def warp(x, A, t, image_shape):
     pr, pc = rows.reshape(1, -1), cols.reshape(1, -1)        # p - c, (1, H W)
     qr = A[:, 0, 0:1] * pr + A[:, 0, 1:2] * pc + (np.float32((h - 1) / 2) + t[:, 0:1])
     qc = A[:, 1, 0:1] * pr + A[:, 1, 1:2] * pc + (np.float32((w - 1) / 2) + t[:, 1:2])
+    qr, qc = jnp.clip(qr, -1, h), jnp.clip(qc, -1, w)
     r0, c0 = jnp.floor(qr), jnp.floor(qc)
     fr, fc = qr - r0, qc - c0
-    r0, c0 = r0.astype(jnp.int32), c0.astype(jnp.int32)
-    idx, weights = [], []
-    for i, wr in ((0, 1 - fr), (1, fr)):
-        for j, wc in ((0, 1 - fc), (1, fc)):
-            r, col = r0 + i, c0 + j
-            inside = (r >= 0) & (r < h) & (col >= 0) & (col < w)
-            idx.append(jnp.clip(r, 0, h - 1) * w + jnp.clip(col, 0, w - 1))
-            weights.append(jnp.where(inside, wr * wc, np.float32(0.0)))
-    imgs, idx = jax.lax.optimization_barrier((x.reshape(b, h * w, c), jnp.concatenate(idx, axis=1)))
-    near = jax.lax.optimization_barrier(jnp.take_along_axis(imgs, idx[..., None], axis=1))
-    return jnp.sum(near.reshape(b, 4, h * w, c) * jnp.stack(weights, 1)[..., None], axis=1).reshape(x.shape)
+    row = w + 3                                               # of the padded image
+    i00 = (r0.astype(jnp.int32) + 1) * row + (c0.astype(jnp.int32) + 1)
+    if c > 1:   # one gather index and weight per feature: (B, H W C)
+        i00 = (i00[..., None] * c + np.arange(c, dtype=np.int32)).reshape(b, -1)
+        fr, fc = jnp.repeat(fr, c, axis=1), jnp.repeat(fc, c, axis=1)
+    padded = jnp.pad(x.reshape(b, h, w, c), ((0, 0), (1, 2), (1, 2), (0, 0))).reshape(b, -1)
+    padded, i00 = jax.lax.optimization_barrier((padded, i00))
+    near = jax.lax.optimization_barrier([jnp.take_along_axis(padded, i00 + d * c, axis=1)
+                                         for d in (0, 1, row, row + 1)])
+    gr, gc = 1 - fr, 1 - fc
+    return near[0] * (gr * gc) + near[1] * (gr * fc) + near[2] * (fr * gc) + near[3] * (fr * fc)
 
 
 def translate(x, dy: int, dx: int, image_shape):
