@@ -71,6 +71,7 @@ def make_eval_set(X, y, chunk: int = 1024) -> EvalSet:
 
 
 def check_tta(tta: int) -> int:
+    """tta itself, or a clear error: the number of copies test-time averaging scores."""
     if isinstance(tta, bool) or not isinstance(tta, int) or not 1 <= tta <= len(augment.TTA_OFFSETS):
         raise SvhnJaxError(f"--tta must be >= 1 and <= {len(augment.TTA_OFFSETS)} (copies of each "
                            f"image to average over; 1: the image alone), got {tta!r}")
