@@ -2,6 +2,7 @@
 warp pinned against NumPy written here, its composition with shifts, the random
 draw, and the settings' errors."""
 
+import json
 import os
 import subprocess
 import sys
@@ -169,10 +170,10 @@ def test_bad_values_are_one_clear_error(bad, message):
 RUN = dict(data="synthetic", synthetic_n=300, hidden=(8,), batch=32, epochs=2, shift=1, lr=3e-3,
            rotate=10.0, scale=0.1, shear=0.2, tensorboard=False)
 _SCRIPT = """
-import sys
+import json, sys
 from svhn_jax import config
 from svhn_jax.run import launch
-launch.train_run(config.make(**eval(sys.argv[1]), devices="2"), sys.argv[2], quiet=True)
+launch.train_run(config.make(**json.loads(sys.argv[1]), devices="2"), sys.argv[2], quiet=True)
 """
 
 
@@ -181,7 +182,7 @@ def test_a_distorted_run_is_recorded_repeatable_and_the_same_on_2_devices(tmp_pa
     from test_compose_devices import TOL as TOL_DEVICES, _rel
     from svhn_jax.run import folder, launch
 
-    two = subprocess.Popen([sys.executable, "-c", _SCRIPT, repr(RUN), str(tmp_path / "two")],
+    two = subprocess.Popen([sys.executable, "-c", _SCRIPT, json.dumps(RUN), str(tmp_path / "two")],
                            env=dict(os.environ, JAX_NUM_CPU_DEVICES="2", JAX_PLATFORMS="cpu"),
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
