@@ -28,7 +28,7 @@ s = shear * u2, with (in (row, column) coordinates)
 
     R(theta) = [[cos, -sin], [sin, cos]],   Sh(s) = [[1, s], [0, 1]]
 
-so a column moves by s pixels per row from the centre.
+a vertical shear: the column d columns from the centre samples rows moved by s d.
 """
 
 from __future__ import annotations
