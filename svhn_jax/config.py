@@ -139,11 +139,10 @@ class RunConfig:
                             "degrees either way (0: off)", low=0, high=45, sweep="group",
                             metavar="DEG")
     scale: float = setting(0.0, "random zoom of each training image by a factor between 1 - S and "
-                           "1 + S (0: off)", low=0, below=1.0, sweep="group",
-                           metavar="S")
+                           "1 + S (0: off)", low=0, below=1.0, sweep="group", metavar="S")
     shear: float = setting(0.0, "random vertical shear of each training image: the column d "
-                           "columns from the centre moves by s d pixels, |s| <= S (0: off)", low=0, below=1.0, sweep="group",
-                           metavar="S")
+                           "columns from the centre moves by s d pixels, |s| <= S (0: off)",
+                           low=0, below=1.0, sweep="group", metavar="S")
     tta: int = setting(1, "score validation and test images by the softmax averaged over N "
                        "copies: the image, then its shifts by one pixel (1: the image alone)",
                        low=1, high=9, commands=(TRAIN, SWEEP), metavar="N")
