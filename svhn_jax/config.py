@@ -143,6 +143,10 @@ class RunConfig:
     shear: float = setting(0.0, "random vertical shear of each training image: the column d "
                            "columns from the centre moves by s d pixels, |s| <= S (0: off)",
                            low=0, below=1.0, sweep="group", metavar="S")
+    elastic: float = setting(0.0, "random elastic distortion of each training image: a smooth random "
+                             "displacement field (noise smoothed over 4 pixels) moving pixels by "
+                             "about PX pixels (standard deviation) (0: off)", low=0, high=8,
+                             sweep="group", metavar="PX")
     tta: int = setting(1, "score validation and test images by the softmax averaged over N "
                        "copies: the image, then its shifts by one pixel (1: the image alone)",
                        low=1, high=9, commands=(TRAIN, SWEEP), metavar="N")

@@ -21,15 +21,17 @@ from svhn_jax.step import train
 TOL = 1e-5   # float32 coordinates and weights against float64 NumPy, values of order 1
 
 
-def _np_warp(img, A, t):
-    """img (H, W, C) resampled at q = A (p - c) + c + t, bilinearly, zero outside: one
-    pixel at a time, in float64."""
+def _np_warp(img, A, t, disp=None):
+    """img (H, W, C) resampled at q = A (p - c) + c + t (+ disp[:, p], disp (2, H, W)),
+    bilinearly, zero outside: one pixel at a time, in float64."""
     h, w, _ = img.shape
     c = np.array([(h - 1) / 2, (w - 1) / 2])
     out = np.zeros(img.shape)
     for r in range(h):
         for col in range(w):
             q = np.asarray(A, np.float64) @ (np.array([r, col]) - c) + c + t
+            if disp is not None:
+                q = q + disp[:, r, col]
             q0 = np.floor(q).astype(int)
             f = q - q0
             for i in (0, 1):
@@ -40,11 +42,12 @@ def _np_warp(img, A, t):
     return out
 
 
-def _warp(imgs, A, t):
-    """augment.warp on images (B, H, W, C) given as rows."""
-    b = imgs.shape[0]
+def _warp(imgs, A, t, disp=None):
+    """augment.warp on images (B, H, W, C) given as rows; disp (B, 2, H, W) or None."""
+    b, h, w, _ = imgs.shape
     out = augment.warp(jnp.asarray(imgs.reshape(b, -1), jnp.float32), jnp.asarray(A, jnp.float32),
-                       jnp.asarray(t, jnp.float32), imgs.shape[1:])
+                       jnp.asarray(t, jnp.float32), imgs.shape[1:],
+                       None if disp is None else jnp.asarray(disp.reshape(b, 2, h * w), jnp.float32))
     return np.asarray(out).reshape(imgs.shape)
 
 
@@ -93,6 +96,24 @@ def test_random_distortions_match_numpy():
         th, z, s = np.deg2rad(30.0) * u[k, 0], 1 + 0.3 * u[k, 1], 0.4 * u[k, 2]
         R = np.array([[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]])
         np.testing.assert_allclose(A[k], R @ np.array([[1, s], [0, 1]]) / z, atol=1e-6)
+
+
+def test_elastic_displacements_match_numpy():
+    noise = np.random.default_rng(5).uniform(-1, 1, (64, 2, 32, 32))
+    field = np.asarray(augment.elastic_field(jnp.asarray(noise, jnp.float32))).reshape(noise.shape)
+    k = np.arange(32)
+    G = np.exp(-(k[:, None] - k[None, :]) ** 2 / (2 * 4.0 ** 2))
+    G /= G.sum(axis=1, keepdims=True)
+    g = np.exp(-np.arange(-12, 13) ** 2 / 32.0)
+    want = G @ noise @ G.T / (np.sqrt(1 / 3) * np.sum((g / g.sum()) ** 2))
+    np.testing.assert_allclose(field, want, atol=TOL)
+    assert 0.9 < field[:, :, 8:24, 8:24].std() < 1.1   # about unit spread away from the border
+    x = _images(b=2, h=6, w=7, c=3, seed=6)
+    disp = 1.5 * np.random.default_rng(7).normal(size=(2, 2, 6, 7))
+    A, t = np.broadcast_to(np.eye(2), (2, 2, 2)), np.array([[0.5, -1.0], [0.0, 0.0]])
+    got = _warp(x, A, t, disp)
+    for i in range(2):
+        np.testing.assert_allclose(got[i], _np_warp(x[i].astype(np.float64), A[i], t[i], disp[i]), atol=TOL)
 
 
 def test_translate_moves_whole_pixels_with_zeros_filled_in():
@@ -149,11 +170,26 @@ def test_the_draw_depends_on_the_key_and_step_only():
     assert not np.array_equal(np.asarray(a), np.asarray(train.features(x, cfg.prep)))
 
 
+def test_an_elastic_batch_is_its_key_and_steps_displacement_field():
+    cfg = _cfg(shift=1, elastic=2.0)
+    a, x = _batch(cfg)
+    assert np.array_equal(np.asarray(a), np.asarray(_batch(cfg)[0]))   # same seed, same result
+    noise = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(jax.random.key(7), 6), 5),
+                               (16, 2, 32, 32), minval=-1.0, maxval=1.0)
+    t = (train._offsets(jax.random.key(7), 5, 16, cfg) - 1).astype(jnp.float32)
+    want = augment.warp(train.features(x, cfg.prep), jnp.broadcast_to(jnp.eye(2), (16, 2, 2)), t,
+                        (32, 32, 1), 2.0 * augment.elastic_field(noise))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(want))
+    assert not np.allclose(np.asarray(a), np.asarray(_batch(_cfg(shift=1))[0]), atol=1e-3)
+
+
 @pytest.mark.parametrize("bad, message", [
     (dict(rotate=-1.0), "--rotate must be >= 0 and <= 45"),
     (dict(rotate=46.0), "--rotate must be >= 0 and <= 45"),
     (dict(scale=1.0), "--scale must be >= 0 and < 1"),
     (dict(shear=-0.1), "--shear must be >= 0 and < 1"),
+    (dict(elastic=9.0), "--elastic must be >= 0 and <= 8"),
+    (dict(elastic=-1.0), "--elastic must be >= 0 and <= 8"),
     (dict(tta=10), "--tta must be >= 1 and <= 9"),
     (dict(tta=0), "--tta must be >= 1 and <= 9"),
 ])
@@ -168,7 +204,7 @@ def test_bad_values_are_one_clear_error(bad, message):
 # ------------------------------------------------------------------ in a run
 
 RUN = dict(data="synthetic", synthetic_n=300, hidden=(8,), batch=32, epochs=2, shift=1, lr=3e-3,
-           rotate=10.0, scale=0.1, shear=0.2, tensorboard=False)
+           rotate=10.0, scale=0.1, shear=0.2, elastic=1.0, tensorboard=False)
 _SCRIPT = """
 import json, sys
 from svhn_jax import config
@@ -194,7 +230,7 @@ def test_a_distorted_run_is_recorded_repeatable_and_the_same_on_2_devices(tmp_pa
     assert two.returncode == 0, err
     assert one[0]["params_sha256"] == one[1]["params_sha256"]   # same seed, same result
     c, _ = folder.read_run(tmp_path / "two")
-    assert (c.rotate, c.scale, c.shear, c.devices) == (10.0, 0.1, 0.2, "2")   # in config.json
+    assert (c.rotate, c.scale, c.shear, c.elastic, c.devices) == (10.0, 0.1, 0.2, 1.0, "2")   # config.json
     assert folder.read_metrics(tmp_path / "two")["mesh"] == {"models": 1, "data": 2}
     a, b = cases.state(tmp_path / "two"), cases.state(tmp_path / "one")
     assert _rel((a.params, a.bn_state), (b.params, b.bn_state)) <= TOL_DEVICES

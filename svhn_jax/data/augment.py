@@ -2,7 +2,8 @@
 jax.numpy, for use inside a compiled step.
 
     matrices(u, rotate, scale, shear)   (B, 2, 2) sampling matrices from uniforms u (B, 3)
-    warp(x, A, t, image_shape)          x (B, D) resampled bilinearly, zero-filled
+    elastic_field(noise)                (B, 2, H W) smooth displacements from noise (B, 2, H, W)
+    warp(x, A, t, image_shape, disp)    x (B, D) resampled bilinearly, zero-filled
     translate(x, dy, dx, image_shape)   x (B, D) moved by whole pixels, zero-filled
     TTA_OFFSETS                         the copies test-time averaging scores
 
@@ -13,7 +14,7 @@ image is filled with 0, the value that normalised shifts fill in.
 Geometry of `warp`. With centre c = ((H - 1) / 2, (W - 1) / 2), output pixel
 p = (row, column) takes the input's value at
 
-    q = A (p - c) + c + t
+    q = A (p - c) + c + t (+ disp(p), an elastic displacement, when given)
 
 interpolated bilinearly: with q = q0 + f, q0 = floor(q), f in [0, 1)^2, the
 value is sum over the 4 neighbours q0 + (i, j), i, j in {0, 1}, of
@@ -29,6 +30,13 @@ s = shear * u2, with (in (row, column) coordinates)
     R(theta) = [[cos, -sin], [sin, cos]],   Sh(s) = [[1, s], [0, 1]]
 
 a vertical shear: the column d columns from the centre samples rows moved by s d.
+
+`elastic_field` (Simard et al. 2003): noise uniform in [-1, 1] per pixel and
+direction, smoothed by a Gaussian of ELASTIC_SIGMA pixels along rows and columns
+(G n G^T, each row of G normalised to sum 1, truncated at the border), divided by
+the standard deviation that smoothing leaves away from the border,
+sqrt(1/3) sum_i g_i^2: the field's entries have about unit spread, so `--elastic a`
+moves pixels by about a pixels (standard deviation), smoothly.
 """
 
 from __future__ import annotations
@@ -39,6 +47,25 @@ import numpy as np
 # (rows, columns) of each copy that test-time averaging scores: the image, then its
 # whole-pixel shifts by one pixel, the four sides before the four corners.
 TTA_OFFSETS = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
+
+ELASTIC_SIGMA = 4.0   # pixels: Simard et al.'s choice for 28 x 28 digits
+
+
+def _smoothing(n: int, sigma: float = ELASTIC_SIGMA) -> np.ndarray:
+    """(n, n) float32: row i holds exp(-(i - j)^2 / (2 sigma^2)) over j, normalised to sum 1."""
+    i = np.arange(n, dtype=np.float64)
+    g = np.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma ** 2))
+    return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def elastic_field(noise):
+    """Smooth displacements (B, 2, H W), about unit spread, from noise (B, 2, H, W)
+    uniform in [-1, 1] (the module's docstring)."""
+    _, _, h, w = noise.shape
+    g = np.exp(-np.arange(-3 * int(ELASTIC_SIGMA), 3 * int(ELASTIC_SIGMA) + 1) ** 2 / (2 * ELASTIC_SIGMA ** 2))
+    spread = np.sqrt(1 / 3) * np.sum((g / g.sum()) ** 2)
+    field = jnp.einsum("ij,bdjk,lk->bdil", _smoothing(h), noise, _smoothing(w), precision="highest")
+    return (field / np.float32(spread)).reshape(noise.shape[0], 2, h * w)
 
 
 def matrices(u, rotate: float, scale: float, shear: float):
@@ -52,9 +79,10 @@ def matrices(u, rotate: float, scale: float, shear: float):
     return jnp.stack([jnp.stack([cos, cos * s - sin], -1), jnp.stack([sin, sin * s + cos], -1)], -2)
 
 
-def warp(x, A, t, image_shape):
-    """x (B, D) float32 feature images resampled at q = A (p - c) + c + t: A (B, 2, 2),
-    t (B, 2) (rows, columns) -> (B, D). Bilinear, zero outside the image.
+def warp(x, A, t, image_shape, disp=None):
+    """x (B, D) float32 feature images resampled at q = A (p - c) + c + t (+ disp):
+    A (B, 2, 2), t (B, 2) (rows, columns), disp None or (B, 2, H W) per output pixel
+    -> (B, D). Bilinear, zero outside the image.
 
     The images are padded with zeros (1 pixel before, 2 after) and q clamped to
     [-1, H] x [-1, W]: a clamped coordinate has all its weight on a zero of the
@@ -72,6 +100,8 @@ def warp(x, A, t, image_shape):
     pr, pc = rows.reshape(1, -1), cols.reshape(1, -1)        # p - c, (1, H W)
     qr = A[:, 0, 0:1] * pr + A[:, 0, 1:2] * pc + (np.float32((h - 1) / 2) + t[:, 0:1])
     qc = A[:, 1, 0:1] * pr + A[:, 1, 1:2] * pc + (np.float32((w - 1) / 2) + t[:, 1:2])
+    if disp is not None:
+        qr, qc = qr + disp[:, 0], qc + disp[:, 1]
     qr, qc = jnp.clip(qr, -1, h), jnp.clip(qc, -1, w)
     r0, c0 = jnp.floor(qr), jnp.floor(qc)
     fr, fc = qr - r0, qc - c0

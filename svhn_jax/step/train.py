@@ -48,7 +48,8 @@ class StepConfig(NamedTuple):
     prep: Any = None                  # preprocess.DevicePrep: X is uint8, normalised per batch
     rotate: float = 0.0               # random affine distortions (data.augment; 0: off): degrees,
     scale: float = 0.0                # zoom fraction,
-    shear: float = 0.0                # shear fraction
+    shear: float = 0.0                # shear fraction,
+    elastic: float = 0.0              # elastic displacement, pixels
 
 
 class Hyper(NamedTuple):
@@ -91,7 +92,8 @@ def check_config(cfg: StepConfig) -> StepConfig:
                            f"got {cfg.shift}")
     for name, value, ok, bound in (("rotate", cfg.rotate, cfg.rotate <= 45, "<= 45 (degrees)"),
                                    ("scale", cfg.scale, cfg.scale < 1, "< 1"),
-                                   ("shear", cfg.shear, cfg.shear < 1, "< 1")):
+                                   ("shear", cfg.shear, cfg.shear < 1, "< 1"),
+                                   ("elastic", cfg.elastic, cfg.elastic <= 8, "<= 8 (pixels)")):
         if not (value >= 0 and ok):
             raise SvhnJaxError(f"{name} must be >= 0 and {bound}, got {value}; 0 turns it off")
     if not isinstance(cfg.check_every, int) or cfg.check_every < 0:
@@ -172,13 +174,13 @@ def _shift_images(x, offsets, s: int, i):
 
 
 def distorts(cfg: StepConfig) -> bool:
-    """Whether the step applies random affine distortions."""
-    return bool(cfg.rotate or cfg.scale or cfg.shear)
+    """Whether the step applies random affine or elastic distortions."""
+    return bool(cfg.rotate or cfg.scale or cfg.shear or cfg.elastic)
 
 
 def _distort(xb, key, step, cfg: StepConfig):
-    """Feature images xb (B, D) under global `step`'s random affine maps, each
-    composed with the image's random shift (the offsets `_offsets` draws, so a shift
+    """Feature images xb (B, D) under global `step`'s random affine maps (and
+    elastic displacements, with cfg.elastic), each composed with the image's random shift (the offsets `_offsets` draws, so a shift
     is the same with or without distortions): data.augment.warp, zero-filled.
     Drawn for the global batch, row by row: a function of the key, the step and
     the row, never of the devices the batch is split over."""
@@ -186,8 +188,13 @@ def _distort(xb, key, step, cfg: StepConfig):
     u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 5), step), (b, 3),
                            minval=-1.0, maxval=1.0)
     shift = (_offsets(key, step, b, cfg) - cfg.shift).astype(jnp.float32)
+    disp = None
+    if cfg.elastic:
+        noise = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 6), step),
+                                   (b, 2) + cfg.image_shape[:2], minval=-1.0, maxval=1.0)
+        disp = cfg.elastic * augment.elastic_field(noise)
     return augment.warp(xb, augment.matrices(u, cfg.rotate, cfg.scale, cfg.shear), shift,
-                        cfg.image_shape)
+                        cfg.image_shape, disp)
 
 
 def features(x, prep):
@@ -213,7 +220,7 @@ def put_images(X):
 def get_batch(X, y, order, i, key, step, cfg: StepConfig):
     """Batch i of an epoch (augmented with the key of global `step`): xb (B, D), yb (B,).
 
-    With distortions (cfg.rotate, scale, shear) the normalised images are warped,
+    With distortions (cfg.rotate, scale, shear, elastic) the normalised images are warped,
     their shifts composed into the same bilinear resampling (`_distort`).
     Otherwise:
     uint8 images are shifted before they are normalised, with the statistics of
