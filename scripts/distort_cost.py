@@ -6,8 +6,8 @@ training step with each distortion against the plain step, measured side by side
 The step is the one `svhn-jax train` compiles (uint8 images normalised, shifted and
 distorted in the step), with the preset's settings, on n synthetic images (5,600: the
 8k slice's training part; the content does not change the time). Modes: plain (the
-preset's shifts only), --rotate 10, --scale 0.1, --shear 0.2, and all three; each is
-compiled first, then the modes take turns, one epoch each, `repeats` times. Reported:
+preset's shifts only), --rotate 10, --scale 0.1, --shear 0.2, all three, and --elastic 1;
+each is compiled first, then the modes take turns, one epoch each, `repeats` times. Reported:
 each mode's median seconds per epoch and its ratio to plain; then the evaluation of
 n / 7 images (the validation part) with --tta 1, 3 and 9, likewise; and the load of
 other processes meanwhile (bench.machine): on a busy machine read the ratios.
@@ -31,7 +31,8 @@ from svhn_jax.step import evaluate as evaluation
 from svhn_jax.step import settings, train
 
 MODES = {"plain": {}, "rotate 10": dict(rotate=10.0), "scale 0.1": dict(scale=0.1),
-         "shear 0.2": dict(shear=0.2), "all three": dict(rotate=10.0, scale=0.1, shear=0.2)}
+         "shear 0.2": dict(shear=0.2), "all three": dict(rotate=10.0, scale=0.1, shear=0.2),
+         "elastic 1": dict(elastic=1.0)}
 TTA = (1, 3, 9)
 
 

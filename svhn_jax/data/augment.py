@@ -1,4 +1,4 @@
-"""Random affine distortions and shifted test-time copies of feature images, in
+"""Random affine and elastic distortions and shifted test-time copies of feature images, in
 jax.numpy, for use inside a compiled step.
 
     matrices(u, rotate, scale, shear)   (B, 2, 2) sampling matrices from uniforms u (B, 3)
@@ -62,7 +62,8 @@ def elastic_field(noise):
     """Smooth displacements (B, 2, H W), about unit spread, from noise (B, 2, H, W)
     uniform in [-1, 1] (the module's docstring)."""
     _, _, h, w = noise.shape
-    g = np.exp(-np.arange(-3 * int(ELASTIC_SIGMA), 3 * int(ELASTIC_SIGMA) + 1) ** 2 / (2 * ELASTIC_SIGMA ** 2))
+    k = np.arange(-3 * ELASTIC_SIGMA, 3 * ELASTIC_SIGMA + 1)   # the whole kernel, no border
+    g = np.exp(-k ** 2 / (2 * ELASTIC_SIGMA ** 2))
     spread = np.sqrt(1 / 3) * np.sum((g / g.sum()) ** 2)
     field = jnp.einsum("ij,bdjk,lk->bdil", _smoothing(h), noise, _smoothing(w), precision="highest")
     return (field / np.float32(spread)).reshape(noise.shape[0], 2, h * w)
