@@ -180,8 +180,9 @@ def distorts(cfg: StepConfig) -> bool:
 
 def _distort(xb, key, step, cfg: StepConfig):
     """Feature images xb (B, D) under global `step`'s random affine maps (and
-    elastic displacements, with cfg.elastic), each composed with the image's random shift (the offsets `_offsets` draws, so a shift
-    is the same with or without distortions): data.augment.warp, zero-filled.
+    elastic displacements, with cfg.elastic), each composed with the image's random
+    shift (the offsets `_offsets` draws, so a shift is the same with or without
+    distortions): data.augment.warp, zero-filled.
     Drawn for the global batch, row by row: a function of the key, the step and
     the row, never of the devices the batch is split over."""
     b = xb.shape[0]
@@ -220,8 +221,8 @@ def put_images(X):
 def get_batch(X, y, order, i, key, step, cfg: StepConfig):
     """Batch i of an epoch (augmented with the key of global `step`): xb (B, D), yb (B,).
 
-    With distortions (cfg.rotate, scale, shear, elastic) the normalised images are warped,
-    their shifts composed into the same bilinear resampling (`_distort`).
+    With distortions (cfg.rotate, scale, shear, elastic) the normalised images are
+    warped, their shifts composed into the same bilinear resampling (`_distort`).
     Otherwise:
     uint8 images are shifted before they are normalised, with the statistics of
     the unshifted images (preprocess.apply_device(shifted=)): the same numbers as
