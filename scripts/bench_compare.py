@@ -202,7 +202,7 @@ def int_list(text: str) -> list[int]:
     return values
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("ref", help="the revision to compare against (A)")
     ap.add_argument("ref2", nargs="?", help="a second revision (B; default: the working tree)")
@@ -213,7 +213,11 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="mission")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
     try:
         if args.rounds < 1:

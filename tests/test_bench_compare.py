@@ -65,6 +65,9 @@ def test_bad_arguments(capsys):
 
 @pytest.mark.skipif(not _git_checkout(), reason="needs a git checkout of the repository")
 def test_head_against_the_working_tree(tmp_path):
+    worktrees = lambda: set(subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=ROOT,
+                                           capture_output=True, text=True).stdout.splitlines())
+    before = worktrees()
     r = subprocess.run([sys.executable, str(SCRIPT), "HEAD", "--n", "600", "--epochs", "2", "--rounds", "1",
                         "--batch", "32", "--json", "--quiet"], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600)
@@ -78,6 +81,4 @@ def test_head_against_the_working_tree(tmp_path):
     assert all(math.isfinite(v) and v > 0 for v in (s["a_s"], s["b_s"], s["ratio"]))
     assert s["ratio"] == pytest.approx(s["b_s"] / s["a_s"]) and s["spread"] == 0.0
     # the temporary worktree is gone again
-    listed = subprocess.run(["git", "worktree", "list", "--porcelain"], cwd=ROOT, capture_output=True,
-                            text=True).stdout
-    assert "bench_compare_" not in listed
+    assert not [w for w in worktrees() - before if "bench_compare_" in w]

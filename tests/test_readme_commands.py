@@ -18,8 +18,9 @@ handled by the first rule that applies, and one that no rule covers fails the te
                tests/test_bench_devices.py run; here its arguments are parsed and
                checked by the bench's own checks (bench.parse_modes, bench.check_args),
                which is all a tiny run would add (it costs a minute of the suite);
-               `python scripts/mutate.py` (minutes a mutant): its arguments are parsed,
-               and tests/test_mutate.py runs one mutant
+               `python scripts/bench_compare.py` and `python scripts/mutate.py`
+               (minutes each): their arguments are parsed by the script's own parser;
+               tests/test_bench_compare.py and tests/test_mutate.py run them small
   run          everything else runs for real, here, in README order, downloads and the
                slice recipe first; a command that reads a run folder (--run, --resume,
                --config RUN/config.json) waits for the command that writes it, or, when
@@ -47,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import http.server
 import io
 import os
@@ -71,6 +73,7 @@ from svhn_jax.data import fetch
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 PREFIXES = ("svhn-jax ", "python scripts/", "pip install")
+TIMED_SCRIPTS = ("python scripts/bench_compare.py", "python scripts/mutate.py")
 ENV = re.compile(r"^JAX_NUM_CPU_DEVICES=(\d+) ")
 PLACEHOLDER = re.compile(r"(^|[\s=,])([A-Z][A-Z_]*)(?=$|[\s,.\]])")
 
@@ -115,7 +118,7 @@ def rule(line: str) -> str:
         return "elsewhere"
     if PLACEHOLDER.search(runs) or "[" in runs or "..." in runs or "--coordinator" in runs:
         return "synopsis"
-    if ENV.sub("", runs).startswith(("svhn-jax bench ", "python scripts/mutate.py")):
+    if ENV.sub("", runs).startswith(("svhn-jax bench ",) + TIMED_SCRIPTS):
         return "measure"
     return "run"
 
@@ -181,9 +184,12 @@ def check_measure(line: str) -> None:
     before it times anything); parse a mutate.py line."""
     from svhn_jax import bench
 
-    if line.startswith("python scripts/mutate.py"):
-        from test_mutate import mutate
-        mutate.build_parser().parse_args(shlex.split(line)[2:])
+    if line.startswith(TIMED_SCRIPTS):
+        words = shlex.split(line)
+        spec = importlib.util.spec_from_file_location("timed", ROOT / words[1])
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        script.build_parser().parse_args(words[2:])
         return
 
     args = cli.build_parser().parse_args(shlex.split(ENV.sub("", line))[1:])
