@@ -148,7 +148,8 @@ def cmd_evaluate(args) -> int:
     from . import atomic
     from .run import evaluate
 
-    r = evaluate.evaluate_run(args.run, args.data, split=args.split, data_dir=args.data_dir)
+    r = evaluate.evaluate_run(args.run, args.data, split=args.split, data_dir=args.data_dir,
+                              tta=args.tta)
     if r["overlap_with_training"]:
         print(f"warning: {r['overlap_with_training']} of the {r['n']} scored images are images the "
               f"run trained on, so this is not a held-out score (--split test scores the run's "
@@ -157,8 +158,9 @@ def cmd_evaluate(args) -> int:
         print(atomic.strict_json(r, indent=None))
     else:
         overlap = r["overlap_with_training"]
+        copies = f"softmax averaged over {r['tta']} copies; " if r["tta"] > 1 else ""
         print(f"accuracy {r['accuracy']:.2%}  loss {r['loss']:.4f}  on {r['n']} images "
-              f"({r['data']}, split {r['split']}; "
+              f"({r['data']}, split {r['split']}; {copies}"
               f"{'overlap with training unknown' if overlap is None else f'{overlap} seen in training'})")
         print("per class: " + "  ".join(f"{k}:{a:.0%}" for k, a in enumerate(r["per_class_accuracy"])))
         if "member_accuracy" in r:   # an ensemble: what its members score alone
@@ -175,6 +177,9 @@ def add_evaluate(sub):
                    help="part to score (default: the run's held-out test part on its own data, "
                         "else the data's official test split, else all of it); all scores every "
                         "image, trained-on ones included")
+    p.add_argument("--tta", metavar="N", type=number(int),
+                   help="average the softmax over N copies of each image: the image, then its "
+                        "shifts by one pixel (default: the run's --tta, 1 unless set)")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
     p.set_defaults(func=cmd_evaluate)
 

@@ -140,6 +140,23 @@ class RunConfig:
                                           high=INT_MAX, commands=(TRAIN,))
     train_on_val: bool = setting(False, "also train on the validation images (a final fit after "
                                  "choosing on validation; the last epoch is kept)", commands=())
+    # distortions of the training images inside the compiled step (data.augment), and
+    # test-time averaging
+    rotate: float = setting(0.0, "random rotation of each training image by up to this many "
+                            "degrees either way (0: off)", low=0, high=45, sweep="group",
+                            metavar="DEG")
+    scale: float = setting(0.0, "random zoom of each training image by a factor between 1 - S and "
+                           "1 + S (0: off)", low=0, below=1.0, sweep="group", metavar="S")
+    shear: float = setting(0.0, "random vertical shear of each training image: the column d "
+                           "columns from the centre moves by s d pixels, |s| <= S (0: off)",
+                           low=0, below=1.0, sweep="group", metavar="S")
+    elastic: float = setting(0.0, "random elastic distortion of each training image: a smooth random "
+                             "displacement field (noise smoothed over 4 pixels) moving pixels by "
+                             "about PX pixels (standard deviation) (0: off)", low=0, high=8,
+                             sweep="group", metavar="PX")
+    tta: int = setting(1, "score validation and test images by the softmax averaged over N "
+                       "copies: the image, then its shifts by one pixel (1: the image alone)",
+                       low=1, high=9, commands=(TRAIN, SWEEP), metavar="N")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

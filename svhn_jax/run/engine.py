@@ -318,15 +318,16 @@ def _judge_checks(job: Job, states, progs, checks, epoch: int, step: int, mode: 
 
 def scores(job: Job, states) -> list[tuple[float, float, dict]]:
     """(validation loss, accuracy, extra row fields) of every entry, BatchNorm in eval mode."""
-    spec, prep, mesh = job.cfg.spec, job.cfg.prep, job.place.mesh
+    spec, prep, mesh, tta = job.cfg.spec, job.cfg.prep, job.place.mesh, job.c.tta
     if job.kind == ENSEMBLE:
         loss, acc, _, members = evaluation.evaluate_ensemble(
-            states.params, states.bn_state, job.val, spec, job.k, prep, mesh)
+            states.params, states.bn_state, job.val, spec, job.k, prep, mesh, tta)
         return [(loss, acc, {"member_val_acc": float(np.mean(members)), "members": members})]
     if job.place.stacked:
-        loss, acc = evaluation.evaluate_many(states.params, states.bn_state, job.val, spec, prep, mesh)
+        loss, acc = evaluation.evaluate_many(states.params, states.bn_state, job.val, spec, prep, mesh,
+                                             tta)
         return [(float(loss[i]), float(acc[i]), {}) for i in range(job.k)]
-    loss, acc, _ = evaluation.evaluate(states.params, states.bn_state, job.val, spec, prep)
+    loss, acc, _ = evaluation.evaluate(states.params, states.bn_state, job.val, spec, prep, tta)
     return [(loss, acc, {})]
 
 

@@ -55,11 +55,14 @@ def _require_svhn_if_named(spec: str, data_dir, own: bool) -> None:
                         f"test_32x32.mat (--data DIR) or an .npz with X and y (--data FILE.npz)")
 
 
-def evaluate_run(run, spec: str | None = None, *, split: str | None = None, data_dir=None) -> dict:
+def evaluate_run(run, spec: str | None = None, *, split: str | None = None, data_dir=None,
+                 tta: int | None = None) -> dict:
     """Accuracy, loss, per-class accuracy and confusion of the run's best parameters,
-    plus `split`, `n` and `overlap_with_training` (scored images the run trained on)."""
+    plus `split`, `n`, `tta` and `overlap_with_training` (scored images the run trained
+    on). tta: copies of each image averaged over (step.evaluate), default the run's."""
     run = Path(run)
     c, derived = folder.read_run(run)
+    tta = evaluation.check_tta(c.tta if tta is None else tta)
     own = spec is None or _same_data(str(spec), c.data)
     _require_svhn_if_named(spec or c.data, data_dir or c.data_dir, own)
     loaded = run_parts.load(c, spec=spec, data_dir=data_dir)
@@ -71,15 +74,15 @@ def evaluate_run(run, spec: str | None = None, *, split: str | None = None, data
     extra = {}
     if c.ensemble > 1:   # the members' averaged probabilities, scored as one model
         loss, acc, pred, members = evaluation.evaluate_ensemble(best["params"], best["bn_state"], es,
-                                                                cfg.spec, prep=cfg.prep)
+                                                                cfg.spec, prep=cfg.prep, tta=tta)
         extra = {"ensemble": c.ensemble, "member_accuracy": members}
     else:
-        loss, acc, pred = evaluation.evaluate(best["params"], best["bn_state"], es, cfg.spec, cfg.prep)
+        loss, acc, pred = evaluation.evaluate(best["params"], best["bn_state"], es, cfg.spec, cfg.prep, tta)
     conf = evaluation.confusion_matrix(y, pred)
     trained = run / "train_fingerprints.npy"
     overlap = (data.count_overlap(data.image_fingerprints(X), np.load(trained, allow_pickle=False))
                if trained.exists() else None)
-    return {"accuracy": acc, "loss": loss, "n": int(len(y)), "split": split,
+    return {"accuracy": acc, "loss": loss, "n": int(len(y)), "split": split, "tta": tta,
             "data": str(spec or c.data), "overlap_with_training": overlap,
             "per_class_accuracy": (np.diag(conf) / np.maximum(conf.sum(axis=1), 1)).tolist(),
             "confusion": conf.tolist(), **extra}

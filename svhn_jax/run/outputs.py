@@ -125,6 +125,6 @@ def evaluate_on_test(best, X_te, y_te, job):
     test = evaluation.make_eval_set(X_te, y_te)
     if job.k > 1:
         return evaluation.evaluate_ensemble(best["params"], best["bn_state"], test, job.cfg.spec,
-                                            prep=job.cfg.prep)
+                                            prep=job.cfg.prep, tta=job.c.tta)
     return evaluation.evaluate(best["params"], best["bn_state"], test, job.cfg.spec,
-                               job.cfg.prep) + (None,)
+                               job.cfg.prep, job.c.tta) + (None,)

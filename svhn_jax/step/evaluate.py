@@ -10,6 +10,12 @@ one model, K stacked models each on its own, or K models scored as one ensemble.
 BatchNorm runs in eval mode, with the running statistics. uint8 images are
 normalised chunk by chunk with the run's `prep` (train.features).
 
+Test-time averaging (tta = N > 1): a model's probabilities are the softmax
+averaged over N copies of each image, the image itself and its whole-pixel
+shifts data.augment.TTA_OFFSETS[1:N] (zero-filled, as training's shifts):
+log p_c(x) = logsumexp_v(log_softmax(f(x_v))_c) - log N. An ensemble averages
+its members' averages. tta = 1 is the plain program.
+
 Ensemble scoring: with f_k(x) the logits of member k and p_k = softmax(f_k(x)), the
 ensemble predicts p(x) = (1/K) sum_k p_k(x): its prediction is argmax_c p_c(x) and
 its loss the cross-entropy of the average, -log p_y(x). In log space, for
@@ -27,6 +33,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ..data import augment
 from ..data.arrays import empty_aligned
 from ..errors import SvhnJaxError
 from ..nn import model
@@ -63,9 +70,33 @@ def make_eval_set(X, y, chunk: int = 1024) -> EvalSet:
                                     mask.reshape(c, chunk))))
 
 
-def _sums(params, bn_state, es: EvalSet, spec, prep):
+def check_tta(tta: int) -> int:
+    """tta itself, or a clear error: the number of copies test-time averaging scores."""
+    if isinstance(tta, bool) or not isinstance(tta, int) or not 1 <= tta <= len(augment.TTA_OFFSETS):
+        raise SvhnJaxError(f"--tta must be >= 1 and <= {len(augment.TTA_OFFSETS)} (copies of each "
+                           f"image to average over; 1: the image alone), got {tta!r}")
+    return tta
+
+
+def _log_probs(params, bn_state, x, spec, prep, tta: int):
+    """log of the softmax averaged over x's tta copies (B, classes): one forward pass
+    over the copies stacked as rows (BatchNorm in eval mode acts row by row)."""
+    z = features(x, prep)
+    b, d = z.shape
+    copies = [augment.translate(z, dy, dx, (32, 32, d // 1024)) for dy, dx in augment.TTA_OFFSETS[:tta]]
+    logits, _, _ = model.forward(params, bn_state, jnp.concatenate(copies), spec, train=False)
+    logp = jax.nn.log_softmax(logits.reshape(tta, b, -1), axis=-1)
+    return jax.scipy.special.logsumexp(logp, axis=0) - jnp.log(np.float32(tta))
+
+
+def _sums(params, bn_state, es: EvalSet, spec, prep, tta: int = 1):
     def one(chunk):
         x, y, m = chunk
+        if tta > 1:
+            logp = _log_probs(params, bn_state, x, spec, prep, tta)
+            nll = -jnp.take_along_axis(logp, y[:, None], axis=1)[:, 0]
+            pred = jnp.argmax(logp, axis=1).astype(jnp.int32)
+            return jnp.sum(jnp.where(m, nll, 0.0)), jnp.sum((pred == y) & m), pred
         logits, _, _ = model.forward(params, bn_state, features(x, prep), spec, train=False)
         z = logits - logits.max(axis=1, keepdims=True)
         nll = jnp.log(jnp.exp(z).sum(axis=1)) - jnp.take_along_axis(z, y[:, None], axis=1)[:, 0]
@@ -77,13 +108,14 @@ def _sums(params, bn_state, es: EvalSet, spec, prep):
     return nll.sum() / n, correct.sum() / n, pred.reshape(-1)
 
 
-_evaluate = jax.jit(_sums, static_argnames=("spec", "prep"))
+_evaluate = jax.jit(_sums, static_argnames=("spec", "prep", "tta"))
 
 
-def evaluate(params, bn_state, es: EvalSet, spec, prep=None):
+def evaluate(params, bn_state, es: EvalSet, spec, prep=None, tta: int = 1):
     """(mean cross-entropy, accuracy, predictions (N,)) of one model; prep: the
-    preprocess.DevicePrep of uint8 images (see train.features)."""
-    loss, acc, pred = _evaluate(params, bn_state, es, spec, prep)
+    preprocess.DevicePrep of uint8 images (see train.features); tta: copies of each
+    image averaged over (the module's docstring)."""
+    loss, acc, pred = _evaluate(params, bn_state, es, spec, prep, check_tta(tta))
     return float(loss), float(acc), np.asarray(pred)[: int(es.mask.sum())]
 
 
@@ -94,29 +126,32 @@ def _replicated(tree, mesh):
     return jax.lax.with_sharding_constraint(tree, NamedSharding(mesh, P()))
 
 
-@partial(jax.jit, static_argnames=("spec", "prep", "mesh"))
-def _many(params, bn_state, es, spec, prep, mesh):
-    loss, acc, _ = jax.vmap(lambda p, s: _sums(p, s, es, spec, prep))(params, bn_state)
+@partial(jax.jit, static_argnames=("spec", "prep", "mesh", "tta"))
+def _many(params, bn_state, es, spec, prep, mesh, tta):
+    loss, acc, _ = jax.vmap(lambda p, s: _sums(p, s, es, spec, prep, tta))(params, bn_state)
     return _replicated((loss, acc), mesh)
 
 
-def evaluate_many(params, bn_state, es: EvalSet, spec, prep=None, mesh=None):
+def evaluate_many(params, bn_state, es: EvalSet, spec, prep=None, mesh=None, tta: int = 1):
     """Mean cross-entropy (K,) and accuracy (K,) of K stacked parameter sets, as
     NumPy arrays (read in every process when the models are spread over a mesh)."""
-    loss, acc = _many(params, bn_state, es, spec, prep, mesh)
+    loss, acc = _many(params, bn_state, es, spec, prep, mesh, check_tta(tta))
     return np.asarray(loss), np.asarray(acc)
 
 
-@partial(jax.jit, static_argnames=("spec", "k", "prep", "mesh"))
-def _ensemble(params, bn_state, es: EvalSet, spec, k: int, prep, mesh):
+@partial(jax.jit, static_argnames=("spec", "k", "prep", "mesh", "tta"))
+def _ensemble(params, bn_state, es: EvalSet, spec, k: int, prep, mesh, tta: int = 1):
     """Over the first k stacked members: mean NLL of the averaged probabilities,
     its accuracy, its predictions (C*B,), and each member's own accuracy (k,)."""
     params, bn_state = jax.tree.map(lambda a: a[:k], (params, bn_state))
 
     def one(chunk):
         x, y, m = chunk
-        x = features(x, prep)
-        logits = jax.vmap(lambda p, s: model.forward(p, s, x, spec, train=False)[0])(params, bn_state)
+        if tta > 1:   # each member's averaged log-probabilities stand for its logits
+            logits = jax.vmap(lambda p, s: _log_probs(p, s, x, spec, prep, tta))(params, bn_state)
+        else:
+            x = features(x, prep)
+            logits = jax.vmap(lambda p, s: model.forward(p, s, x, spec, train=False)[0])(params, bn_state)
         log_avg = jax.scipy.special.logsumexp(jax.nn.log_softmax(logits, axis=-1), axis=0) - jnp.log(k)
         nll = -jnp.take_along_axis(log_avg, y[:, None], axis=1)[:, 0]
         pred = jnp.argmax(log_avg, axis=1).astype(jnp.int32)
@@ -130,11 +165,11 @@ def _ensemble(params, bn_state, es: EvalSet, spec, k: int, prep, mesh):
 
 
 def evaluate_ensemble(params, bn_state, es: EvalSet, spec, k: int | None = None, prep=None,
-                      mesh=None):
+                      mesh=None, tta: int = 1):
     """(loss, accuracy, predictions (N,), member accuracies [k]) of the ensemble of the
     first k (default all) members stacked in params/bn_state, BatchNorm in eval mode."""
     k = jax.tree.leaves(params)[0].shape[0] if k is None else k
-    loss, acc, pred, members = _ensemble(params, bn_state, es, spec, k, prep, mesh)
+    loss, acc, pred, members = _ensemble(params, bn_state, es, spec, k, prep, mesh, check_tta(tta))
     return (float(loss), float(acc), np.asarray(pred)[: int(es.mask.sum())],
             [float(a) for a in np.asarray(members)])
 

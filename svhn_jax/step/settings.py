@@ -55,7 +55,8 @@ def step_config(c: RunConfig, steps_per_epoch: int, prep: dict | None = None, *,
         batch=c.batch, grad_mode=c.grad, shift=c.shift,
         image_shape=(32, 32, 1 if c.grayscale else 3), check_every=c.gradcheck_every,
         keep_grads=keep_grads,
-        prep=preprocess.device_prep(prep) if prep is not None else None))
+        prep=preprocess.device_prep(prep) if prep is not None else None,
+        rotate=c.rotate, scale=c.scale, shear=c.shear, elastic=c.elastic))
 
 
 def hyper(c: RunConfig) -> train.Hyper:

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ..data import preprocess
+from ..data import augment, preprocess
 from ..nn import layers, losses, model, optim, schedules, stepcheck
 from ..errors import SvhnJaxError
 
@@ -46,6 +46,10 @@ class StepConfig(NamedTuple):
     check_every: int = 0              # gradient check on steps i % check_every == 0 of an epoch (0: off)
     keep_grads: bool = False          # also return the gradient at the segment's end (TensorBoard)
     prep: Any = None                  # preprocess.DevicePrep: X is uint8, normalised per batch
+    rotate: float = 0.0               # random affine distortions (data.augment; 0: off): degrees,
+    scale: float = 0.0                # zoom fraction,
+    shear: float = 0.0                # shear fraction,
+    elastic: float = 0.0              # elastic displacement, pixels
 
 
 class Hyper(NamedTuple):
@@ -83,7 +87,9 @@ class TrainState(NamedTuple):
     bn_state: Any    # BatchNorm running statistics, same layout
     opt_state: Any   # NamedTuple from optim; its `step` drives the schedule
     step: Any        # int32 scalar: updates done so far
-    key: Any         # base PRNG key; step s uses fold_in(key, s)
+    key: Any         # base PRNG key: each use folds in its own tag, then the step or epoch:
+                     # 0 init, 1 epoch order, 2 shifts, 3 check direction, 4 eval-check rows,
+                     # 5 affine distortions, 6 dropout masks, 7 elastic field
 
 
 def check_config(cfg: StepConfig) -> StepConfig:
@@ -98,6 +104,12 @@ def check_config(cfg: StepConfig) -> StepConfig:
     if cfg.shift < 0 or cfg.shift >= min(cfg.image_shape[:2]):
         raise SvhnJaxError(f"shift must be between 0 and {min(cfg.image_shape[:2]) - 1} pixels, "
                            f"got {cfg.shift}")
+    for name, value, ok, bound in (("rotate", cfg.rotate, cfg.rotate <= 45, "<= 45 (degrees)"),
+                                   ("scale", cfg.scale, cfg.scale < 1, "< 1"),
+                                   ("shear", cfg.shear, cfg.shear < 1, "< 1"),
+                                   ("elastic", cfg.elastic, cfg.elastic <= 8, "<= 8 (pixels)")):
+        if not (value >= 0 and ok):
+            raise SvhnJaxError(f"{name} must be >= 0 and {bound}, got {value}; 0 turns it off")
     if not isinstance(cfg.check_every, int) or cfg.check_every < 0:
         raise SvhnJaxError(f"check_every must be an integer >= 0, got {cfg.check_every!r}")
     make_optimizer(cfg, 1.0)  # validates the schedule's name and options
@@ -175,6 +187,31 @@ def _shift_images(x, offsets, s: int, i):
     return rows.reshape(b, -1), valid.reshape(b, 1024)
 
 
+def distorts(cfg: StepConfig) -> bool:
+    """Whether the step applies random affine or elastic distortions."""
+    return bool(cfg.rotate or cfg.scale or cfg.shear or cfg.elastic)
+
+
+def _distort(xb, key, step, cfg: StepConfig):
+    """Feature images xb (B, D) under global `step`'s random affine maps (and
+    elastic displacements, with cfg.elastic), each composed with the image's random
+    shift (the offsets `_offsets` draws, so a shift is the same with or without
+    distortions): data.augment.warp, zero-filled.
+    Drawn for the global batch, row by row: a function of the key, the step and
+    the row, never of the devices the batch is split over."""
+    b = xb.shape[0]
+    u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 5), step), (b, 3),
+                           minval=-1.0, maxval=1.0)
+    shift = (_offsets(key, step, b, cfg) - cfg.shift).astype(jnp.float32)
+    disp = None
+    if cfg.elastic:
+        noise = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 7), step),
+                                   (b, 2) + cfg.image_shape[:2], minval=-1.0, maxval=1.0)
+        disp = cfg.elastic * augment.elastic_field(noise)
+    return augment.warp(xb, augment.matrices(u, cfg.rotate, cfg.scale, cfg.shear), shift,
+                        cfg.image_shape, disp)
+
+
 def features(x, prep):
     """Rows of a data array as the model's float32 input (B, D): uint8 images
     normalised with `prep` (a preprocess.DevicePrep), or float32 features as
@@ -198,11 +235,16 @@ def put_images(X):
 def get_batch(X, y, order, i, key, step, cfg: StepConfig):
     """Batch i of an epoch (augmented with the key of global `step`): xb (B, D), yb (B,).
 
+    With distortions (cfg.rotate, scale, shear, elastic) the normalised images are
+    warped, their shifts composed into the same bilinear resampling (`_distort`).
+    Otherwise:
     uint8 images are shifted before they are normalised, with the statistics of
     the unshifted images (preprocess.apply_device(shifted=)): the same numbers as
     normalising, then shifting, and the gather moves a quarter of the bytes."""
     idx = jax.lax.dynamic_slice_in_dim(order, i * cfg.batch, cfg.batch)
     x, yb = X[idx], y[idx]
+    if distorts(cfg):
+        return _distort(features(x, cfg.prep), key, step, cfg), yb
     if not cfg.shift:
         return features(x, cfg.prep), yb
     offsets = _offsets(key, step, cfg.batch, cfg)
