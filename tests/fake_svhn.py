@@ -1,6 +1,7 @@
 """Fake SVHN for the data tests: tiny train (30) and test (20) files in the official .mat
 layout, the same prepared through the real tfds code path (with and without a 15-image
-extra), and the helpers that write and compare them. conftest.py registers this module as
+extra), the helpers that write and compare them, and `synthetic_npz` (learnable synthetic
+digits as an .npz, for the run tests). conftest.py registers this module as
 a plugin, so its session fixtures are built once however many test files use them; the
 helpers are imported by name. `offline` is not autouse here (a plugin's autouse fixture
 would reach the whole suite): every data test file applies it through `pytestmark`.
@@ -21,6 +22,14 @@ from svhn_jax import data
 def offline(no_internet):
     """The test is refused the network (conftest.no_internet); each data test file
     applies this to all its tests with `pytestmark`."""
+
+
+def synthetic_npz(folder: Path, n: int) -> Path:
+    """folder/synthetic{n}.npz: n learnable SVHN-shaped digits (data.synthetic, seed 0),
+    for tests that need no real data (they run in a user's clone too)."""
+    X, y = data.synthetic(n, seed=0)
+    np.savez(folder / f"synthetic{n}.npz", X=X, y=y)
+    return folder / f"synthetic{n}.npz"
 
 
 def _write_mat(path: Path, X_nhwc: np.ndarray, labels_1_to_10: np.ndarray) -> None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svhn_jax import data
 from svhn_jax.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_PROCESS_LOST, EXIT_USAGE
 
 from parallel_cases import TOL_DEVICES
+from fake_svhn import synthetic_npz
 
 TIMEOUT = 20   # --process-timeout: a silent peer is lost after TIMEOUT / 2 seconds
 RUN = ["--hidden", "16", "--batch", "32", "--epochs", "6", "--shift", "1", "--no-tensorboard",
@@ -92,10 +92,7 @@ def processes():
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory) -> Path:
     """2,000 synthetic digits: 1,400 to train on, 44 steps an epoch at batch 32."""
-    X, y = data.synthetic(2000, seed=0)
-    path = tmp_path_factory.mktemp("data") / "digits.npz"
-    np.savez(path, X=X, y=y)
-    return path
+    return synthetic_npz(tmp_path_factory.mktemp("data"), 2000)
 
 
 def _metrics(run: Path) -> dict:

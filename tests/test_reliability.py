@@ -13,30 +13,25 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from svhn_jax.run import checkpoint, launch as runs
-from svhn_jax import cli, config, data
+from svhn_jax import cli, config
 from svhn_jax.errors import EXIT_DATA, EXIT_INTERRUPTED, EXIT_USAGE
+from fake_svhn import synthetic_npz
 
 RUN = ["--hidden", "32", "--batch", "128", "--shift", "2", "--schedule", "cosine", "--seed", "3"]
 
 
-def _synthetic_npz(folder: Path, n: int) -> Path:
-    """Learnable SVHN-shaped digits (data.synthetic): these tests need no real data,
-    so they run in a user's clone too."""
-    X, y = data.synthetic(n, seed=0)
-    np.savez(folder / f"synthetic{n}.npz", X=X, y=y)
-    return folder / f"synthetic{n}.npz"
 
 
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
     """600 images: enough to train for an epoch in well under a second."""
-    return _synthetic_npz(tmp_path_factory.mktemp("data"), 600)
+    return synthetic_npz(tmp_path_factory.mktemp("data"), 600)
 
 
 @pytest.fixture(scope="module")
 def mid_npz(tmp_path_factory):
     """8000 images: epochs long enough (50 steps) to be killed in the middle of one."""
-    return _synthetic_npz(tmp_path_factory.mktemp("data"), 8000)
+    return synthetic_npz(tmp_path_factory.mktemp("data"), 8000)
 
 
 def _history(run: Path) -> list[str]:

@@ -16,14 +16,12 @@ import svhn_jax
 from svhn_jax import atomic, cli, config, data
 from svhn_jax.run import progress, parts as rundata, folder as runfolder, launch as runs
 from svhn_jax.errors import SvhnJaxError
+from fake_svhn import synthetic_npz
 
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory) -> Path:
-    X, y = data.synthetic(1000, seed=0)
-    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
-    np.savez(path, X=X, y=y)
-    return path
+    return synthetic_npz(tmp_path_factory.mktemp("data"), 1000)
 
 
 def small(npz, **kw):

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from svhn_jax import config, data
+from svhn_jax import config
+from fake_svhn import synthetic_npz
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "scripts"
@@ -61,10 +62,7 @@ def _strict_json(path: Path):
 
 @pytest.fixture(scope="module")
 def tiny_npz(tmp_path_factory):
-    X, y = data.synthetic(400, 0)
-    path = tmp_path_factory.mktemp("data") / "tiny400.npz"
-    np.savez(path, X=X, y=y)
-    return path
+    return synthetic_npz(tmp_path_factory.mktemp("data"), 400)
 
 
 @pytest.fixture(scope="module")

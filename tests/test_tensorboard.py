@@ -19,10 +19,11 @@ from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
 
-from svhn_jax import cli, config, data
+from svhn_jax import cli, config
 from svhn_jax.run import folder as runfolder, launch as runs, tblog
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
+from fake_svhn import synthetic_npz
 
 
 def read(logdir):
@@ -304,10 +305,7 @@ def test_writing_never_imports_tensorflow(tmp_path):
 
 @pytest.fixture(scope="module")
 def npz(tmp_path_factory):
-    X, y = data.synthetic(800, seed=0)
-    path = tmp_path_factory.mktemp("data") / "synthetic.npz"
-    np.savez(path, X=X, y=y)
-    return path
+    return synthetic_npz(tmp_path_factory.mktemp("data"), 800)
 
 
 def _rows(path):

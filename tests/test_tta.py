@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from svhn_jax import cli, config
-from svhn_jax.data import preprocess
+from svhn_jax.data import augment, preprocess
 from svhn_jax.errors import SvhnJaxError
 from svhn_jax.nn import model
 from svhn_jax.run import evaluate as run_evaluate
@@ -80,6 +80,12 @@ def test_a_bad_number_of_copies_is_one_clear_error(bad):
     with pytest.raises(SvhnJaxError, match="--tta must be >= 1 and <= 9"):
         evaluation.evaluate(*_params(0), evaluation.make_eval_set(X, y), SPEC,
                             preprocess.device_prep(PREP), bad)
+
+
+def test_the_setting_allows_exactly_the_copies_there_are():
+    """config.py (JAX-free) states the bound as a number; it must be the copies
+    data.augment defines, or --tta would accept a value evaluation refuses."""
+    assert config.FIELDS["tta"].metadata["high"] == len(augment.TTA_OFFSETS)
 
 
 def test_a_run_scores_with_its_tta_and_evaluate_can_change_it(tmp_path, capsys):
