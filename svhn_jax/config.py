@@ -36,7 +36,7 @@ SCHEDULES = ("constant", "step", "cosine", "warmup-constant", "warmup-step",
              "warmup-cosine")                                               # nn.schedules.SCHEDULES
 BATCHNORM = ("none", "before", "after")                                     # nn.model.BATCHNORM_PLACEMENTS
 BATCHNORM_ALIASES = {"off": "none", "on": "before"}
-PREPROCESS = ("scale", "channel", "image")                                  # data.preprocess.MODES
+PREPROCESS = ("scale", "channel", "image", "local")                          # data.preprocess.MODES
 
 SEED_MAX = 2**31 - 1   # jax.random.key takes a 32-bit seed on every backend
 INT_MAX = 2**31 - 1    # counts, sizes and periods: int32 in the compiled program
@@ -74,8 +74,9 @@ class RunConfig:
     split_seed: int = setting(0, "seed of the train/validation/test partition, independent of "
                               "--seed so that every model seed is scored on the same images",
                               low=0, high=SEED_MAX)
-    preprocess: str = setting("image", "scale ([-1, 1]), channel (per-channel standardisation) or "
-                              "image (per-image standardisation)", choices=PREPROCESS, sweep="group")
+    preprocess: str = setting("image", "scale ([-1, 1]), channel (per-channel standardisation), "
+                              "image (per-image standardisation) or local (local contrast "
+                              "normalisation)", choices=PREPROCESS, sweep="group")
     grayscale: bool = setting(True, "convert to luminance first")
     # model
     hidden: tuple = setting((128,), "hidden sizes, e.g. 128 or 1024,512 (in sweeps, x separates "

@@ -63,7 +63,7 @@ def _excess(dev, host, scale) -> float:
 
 
 @pytest.mark.parametrize("grayscale", [False, True], ids=["rgb", "gray"])
-@pytest.mark.parametrize("mode", pp.MODES)
+@pytest.mark.parametrize("mode", [m for m in pp.MODES if m not in pp.LOCAL])  # LOCAL: test_preprocess_local.py
 def test_device_equals_numpy(mode, grayscale, images):
     train, X = images
     cfg = pp.fit(train, mode=mode, grayscale=grayscale)

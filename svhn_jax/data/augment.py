@@ -44,18 +44,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from .preprocess import gaussian_rows
+
 # (rows, columns) of each copy that test-time averaging scores: the image, then its
 # whole-pixel shifts by one pixel, the four sides before the four corners.
 TTA_OFFSETS = ((0, 0), (0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))
 
 ELASTIC_SIGMA = 4.0   # pixels: Simard et al.'s choice for 28 x 28 digits
-
-
-def _smoothing(n: int, sigma: float = ELASTIC_SIGMA) -> np.ndarray:
-    """(n, n) float32: row i holds exp(-(i - j)^2 / (2 sigma^2)) over j, normalised to sum 1."""
-    i = np.arange(n, dtype=np.float64)
-    g = np.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma ** 2))
-    return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
 def elastic_field(noise):
@@ -65,7 +60,8 @@ def elastic_field(noise):
     k = np.arange(-3 * ELASTIC_SIGMA, 3 * ELASTIC_SIGMA + 1)   # the whole kernel, no border
     g = np.exp(-k ** 2 / (2 * ELASTIC_SIGMA ** 2))
     spread = np.sqrt(1 / 3) * np.sum((g / g.sum()) ** 2)
-    field = jnp.einsum("ij,bdjk,lk->bdil", _smoothing(h), noise, _smoothing(w), precision="highest")
+    g_h, g_w = gaussian_rows(h, ELASTIC_SIGMA), gaussian_rows(w, ELASTIC_SIGMA)
+    field = jnp.einsum("ij,bdjk,lk->bdil", g_h, noise, g_w, precision="highest")
     return (field / np.float32(spread)).reshape(noise.shape[0], 2, h * w)
 
 

@@ -16,6 +16,14 @@ becomes its luminance 0.299 R + 0.587 G + 0.114 B (one channel). Then `mode`:
     "image"    each image minus its own mean, divided by its own std + eps
                (over all its pixels and channels, pixels scaled to [0, 1] first);
                needs no statistics
+    "local"    local contrast normalisation (Jarrett et al. 2009, as Sermanet et
+               al. 2012 used it on SVHN): each pixel minus the Gaussian-weighted
+               mean of its neighbourhood (all channels), divided by the weighted
+               standard deviation there, or by that image's mean of those
+               standard deviations where it is larger (so flat regions are not
+               blown up into noise); the Gaussian has `sigma` = LOCAL_SIGMA
+               pixels and is cut at the border and renormalised; needs no
+               statistics
 
 The output is flattened to (N, D), D = 32 * 32 * C with C = 1 (grayscale) or 3,
 in (height, width, channel) order. `fit` and `apply` are NumPy, computed in
@@ -38,12 +46,15 @@ import numpy as np
 
 from ..errors import SvhnJaxError
 
-MODES = ("scale", "channel", "image")
+MODES = ("scale", "channel", "image", "local")
+LOCAL = ("local",)   # modes whose pixel values depend on their neighbours' (see `apply_device`)
 LUMA = (0.299, 0.587, 0.114)
-EPS = {"channel": 1e-6, "image": 1e-6}
+EPS = {"channel": 1e-6, "image": 1e-6, "local": 1e-6}
+LOCAL_SIGMA = 3.0   # pixels; chosen on validation (README, "How the presets were chosen")
 CHUNK = 4096  # images per chunk: 4096 * 3072 * 4 bytes = 48 MiB of float32
 
-__all__ = ["MODES", "fit", "apply", "input_dim", "DevicePrep", "device_prep", "apply_device"]
+__all__ = ["MODES", "LOCAL", "fit", "apply", "input_dim", "DevicePrep", "device_prep", "apply_device",
+           "gaussian_rows"]
 
 
 def _check_images(X, what: str) -> np.ndarray:
@@ -66,6 +77,38 @@ def _check_config(config) -> dict:
         raise SvhnJaxError("a 'channel' config needs its 'mean' and 'std'. Fix: make it "
                            "with svhn_jax.data.preprocess.fit(X_train, mode='channel').")
     return config
+
+
+def gaussian_rows(n: int, sigma: float) -> np.ndarray:
+    """(n, n) float32: row i holds exp(-(i - j)^2 / (2 sigma^2)) over j, normalised to
+    sum 1. `G @ a @ G.T` smooths an (n, n) image with a Gaussian cut at the border:
+    its weights over the pixels inside the image sum to 1 at every pixel."""
+    i = np.arange(n, dtype=np.float64)
+    g = np.exp(-((i[:, None] - i[None, :]) ** 2) / (2 * sigma ** 2))
+    return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def _local(px, sigma: float, eps: float, xp=np, dot=None):
+    """The local mode of images px (n, 32, 32, C) float32 in pixel units, in NumPy
+    (xp=np) or jax.numpy (xp=jnp, dot: a matrix product at full float32 precision).
+
+    With G the Gaussian's rows, blur(a) = G a G^T per image:
+      m = blur(mean over channels of px)          the local mean
+      v = px - m
+      s = sqrt(blur(mean over channels of v^2))   the local standard deviation
+      out = v / max(s, mean of s over the image, 255 eps)
+    Each image's first pixel is subtracted before blurring (which changes nothing,
+    as G's rows sum to 1): a constant image then gives exactly 0, not the
+    round-off of G's sums divided by 255 eps.
+    """
+    dot = dot or np.matmul
+    g = gaussian_rows(px.shape[1], sigma)
+    blur = lambda a: dot(dot(g, a), g.T)   # (n, 32, 32): broadcast over the images
+    px = px - px[:, :1, :1, :1]
+    v = px - blur(px.mean(axis=3))[..., None]
+    s = xp.sqrt(xp.maximum(blur((v * v).mean(axis=3)), np.float32(0.0)))
+    floor = xp.maximum(s.mean(axis=(1, 2), keepdims=True), np.float32(255.0 * eps))
+    return v / xp.maximum(s, floor)[..., None]
 
 
 def _to_float(Xc: np.ndarray, grayscale: bool) -> np.ndarray:
@@ -122,7 +165,8 @@ def fit(X_train, *, mode: str, grayscale: bool = False, sum_over=None) -> dict:
     Returns:
       a JSON-serialisable dict: {"mode", "grayscale", "channels"} plus, for
       "channel", "mean" and "std" (lists of C floats, pixel units 0..255,
-      computed in float64) and "eps"; for "image", "eps".
+      computed in float64) and "eps"; for "image", "eps"; for "local", "eps"
+      and "sigma".
     """
     if mode not in MODES:
         raise SvhnJaxError(f"unknown preprocessing mode {mode!r}. Fix: use one of "
@@ -138,6 +182,8 @@ def fit(X_train, *, mode: str, grayscale: bool = False, sum_over=None) -> dict:
         config.update(mean=mean, std=std, eps=EPS["channel"])
     elif mode == "image":
         config["eps"] = EPS["image"]
+    elif mode == "local":
+        config.update(eps=EPS["local"], sigma=LOCAL_SIGMA)
     return config
 
 
@@ -166,7 +212,7 @@ def apply(X, config: dict) -> np.ndarray:
         mean = np.asarray(config["mean"], np.float32)
         inv = 1.0 / np.maximum(np.asarray(config["std"], np.float32),
                                np.float32(config.get("eps", EPS["channel"])))
-    eps = float(config.get("eps", EPS["image"]))
+    eps = float(config.get("eps", EPS.get(mode, 0.0)))
     for s in range(0, n, CHUNK):
         Xc = X[s:s + CHUNK]
         m = Xc.shape[0]
@@ -175,7 +221,9 @@ def apply(X, config: dict) -> np.ndarray:
             np.matmul(Xc.astype(np.float32), np.asarray(LUMA, np.float32)[:, None], out=o)
         else:
             np.copyto(o, Xc)  # uint8 -> float32, exact
-        if mode == "scale":
+        if mode == "local":
+            o[...] = _local(o, float(config.get("sigma", LOCAL_SIGMA)), eps)
+        elif mode == "scale":
             o /= np.float32(127.5)
             o -= np.float32(1.0)
         elif mode == "channel":
@@ -198,7 +246,8 @@ class DevicePrep(NamedTuple):
     mode: "scale", "channel" or "image"; grayscale: luminance first.
     mean, inv_std: per channel (C floats, pixel units), used by "channel": the
       float32 values `apply` uses, 1 / max(std, eps) included; () otherwise.
-    eps: the "image" mode's floor (0.0 otherwise).
+    eps: the "image" and "local" modes' floor (0.0 otherwise).
+    sigma: the "local" mode's Gaussian, in pixels (0.0 otherwise).
     """
 
     mode: str
@@ -206,6 +255,7 @@ class DevicePrep(NamedTuple):
     mean: tuple[float, ...] = ()
     inv_std: tuple[float, ...] = ()
     eps: float = 0.0
+    sigma: float = 0.0
 
 
 def device_prep(config: dict) -> DevicePrep:
@@ -219,6 +269,9 @@ def device_prep(config: dict) -> DevicePrep:
         return DevicePrep(mode, gray, tuple(map(float, mean)), tuple(map(float, inv)))
     if mode == "image":
         return DevicePrep(mode, gray, eps=float(config.get("eps", EPS["image"])))
+    if mode == "local":
+        return DevicePrep(mode, gray, eps=float(config.get("eps", EPS["local"])),
+                          sigma=float(config.get("sigma", LOCAL_SIGMA)))
     return DevicePrep(mode, gray)
 
 
@@ -234,7 +287,8 @@ def apply_device(x, prep, shifted=None):
         inside its image (the others are filled in). The result is then that of
         x translated the same way with zeros filled in, bit for bit: each pixel
         of xs is normalised with its image's statistics, which the image mode
-        takes from x, and a filled-in pixel is 0.
+        takes from x, and a filled-in pixel is 0. Not for the modes in LOCAL,
+        where a pixel's value depends on its neighbours: shift their output.
 
     Returns:
       float32 (B, D), D = input_dim: equal to `apply` up to float32 rounding,
@@ -264,7 +318,14 @@ def apply_device(x, prep, shifted=None):
             px = (px[..., 0] * r + px[..., 1] * g + px[..., 2] * b)[..., None]
         return px
 
+    if shifted is not None and prep.mode in LOCAL:
+        raise SvhnJaxError(f"the {prep.mode!r} preprocessing depends on each pixel's "
+                           "neighbours, so it cannot normalise shifted images with the "
+                           "unshifted statistics. Fix: shift its output instead.")
     px = pixels(x)
+    if prep.mode == "local":
+        dot = lambda a, b: jnp.matmul(a, b, precision="highest")
+        return _local(px.reshape(n, 32, 32, -1), prep.sigma, prep.eps, jnp, dot).reshape(n, -1)
     if prep.mode == "scale":
         normalise = lambda p: p / np.float32(127.5) - np.float32(1.0)
     elif prep.mode == "channel":

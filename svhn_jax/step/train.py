@@ -240,7 +240,9 @@ def get_batch(X, y, order, i, key, step, cfg: StepConfig):
     Otherwise:
     uint8 images are shifted before they are normalised, with the statistics of
     the unshifted images (preprocess.apply_device(shifted=)): the same numbers as
-    normalising, then shifting, and the gather moves a quarter of the bytes."""
+    normalising, then shifting, and the gather moves a quarter of the bytes. The
+    local modes (preprocess.LOCAL), whose pixels depend on their neighbours, are
+    normalised, then shifted."""
     idx = jax.lax.dynamic_slice_in_dim(order, i * cfg.batch, cfg.batch)
     x, yb = X[idx], y[idx]
     if distorts(cfg):
@@ -248,8 +250,8 @@ def get_batch(X, y, order, i, key, step, cfg: StepConfig):
     if not cfg.shift:
         return features(x, cfg.prep), yb
     offsets = _offsets(key, step, cfg.batch, cfg)
-    if cfg.prep is None:
-        return _shift(features(x, None), offsets, cfg), yb
+    if cfg.prep is None or cfg.prep.mode in preprocess.LOCAL:
+        return _shift(features(x, cfg.prep), offsets, cfg), yb
     return preprocess.apply_device(x, cfg.prep, shifted=_shift_images(x, offsets, cfg.shift, i)), yb
 
 
