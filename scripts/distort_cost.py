@@ -6,8 +6,9 @@ training step with each distortion against the plain step, measured side by side
 The step is the one `svhn-jax train` compiles (uint8 images normalised, shifted and
 distorted in the step), with the preset's settings, on n synthetic images (5,600: the
 8k slice's training part; the content does not change the time). Modes: plain (the
-preset's shifts only), --rotate 10, --scale 0.1, --shear 0.2, all three, and --elastic 1;
-each is compiled first, then the modes take turns, one epoch each, `repeats` times. Reported:
+preset's shifts only, its distortions off), --rotate 10, --scale 0.1, --shear 0.2, all three,
+--elastic 1, and plain with --preprocess image instead of the presets' local contrast
+normalisation; each is compiled first, then the modes take turns, one epoch each, `repeats` times. Reported:
 each mode's median seconds per epoch and its ratio to plain; then the evaluation of
 n / 7 images (the validation part) with --tta 1, 3 and 9, likewise; and the load of
 other processes meanwhile (bench.machine): on a busy machine read the ratios.
@@ -30,9 +31,10 @@ from svhn_jax.data import preprocess
 from svhn_jax.step import evaluate as evaluation
 from svhn_jax.step import settings, train
 
+OFF = dict(rotate=0.0, scale=0.0, shear=0.0, elastic=0.0)   # the preset's own distortions too
 MODES = {"plain": {}, "rotate 10": dict(rotate=10.0), "scale 0.1": dict(scale=0.1),
          "shear 0.2": dict(shear=0.2), "all three": dict(rotate=10.0, scale=0.1, shear=0.2),
-         "elastic 1": dict(elastic=1.0)}
+         "elastic 1": dict(elastic=1.0), "preprocess image": dict(preprocess="image")}
 TTA = (1, 3, 9)
 
 
@@ -52,11 +54,13 @@ def measure(preset: str, n: int, repeats: int) -> dict:
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     y = jnp.asarray(rng.integers(0, 10, n), jnp.int32)
-    prep = preprocess.fit(X, mode=c.preprocess, grayscale=c.grayscale)
+    fit = lambda c: preprocess.fit(X, mode=c.preprocess, grayscale=c.grayscale)
+    prep = fit(c)
     Xd, hp, steps = train.put_images(X), settings.hyper(c), train.steps_per_epoch(n, c.batch)
     states, epochs = {}, {}
     for name, kw in MODES.items():
-        cfg = settings.step_config(c.replace(**kw), steps, prep)
+        mode = c.replace(**{**OFF, **kw})
+        cfg = settings.step_config(mode, steps, fit(mode))
         states[name] = train.init_state(c.seed, cfg, preprocess.input_dim(prep), hp)
         order = train.epoch_order(states[name].key, 0, n, c.batch)
 

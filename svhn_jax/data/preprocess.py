@@ -88,9 +88,9 @@ def gaussian_rows(n: int, sigma: float) -> np.ndarray:
     return (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def _local(px, sigma: float, eps: float, xp=np, dot=None):
+def _local(px, sigma: float, eps: float, xp=np, einsum=None):
     """The local mode of images px (n, 32, 32, C) float32 in pixel units, in NumPy
-    (xp=np) or jax.numpy (xp=jnp, dot: a matrix product at full float32 precision).
+    (xp=np) or jax.numpy (xp=jnp, einsum: jnp.einsum at full float32 precision).
 
     With G the Gaussian's rows, blur(a) = G a G^T per image:
       m = blur(mean over channels of px)          the local mean
@@ -101,9 +101,11 @@ def _local(px, sigma: float, eps: float, xp=np, dot=None):
     as G's rows sum to 1): a constant image then gives exactly 0, not the
     round-off of G's sums divided by 255 eps.
     """
-    dot = dot or np.matmul
+    einsum = einsum or (lambda *a: np.einsum(*a, optimize=True))
     g = gaussian_rows(px.shape[1], sigma)
-    blur = lambda a: dot(dot(g, a), g.T)   # (n, 32, 32): broadcast over the images
+    # the images are not a batch axis of the products: each output pixel is then the
+    # same 32-term sum whatever the number of images, so a batch equals a whole set
+    blur = lambda a: einsum("nik,lk->nil", einsum("ij,njk->nik", g, a), g)
     px = px - px[:, :1, :1, :1]
     v = px - blur(px.mean(axis=3))[..., None]
     s = xp.sqrt(xp.maximum(blur((v * v).mean(axis=3)), np.float32(0.0)))
@@ -324,8 +326,8 @@ def apply_device(x, prep, shifted=None):
                            "unshifted statistics. Fix: shift its output instead.")
     px = pixels(x)
     if prep.mode == "local":
-        dot = lambda a, b: jnp.matmul(a, b, precision="highest")
-        return _local(px.reshape(n, 32, 32, -1), prep.sigma, prep.eps, jnp, dot).reshape(n, -1)
+        einsum = lambda *a: jnp.einsum(*a, precision="highest")
+        return _local(px.reshape(n, 32, 32, -1), prep.sigma, prep.eps, jnp, einsum).reshape(n, -1)
     if prep.mode == "scale":
         normalise = lambda p: p / np.float32(127.5) - np.float32(1.0)
     elif prep.mode == "channel":
