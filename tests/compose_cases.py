@@ -18,12 +18,14 @@ from svhn_jax import config
 from svhn_jax.errors import Interrupted
 from svhn_jax.run import checkpoint, folder, launch, processes
 
-# 280 training images in batches of 16: 18 steps an epoch, the last one wrapping.
-SETTINGS = dict(data="synthetic", synthetic_n=400, hidden=(8,), batchnorm="before", batch=16,
+# 140 training images in batches of 16: 9 steps an epoch, the last one wrapping; with a
+# checkpoint every 5 steps, 2 segments an epoch (5 and 4 steps).
+SETTINGS = dict(data="synthetic", synthetic_n=200, hidden=(8,), batchnorm="before", batch=16,
                 epochs=2, shift=1, lr=3e-3, tensorboard=False, gradcheck_every=1,
                 checkpoint_every=5)
 STOP_AFTER = 7
-STEPS = 2 * 18
+STEPS = 2 * 9
+SEGMENTS = 2 * 2   # run_segment calls of one uninterrupted run
 
 
 def checked_steps(run, members=1) -> list:
@@ -86,7 +88,7 @@ def stopped_sweep(tmp_path, monkeypatch, stop_in_process=0) -> tuple:
 
     def stop_in_the_second_group(*a, **k):
         calls.append(1)
-        if len(calls) == 8 + 3 and jax.process_index() == stop_in_process:
+        if len(calls) == SEGMENTS + 3 and jax.process_index() == stop_in_process:
             signal.raise_signal(signal.SIGINT)   # honoured at the end of this segment
         return real(*a, **k)
 

@@ -45,6 +45,20 @@ _SVHN_8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "svh
 pytest_plugins = ["fake_svhn"]
 
 
+# The files that take longest (most of their time in subprocesses of several devices or
+# processes), heaviest first: with -n 2 each worker takes whole files in collection order
+# (pyproject's --no-loadscope-reorder), so these start first and the many short files
+# fill in around them, and both workers end together.
+HEAVY_FIRST = ("test_processes.py", "test_compose.py", "test_readme_commands.py", "test_parallel.py",
+               "test_parallel_runs.py", "test_stepcheck_precision.py", "test_reliability.py",
+               "test_ensemble.py", "test_gradcheck_sweep.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: else as collected
+
+
 @pytest.fixture
 def no_internet(monkeypatch):
     """Fail any connection that is not to the loopback interface."""
