@@ -215,3 +215,12 @@ def test_the_eval_mode_check_at_each_epochs_end_catches_an_eval_only_bug(tmp_pat
         assert not (tmp_path / "strict" / "best.npz").exists()   # the epoch was never evaluated
     finally:
         jax.clear_caches()
+
+
+def test_every_random_use_of_the_run_key_has_its_own_tag():
+    """Two uses sharing a tag would draw the same numbers (the elastic field and the
+    dropout masks once did)."""
+    assert len(set(train.KEY_TAGS.values())) == len(train.KEY_TAGS)
+    key = jax.random.key(0)
+    draws = {use: jax.random.key_data(train.drawn_key(key, use, 5)).tolist() for use in train.KEY_TAGS}
+    assert len({str(d) for d in draws.values()}) == len(draws)

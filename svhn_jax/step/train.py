@@ -74,12 +74,12 @@ def loss_settings(hp: Hyper) -> dict:
 
 
 def noise_key(state: "TrainState", cfg: StepConfig):
-    """The key of the step's dropout masks, fold_in(fold_in(key, 6), step) (layer i
-    of the network then folds in i); None for a network without randomness, which
-    then has nothing of it in its program."""
+    """The key of the step's dropout masks (layer i of the network then folds in i);
+    None for a network without randomness, which then has nothing of it in its
+    program."""
     if not any(layers.LAYERS[name].rate for name, _ in cfg.spec):
         return None
-    return jax.random.fold_in(jax.random.fold_in(state.key, 6), state.step)
+    return drawn_key(state.key, "dropout", state.step)
 
 
 class TrainState(NamedTuple):
@@ -87,9 +87,18 @@ class TrainState(NamedTuple):
     bn_state: Any    # BatchNorm running statistics, same layout
     opt_state: Any   # NamedTuple from optim; its `step` drives the schedule
     step: Any        # int32 scalar: updates done so far
-    key: Any         # base PRNG key: each use folds in its own tag, then the step or epoch:
-                     # 0 init, 1 epoch order, 2 shifts, 3 check direction, 4 eval-check rows,
-                     # 5 affine distortions, 6 dropout masks, 7 elastic field
+    key: Any         # base PRNG key: each use draws from drawn_key(key, use, step or epoch)
+
+
+# Each random use of the run's key folds in its own tag first, so no two uses share
+# numbers; a new use takes a new tag here.
+KEY_TAGS = {"init": 0, "order": 1, "shift": 2, "check": 3, "eval_rows": 4, "affine": 5,
+            "dropout": 6, "elastic": 7}
+
+
+def drawn_key(key, use: str, n):
+    """The key of random use `use` (a KEY_TAGS name) at global step or epoch n."""
+    return jax.random.fold_in(jax.random.fold_in(key, KEY_TAGS[use]), n)
 
 
 def check_config(cfg: StepConfig) -> StepConfig:
@@ -124,7 +133,7 @@ def make_optimizer(cfg: StepConfig, lr) -> optim.Optimizer:
 def init_state(seed: int, cfg: StepConfig, in_dim: int, hp: Hyper) -> TrainState:
     """Fresh parameters (from the seed), optimizer state and step 0."""
     key = jax.random.key(seed)
-    params, bn_state = model.init(jax.random.fold_in(key, 0), cfg.spec, in_dim)
+    params, bn_state = model.init(jax.random.fold_in(key, KEY_TAGS["init"]), cfg.spec, in_dim)
     opt_state = make_optimizer(cfg, hp.lr).init(params)
     return TrainState(params, bn_state, opt_state, jnp.zeros((), jnp.int32), key)
 
@@ -141,7 +150,7 @@ def epoch_order(key, epoch, n: int, batch: int):
     same permutation, so every batch has the same shape (no recompilation) and
     every image is seen at least once per epoch.
     """
-    perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(key, 1), epoch), n)
+    perm = jax.random.permutation(drawn_key(key, "order", epoch), n)
     pad = steps_per_epoch(n, batch) * batch - n
     return jnp.concatenate([perm, perm[:pad]]).astype(jnp.int32)
 
@@ -149,8 +158,7 @@ def epoch_order(key, epoch, n: int, batch: int):
 def _offsets(key, step, n: int, cfg: StepConfig):
     """The random shifts of global `step`'s n images: (n, 2) int32 in [0, 2 shift]
     (rows, columns), an image moving by offset - shift."""
-    return jax.random.randint(jax.random.fold_in(jax.random.fold_in(key, 2), step), (n, 2), 0,
-                              2 * cfg.shift + 1)
+    return jax.random.randint(drawn_key(key, "shift", step), (n, 2), 0, 2 * cfg.shift + 1)
 
 
 def _shift(xb, offsets, cfg: StepConfig):
@@ -200,12 +208,12 @@ def _distort(xb, key, step, cfg: StepConfig):
     Drawn for the global batch, row by row: a function of the key, the step and
     the row, never of the devices the batch is split over."""
     b = xb.shape[0]
-    u = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 5), step), (b, 3),
+    u = jax.random.uniform(drawn_key(key, "affine", step), (b, 3),
                            minval=-1.0, maxval=1.0)
     shift = (_offsets(key, step, b, cfg) - cfg.shift).astype(jnp.float32)
     disp = None
     if cfg.elastic:
-        noise = jax.random.uniform(jax.random.fold_in(jax.random.fold_in(key, 7), step),
+        noise = jax.random.uniform(drawn_key(key, "elastic", step),
                                    (b, 2) + cfg.image_shape[:2], minval=-1.0, maxval=1.0)
         disp = cfg.elastic * augment.elastic_field(noise)
     return augment.warp(xb, augment.matrices(u, cfg.rotate, cfg.scale, cfg.shear), shift,
@@ -281,7 +289,7 @@ def train_step(state: TrainState, hp: Hyper, xb, yb, cfg: StepConfig, loss_and_g
 
 def check_key(key, step):
     """The key of the check's random direction at global `step`."""
-    return jax.random.fold_in(jax.random.fold_in(key, 3), step)
+    return drawn_key(key, "check", step)
 
 
 def checked_step(state: TrainState, hp: Hyper, xb, yb, i, cfg: StepConfig, loss_and_grads=None):
@@ -325,7 +333,7 @@ def check_eval(state: TrainState, hp: Hyper, es, cfg: StepConfig) -> stepcheck.S
     its running statistics), on cfg.batch rows of the evaluation set `es`
     (step.evaluate.EvalSet) drawn with the key of the state's step; run at each
     epoch's end when cfg.check_every. Reads only: nothing is trained."""
-    key = jax.random.fold_in(jax.random.fold_in(state.key, 4), state.step)
+    key = drawn_key(state.key, "eval_rows", state.step)
     rows = jax.random.randint(key, (cfg.batch,), 0, es.mask.sum())
     x, y = es.X.reshape(-1, es.X.shape[-1])[rows], es.y.reshape(-1)[rows]
     c = stepcheck.check(state.params, state.bn_state, features(x, cfg.prep), y,
