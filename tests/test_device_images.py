@@ -54,7 +54,15 @@ def test_batches_of_uint8_images_equal_batches_of_preprocessed_ones(images, shif
             xb, yb = batch(jnp.asarray(X.reshape(N, -1)), y, order, i, jax.random.key(2), i, cfg=on_uint8)
             ref, ref_y = batch(whole, y, order, i, jax.random.key(2), i, cfg=on_float)
             assert xb.dtype == jnp.float32, name
-            np.testing.assert_array_equal(np.asarray(xb), np.asarray(ref), err_msg=name)
+            if on_uint8.prep.mode in preprocess.LOCAL and jax.default_backend() != "cpu":
+                # The local mode's blurs are products: XLA:CPU sums each output's 32 terms
+                # the same way for a batch and for the whole set; another backend may pick
+                # another kernel per shape. Then: 8 float32 ulps of 255 (2^-13 px) over the
+                # local deviation of these random images (> 10 px; constant images give 0).
+                np.testing.assert_allclose(np.asarray(xb), np.asarray(ref), rtol=1e-5,
+                                           atol=2.0 ** -13 / 10, err_msg=name)
+            else:
+                np.testing.assert_array_equal(np.asarray(xb), np.asarray(ref), err_msg=name)
             np.testing.assert_array_equal(np.asarray(yb), np.asarray(ref_y))
 
 

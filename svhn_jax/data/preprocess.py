@@ -103,8 +103,9 @@ def _local(px, sigma: float, eps: float, xp=np, einsum=None):
     """
     einsum = einsum or (lambda *a: np.einsum(*a, optimize=True))
     g = gaussian_rows(px.shape[1], sigma)
-    # the images are not a batch axis of the products: each output pixel is then the
-    # same 32-term sum whatever the number of images, so a batch equals a whole set
+    # the images are not a batch axis of the products: on XLA:CPU each output pixel is
+    # then the same 32-term sum whatever the number of images, so a batch equals a
+    # whole set bit for bit (elsewhere up to float32 rounding)
     blur = lambda a: einsum("nik,lk->nil", einsum("ij,njk->nik", g, a), g)
     px = px - px[:, :1, :1, :1]
     v = px - blur(px.mean(axis=3))[..., None]
